@@ -1,0 +1,3 @@
+"""The rvec version, written into every manifest."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,108 @@
+"""`rvec apply`: θ' = θ_base + Σ α·v, streamed into a checkpoint that loads like the base."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .arith import Survival, add_rows, row_chunks
+from .check import compatibility, dtype_name
+from .io.atomic import atomic_directory
+from .io.checkpoint import SIDECAR_FILES, Checkpoint
+from .io.safetensors_io import ShardWriter, tensor_bytes
+from .progress import progress
+from .vector import Vector
+
+DEFAULT_SHARD_BYTES = 5 * 1000**3
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    """What `apply` wrote, and how much of each vector the output dtype kept."""
+
+    path: Path
+    out_dtype: str
+    retained: list[float]
+    tensors_changed: int
+    shards: int
+
+
+def apply_vectors(
+    vectors: list[tuple[Vector, float]],
+    base: Checkpoint,
+    out: str | Path,
+    *,
+    out_dtype: torch.dtype | None = None,
+    force: bool = False,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+    vector_refs: list[str] | None = None,
+    quiet: bool = False,
+) -> ApplyResult:
+    """Write base + Σ αᵢ·vᵢ as a sharded safetensors checkpoint with the base's config and tokenizer.
+
+    Every vector is checked against the base first; nothing is written when one does not fit.
+
+    Args:
+        vectors: (vector, alpha) pairs; alpha −1 subtracts.
+        base: the opened base checkpoint.
+        out: the output directory (created atomically).
+        out_dtype: dtype of the merged weights (default: the base's).
+        force: replace `out` if it exists.
+
+    Returns:
+        The result, with the share of each vector's norm that survives in `out_dtype`.
+
+    Example:
+        >>> apply_vectors([(Vector.open("vec"), 1.0)], open_checkpoint("Qwen/Qwen2.5-1.5B-Instruct"), "merged")
+    """
+    refs = vector_refs or [str(v.path) for v, _ in vectors]
+    for (vector, _), ref in zip(vectors, refs):
+        compatibility(vector, base, vector_ref=ref).raise_if_incompatible()
+    out = Path(out)
+    survival = [Survival() for _ in vectors]
+    plan = []
+    for name, info in base.tensors.items():
+        dtype = out_dtype if (out_dtype is not None and info.dtype.is_floating_point) else info.dtype
+        plan.append((name, info.shape, dtype))
+    changed = 0
+    with atomic_directory(out, force=force) as tmp:
+        writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
+        with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar:
+            for name, shape, dtype in plan:
+                active = [(i, v, a) for i, (v, a) in enumerate(vectors) if _touches(v, name) and a != 0.0]
+                changed += bool(active)
+                writer.begin(name, shape, dtype)
+                for start, stop in row_chunks(shape):
+                    rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
+                    if active:
+                        terms = [(v.decode_rows(name, start, stop), a) for _, v, a in active]
+                        rows = add_rows(rows, terms, dtype, [survival[i] for i, _, _ in active])
+                    elif rows.dtype != dtype:
+                        rows = rows.to(dtype)
+                    writer.write(rows)
+                bar.update(tensor_bytes(shape, dtype))
+        shards = writer.finish()
+        _copy_sidecars(base.path, tmp, out_dtype)
+    return ApplyResult(out, dtype_name(out_dtype or base.dtype), [s.retained for s in survival], changed, len(shards))
+
+
+def _touches(vector: Vector, name: str) -> bool:
+    entry = vector.entries.get(name)
+    return entry is not None and entry.encoding != "zero"
+
+
+def _copy_sidecars(source: Path, target: Path, out_dtype: torch.dtype | None) -> None:
+    """Config, tokenizer and generation files, so the output loads with from_pretrained."""
+    import json
+
+    for name in SIDECAR_FILES:
+        if (source / name).is_file():
+            shutil.copyfile(source / name, target / name)
+    if out_dtype is not None and (target / "config.json").is_file():
+        config = json.loads((target / "config.json").read_text())
+        key = "dtype" if "dtype" in config else "torch_dtype"
+        config[key] = dtype_name(out_dtype)
+        (target / "config.json").write_text(json.dumps(config, indent=2) + "\n")

@@ -1,0 +1,1 @@
+"""The `rvec` command line: a thin shell over the library."""

@@ -1,0 +1,256 @@
+"""Streaming safetensors: read row ranges without mmap, write shards without holding them in memory.
+
+Reads go through `pread` into fresh buffers rather than mmap, so a pass over a 3 GB checkpoint keeps
+only the rows in hand resident. Writes reserve room for the header, stream tensor bytes in order, and
+write the header last (safetensors allows trailing spaces in the header JSON).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from ..errors import CheckpointError
+
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lies in a safetensors file."""
+
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    start: int  # absolute byte offset in the file
+    nbytes: int
+
+    @property
+    def row_bytes(self) -> int:
+        rows = self.shape[0] if self.shape else 1
+        return self.nbytes // rows if rows else 0
+
+
+class SafetensorsFile:
+    """One safetensors file opened for streaming reads.
+
+    Args:
+        path: the file. Its header is validated by `safe_open` (coverage, offsets) before any read.
+
+    Example:
+        >>> f = SafetensorsFile(Path("model.safetensors"))
+        >>> rows = f.read_rows("model.embed_tokens.weight", 0, 1024)
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        try:
+            with safe_open(str(self.path), framework="pt") as handle:
+                self.metadata = dict(handle.metadata() or {})
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{self.path} is not a readable safetensors file ({exc}); re-download or re-create it") from exc
+        with open(self.path, "rb") as f:
+            (header_len,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(header_len))
+        data_start = 8 + header_len
+        self.tensors: dict[str, TensorInfo] = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if info["dtype"] not in DTYPES:
+                raise CheckpointError(f"{self.path}: tensor {name} has dtype {info['dtype']}, which rvec does not handle")
+            begin, end = info["data_offsets"]
+            self.tensors[name] = TensorInfo(name, DTYPES[info["dtype"]], tuple(info["shape"]), data_start + begin, end - begin)
+        self._fd = os.open(self.path, os.O_RDONLY)
+
+    def close(self) -> None:
+        """Release the file descriptor."""
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def __del__(self) -> None:
+        self.close()
+
+    def read_rows(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows `[start, stop)` of a tensor along its first dimension (the whole tensor by default)."""
+        info = self.tensors[name]
+        if not info.shape:
+            return self._pread(info.start, info.nbytes).view(info.dtype).reshape(())
+        stop = info.shape[0] if stop is None else stop
+        raw = self._pread(info.start + start * info.row_bytes, (stop - start) * info.row_bytes)
+        return raw.view(info.dtype).reshape((stop - start, *info.shape[1:]))
+
+    def _pread(self, offset: int, size: int) -> torch.Tensor:
+        buf = bytearray(size)
+        view = memoryview(buf)
+        done = 0
+        while done < size:
+            n = os.preadv(self._fd, [view[done:]], offset + done)
+            if n <= 0:
+                raise CheckpointError(f"{self.path} ended early: it is truncated; re-download or re-create it")
+            done += n
+        if size == 0:
+            return torch.empty(0, dtype=torch.uint8)
+        return torch.frombuffer(buf, dtype=torch.uint8)
+
+
+def tensor_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
+    """Bytes a tensor of this shape and dtype takes."""
+    return math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+
+
+def _header_entry(name: str, dtype: torch.dtype, shape: tuple[int, ...], begin: int, end: int) -> str:
+    return json.dumps({name: {"dtype": DTYPE_CODES[dtype], "shape": list(shape), "data_offsets": [begin, end]}})[1:-1]
+
+
+@dataclass
+class _Pending:
+    name: str
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    nbytes: int
+    written: int = 0
+
+
+class ShardWriter:
+    """Writes tensors into size-capped safetensors shards, streaming each tensor's bytes.
+
+    Args:
+        directory: where shards go (a temporary output directory, renamed by the caller).
+        prefix: shard file stem: `model` gives `model.safetensors` or `model-00001-of-00002.safetensors`.
+        max_shard_bytes: a new shard starts before a tensor that would push the current one past this.
+        metadata: string metadata stored in every shard header.
+        expected: every (name, shape, dtype) that may be written, in order; sizes the reserved header.
+
+    Example:
+        >>> w = ShardWriter(tmp, "model", 2**30, {"format": "pt"}, plan)
+        >>> w.begin("a", (4, 4), torch.bfloat16); w.write(t); w.finish()
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        prefix: str,
+        max_shard_bytes: int,
+        metadata: dict[str, str],
+        expected: list[tuple[str, tuple[int, ...], torch.dtype]],
+    ) -> None:
+        self.directory = Path(directory)
+        self.prefix = prefix
+        self.max_shard_bytes = max_shard_bytes
+        self.metadata = metadata
+        self._remaining = {name: (tuple(shape), dtype) for name, shape, dtype in expected}
+        self._shards: list[tuple[Path, dict[str, tuple]]] = []
+        self._file = None
+        self._entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]] = []
+        self._offset = 0
+        self._reserve = 0
+        self._pending: _Pending | None = None
+        self.total_bytes = 0
+
+    def begin(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        """Start a tensor; its bytes follow through `write` calls, in row order."""
+        if self._pending is not None:
+            self._end_tensor()
+        nbytes = tensor_bytes(shape, dtype)
+        if self._file is None or (self._offset and self._offset + nbytes > self.max_shard_bytes):
+            self._close_shard()
+            self._open_shard()
+        self._pending = _Pending(name, dtype, tuple(shape), nbytes)
+        self._remaining.pop(name, None)
+
+    def write(self, chunk: torch.Tensor) -> None:
+        """Append rows of the current tensor (any leading row count)."""
+        pending = self._pending
+        if chunk.dtype != pending.dtype:
+            raise TypeError(f"{pending.name}: got {chunk.dtype}, expected {pending.dtype}")
+        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+        self._file.write(memoryview(data))
+        pending.written += data.nbytes
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
+        """Write a whole tensor."""
+        self.begin(name, tuple(tensor.shape), tensor.dtype)
+        self.write(tensor)
+
+    def finish(self) -> list[tuple[Path, list[str]]]:
+        """Close the last shard, give shards their final names and write the index when sharded.
+
+        Returns:
+            (path, tensor names) for every shard written.
+        """
+        if self._pending is not None:
+            self._end_tensor()
+        self._close_shard()
+        if not self._shards:
+            self._open_shard()
+            self._close_shard()
+        count = len(self._shards)
+        result = []
+        weight_map = {}
+        for i, (tmp, names) in enumerate(self._shards, 1):
+            final = self.directory / (f"{self.prefix}.safetensors" if count == 1 else f"{self.prefix}-{i:05d}-of-{count:05d}.safetensors")
+            os.replace(tmp, final)
+            result.append((final, list(names)))
+            weight_map.update({n: final.name for n in names})
+        if count > 1:
+            index = {"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}
+            (self.directory / f"{self.prefix}.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+        return result
+
+    def _end_tensor(self) -> None:
+        p = self._pending
+        if p.written != p.nbytes:
+            raise ValueError(f"{p.name}: wrote {p.written} bytes, expected {p.nbytes}")
+        self._entries.append((p.name, p.dtype, p.shape, self._offset, self._offset + p.nbytes))
+        self._offset += p.nbytes
+        self.total_bytes += p.nbytes
+        self._pending = None
+
+    def _open_shard(self) -> None:
+        meta = json.dumps({"__metadata__": self.metadata})[1:-1]
+        # Room for the header of every tensor that could still land in this shard, offsets at 20 digits.
+        worst = sum(len(_header_entry(n, d, s, 10**19, 10**19)) + 1 for n, (s, d) in self._remaining.items())
+        self._reserve = (len(meta) + worst + 2 + 7) // 8 * 8 + 8
+        path = self.directory / f".{self.prefix}-shard-{len(self._shards):05d}.partial"
+        self._file = open(path, "wb")
+        self._file.seek(8 + self._reserve)
+        self._entries = []
+        self._offset = 0
+        self._shards.append((path, []))
+
+    def _close_shard(self) -> None:
+        if self._file is None:
+            return
+        meta = json.dumps({"__metadata__": self.metadata})[1:-1]
+        parts = [meta] + [_header_entry(*e) for e in self._entries]
+        header = ("{" + ",".join(parts) + "}").encode()
+        if len(header) > self._reserve or self._reserve > _MAX_HEADER:
+            raise ValueError("safetensors header outgrew its reserved space")
+        self._file.seek(0)
+        self._file.write(struct.pack("<Q", self._reserve))
+        self._file.write(header + b" " * (self._reserve - len(header)))
+        self._file.close()
+        self._file = None
+        self._shards[-1][1].extend(e[0] for e in self._entries)

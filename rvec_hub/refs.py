@@ -1,0 +1,55 @@
+"""Vector references as users type them: a directory, or REPO_ID[@VERSION], with an optional :ALPHA."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from .errors import FormatError, UsageError
+from .vector import Vector
+
+_REPO_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w.+-]+)?$")
+
+
+def split_alpha(spec: str) -> tuple[str, float | None]:
+    """`REF:ALPHA` → (REF, ALPHA); a spec without a numeric suffix has no alpha."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and head:
+        try:
+            return head, float(tail)
+        except ValueError:
+            pass
+    return spec, None
+
+
+def is_hub_ref(ref: str) -> bool:
+    """True for `owner/name` or `owner/name@version` that is not a local path."""
+    return not Path(ref).exists() and bool(_REPO_RE.match(ref))
+
+
+def open_vector(ref: str | Path, *, endpoint: str | None = None, token: str | None = None, quiet: bool = True) -> Vector:
+    """Open a vector from a directory or a Hub reference (pulled and verified into the cache).
+
+    Args:
+        ref: a vector directory, or `REPO_ID`, `REPO_ID@1.2.0`, `REPO_ID@latest`, `REPO_ID@<commit>`.
+        endpoint: Hub endpoint for references.
+        token: Hub token for private repositories.
+
+    Returns:
+        The opened, verified vector.
+
+    Example:
+        >>> open_vector("acme/qwen2.5-reasoning@1.0.0")
+    """
+    text = str(ref)
+    if Path(text).exists():
+        return Vector.open(text)
+    if not _REPO_RE.match(text):
+        raise FormatError(f"{text} is neither a vector directory nor a Hub reference like owner/name@1.0.0")
+    try:
+        from .hub.client import pull
+    except ImportError as exc:  # pragma: no cover - the Hub client ships with rvec
+        raise UsageError(f"Hub references need rvec's Hub client ({exc})") from exc
+    result = pull(text, endpoint=endpoint, token=token, quiet=quiet)
+    # pull verified every file against the manifest already.
+    return Vector.open(result.path, verify=False)

@@ -1,0 +1,136 @@
+"""A vector directory opened for reading: manifest, verified payload, deltas decoded on demand."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import torch
+
+from ._version import __version__
+from .encodings import ENCODINGS
+from .errors import FormatError, IntegrityError
+from .io.safetensors_io import SafetensorsFile
+from .manifest import Manifest, TensorEntry, load_manifest
+
+PAYLOAD_PREFIX = "vector"
+_HASH_BLOCK = 8 * 1024 * 1024
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(_HASH_BLOCK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inside(directory: Path, relative: str) -> Path:
+    root = directory.resolve()
+    path = (root / relative).resolve()
+    if root not in path.parents:
+        raise FormatError(f"{directory}: manifest file {relative!r} points outside the vector directory")
+    return path
+
+
+def verify_files(directory: Path, manifest: Manifest) -> None:
+    """Check that every payload file exists with the manifest's size and sha256.
+
+    Raises:
+        IntegrityError: listing every file that differs.
+    """
+    problems = []
+    for entry in manifest.files:
+        path = _inside(directory, entry.path)
+        if not path.is_file():
+            problems.append(f"{entry.path} is missing")
+        elif path.stat().st_size != entry.size:
+            problems.append(f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.size}")
+        elif sha256_file(path) != entry.sha256:
+            problems.append(f"{entry.path} sha256 differs from the manifest")
+    if problems:
+        raise IntegrityError(
+            f"{directory} fails verification: {'; '.join(problems)}; the vector is corrupt or was modified, fetch it again",
+            problems=problems,
+        )
+
+
+class Vector:
+    """A reasoning vector on disk.
+
+    Args:
+        path: the vector directory.
+        manifest: its parsed manifest.
+
+    Example:
+        >>> vec = Vector.open("my-vector")
+        >>> delta = vec.decode("model.layers.0.mlp.up_proj.weight")
+    """
+
+    def __init__(self, path: Path, manifest: Manifest) -> None:
+        self.path = Path(path)
+        self.manifest = manifest
+        self.entries: dict[str, TensorEntry] = manifest.entries
+        self._files: dict[str, SafetensorsFile] = {}
+        self._owner: dict[str, str] = {}
+
+    @classmethod
+    def open(cls, path: str | Path, *, verify: bool = True) -> Vector:
+        """Open a vector directory, check its manifest and (by default) every payload checksum."""
+        path = Path(path)
+        if not path.is_dir():
+            raise FormatError(f"{path} is not a vector directory; pass the directory `rvec extract` wrote, or REPO_ID@VERSION")
+        manifest = load_manifest(path)
+        unknown = sorted({t.encoding for t in manifest.tensors} - set(ENCODINGS))
+        if unknown:
+            raise FormatError(
+                f"{path} uses encoding {', '.join(unknown)}, which rvec {__version__} cannot read; "
+                f"it was written by rvec {manifest.rvec_version}: upgrade to rvec>={manifest.rvec_version}"
+            )
+        if verify:
+            verify_files(path, manifest)
+        vec = cls(path, manifest)
+        vec._index_payload()
+        return vec
+
+    def _index_payload(self) -> None:
+        for entry in self.manifest.files:
+            if not entry.path.endswith(".safetensors"):
+                continue
+            f = SafetensorsFile(_inside(self.path, entry.path))
+            self._files[entry.path] = f
+            for key in f.tensors:
+                self._owner[key] = entry.path
+        missing = [f"{t.name} ({k})" for t in self.manifest.tensors for k in t.keys.values() if k not in self._owner]
+        if missing:
+            raise FormatError(f"{self.path}: payload lacks {len(missing)} stored keys, e.g. {missing[0]}; the vector is incomplete")
+
+    # The Payload protocol the encodings read through.
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows of one stored payload tensor."""
+        return self._files[self._owner[key]].read_rows(key, start, stop)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        """Shape of one stored payload tensor."""
+        return self._files[self._owner[key]].tensors[key].shape
+
+    def decode_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
+        """Rows `[start, stop)` of the delta for `name`, in float32."""
+        entry = self.entries[name]
+        return ENCODINGS[entry.encoding].decode_rows(entry, self, start, stop)
+
+    def decode(self, name: str) -> torch.Tensor:
+        """The whole delta for `name`, in float32."""
+        entry = self.entries[name]
+        return self.decode_rows(name, 0, entry.shape[0] if entry.shape else 1)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Bytes of every payload file."""
+        return sum(f.size for f in self.manifest.files)
+
+    def close(self) -> None:
+        """Close the payload files."""
+        for f in self._files.values():
+            f.close()
