@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
@@ -14,8 +13,9 @@ def run_cli(group: click.Group, args: list[str] | None = None) -> int:
     """Run the CLI group; user mistakes print one line, RVEC_DEBUG=1 shows tracebacks."""
     debug = os.environ.get("RVEC_DEBUG") == "1"
     try:
-        group.main(args=args, prog_name="rvec", standalone_mode=False)
-        return 0
+        # Without standalone mode click hands back the code of an `Exit` instead of raising it.
+        code = group.main(args=args, prog_name="rvec", standalone_mode=False)
+        return code if isinstance(code, int) else 0
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except click.ClickException as exc:
@@ -51,4 +51,4 @@ def echo_json(data: object) -> None:
 
 def exit_with(code: int) -> None:
     """Leave with an exit code without a message."""
-    sys.exit(code)
+    raise click.exceptions.Exit(code)

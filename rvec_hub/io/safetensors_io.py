@@ -64,6 +64,7 @@ class SafetensorsFile:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._fd = -1
         try:
             with safe_open(str(self.path), framework="pt") as handle:
                 self.metadata = dict(handle.metadata() or {})
