@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .arith import Survival, add_rows, row_chunks
+from .arith import Survival, add_rows, resolve_device, row_chunks
 from .check import compatibility, dtype_name
 from .io.atomic import atomic_directory
 from .io.checkpoint import SIDECAR_FILES, Checkpoint
@@ -39,6 +39,7 @@ def apply_vectors(
     force: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
     vector_refs: list[str] | None = None,
+    device: str | None = None,
     quiet: bool = False,
 ) -> ApplyResult:
     """Write base + Σ αᵢ·vᵢ as a sharded safetensors checkpoint with the base's config and tokenizer.
@@ -51,6 +52,7 @@ def apply_vectors(
         out: the output directory (created atomically).
         out_dtype: dtype of the merged weights (default: the base's).
         force: replace `out` if it exists.
+        device: where the arithmetic runs (`cpu`, `cuda`); default: cuda when available.
 
     Returns:
         The result, with the share of each vector's norm that survives in `out_dtype`.
@@ -62,6 +64,7 @@ def apply_vectors(
     for (vector, _), ref in zip(vectors, refs):
         compatibility(vector, base, vector_ref=ref).raise_if_incompatible()
     out = Path(out)
+    device = resolve_device(device)
     survival = [Survival() for _ in vectors]
     plan = []
     for name, info in base.tensors.items():
@@ -78,8 +81,8 @@ def apply_vectors(
                 for start, stop in row_chunks(shape):
                     rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
                     if active:
-                        terms = [(v.decode_rows(name, start, stop), a) for _, v, a in active]
-                        rows = add_rows(rows, terms, dtype, [survival[i] for i, _, _ in active])
+                        terms = [(v.decode_rows(name, start, stop).to(device), a) for _, v, a in active]
+                        rows = add_rows(rows.to(device), terms, dtype, [survival[i] for i, _, _ in active]).cpu()
                     elif rows.dtype != dtype:
                         rows = rows.to(dtype)
                     writer.write(rows)

@@ -21,6 +21,20 @@ def row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
     return [(i, min(rows, i + step)) for i in range(0, rows, step)] or [(0, 0)]
 
 
+def resolve_device(device: str | None) -> torch.device:
+    """`cpu`, `cuda` or `cuda:N`; None picks cuda when available."""
+    from .errors import UsageError
+
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise UsageError(f"unknown device {device!r}; use cpu or cuda") from exc
+
+
 @dataclass
 class Survival:
     """How much of α·Δ a cast to the output dtype kept, accumulated over chunks.

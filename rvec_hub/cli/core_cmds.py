@@ -67,10 +67,11 @@ def extract_cmd(reference, tuned, out, dtype, name, description, base_model, lic
 @click.option("--alpha", type=float, help="Scale for every vector without its own :ALPHA (default: the manifest's).")
 @click.option("--out-dtype", type=DTYPE_CHOICE, help="Dtype of the merged weights (default: the base's).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Where the arithmetic runs (default: cuda when available).")
 @endpoint_option
 @quiet_option
 @json_option
-def apply_cmd(vector, base, out, alpha, out_dtype, force, endpoint, quiet, as_json):
+def apply_cmd(vector, base, out, alpha, out_dtype, force, device, endpoint, quiet, as_json):
     """Apply vectors to a base model: θ' = θ_base + α·v, written as safetensors.
 
     VECTOR is a directory or REPO_ID[@VERSION], optionally with :ALPHA. Nothing is written if a vector
@@ -90,7 +91,7 @@ def apply_cmd(vector, base, out, alpha, out_dtype, force, endpoint, quiet, as_js
         refs.append(ref)
     result = apply_vectors(
         pairs, open_checkpoint(base, endpoint=endpoint), out, out_dtype=dtype_from_name(out_dtype),
-        force=force, vector_refs=refs, quiet=quiet,
+        force=force, vector_refs=refs, device=device, quiet=quiet,
     )
     if as_json:
         echo_json({"path": str(result.path), "out_dtype": result.out_dtype, "retained": dict(zip(refs, result.retained)),
