@@ -1,0 +1,1 @@
+"""Sharing vectors through a Hugging Face Hub."""
