@@ -1,0 +1,80 @@
+"""Turning `huggingface_hub` exceptions into one-line `HubError`s that say what to do next."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import httpx2
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
+
+from ..errors import HubError
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+
+
+def endpoint_of(endpoint: str | None) -> str:
+    """The endpoint to use: the argument, else HF_ENDPOINT read now (not at import), else huggingface.co."""
+    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def _scrub(text: str, token: str | None) -> str:
+    # Server messages never carry the token, but a proxy echoing headers might; never print it.
+    return text.replace(token, "***") if token else text
+
+
+def _server_says(exc: HfHubHTTPError) -> str:
+    message = exc.server_message or str(exc).splitlines()[0]
+    return message.strip().rstrip(".")
+
+
+@contextmanager
+def hub_errors(repo_id: str | None, endpoint: str, *, token: str | None = None, writing: bool = False) -> Iterator[None]:
+    """Re-raise what `huggingface_hub` throws as a `HubError` naming the repo, the endpoint and the fix.
+
+    Args:
+        repo_id: the repository the block talks about, for messages.
+        endpoint: the Hub endpoint, for messages.
+        token: a token to keep out of every message.
+        writing: whether the block writes (401/403 then mean a missing or insufficient token).
+    """
+    where = f"{repo_id} on {endpoint}" if repo_id else endpoint
+    try:
+        yield
+    except RepositoryNotFoundError as exc:
+        if exc.response is not None and exc.response.status_code == 401 and "credentials" in str(exc).lower():
+            raise HubError(f"the Hub at {endpoint} rejected the token; check HF_TOKEN or run `hf auth login`") from None
+        raise HubError(
+            f"repository {repo_id} not found on {endpoint}; check the name, and if it is private set HF_TOKEN "
+            "or run `hf auth login`"
+        ) from None
+    except RevisionNotFoundError as exc:
+        raise HubError(_scrub(f"{where}: {_server_says(exc)}; list versions with `rvec versions {repo_id}`", token)) from None
+    except EntryNotFoundError as exc:
+        text = _server_says(exc) if isinstance(exc, HfHubHTTPError) else str(exc)
+        raise HubError(_scrub(f"{where}: {text}; the repository is incomplete or not an rvec vector", token)) from None
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        said = _scrub(_server_says(exc), token)
+        if status == 401:
+            action = "pushing" if writing else "this"
+            raise HubError(f"{where}: {action} needs a valid token ({said}); set HF_TOKEN or run `hf auth login`") from None
+        if status == 403:
+            raise HubError(f"{where}: not allowed ({said}); push under a namespace your token may write to") from None
+        if status == 412:
+            raise HubError(f"{where}: the repository changed while this command ran ({said}); run it again") from None
+        raise HubError(f"{where}: the Hub answered {status}: {said}") from None
+    except OfflineModeIsEnabled:
+        raise HubError(f"HF_HUB_OFFLINE is set, so {where} cannot be reached; unset it or use a local vector directory") from None
+    except (httpx2.TransportError, ConnectionError) as exc:
+        raise HubError(
+            f"cannot reach the Hub at {endpoint} ({type(exc).__name__}); check --endpoint / HF_ENDPOINT and that the "
+            "server is running (`rvec hub serve`)"
+        ) from None

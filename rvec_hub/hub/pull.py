@@ -1,0 +1,247 @@
+"""`rvec pull`: resolve a version to a commit, download with resume, verify every byte, then move into place.
+
+Downloads go to a hidden staging directory beside the destination; only when every file matches the
+sha256 and size its manifest records is the staging directory renamed into place. A mismatch leaves the
+destination as it was. The staging directory is named after the commit, so a pull that was killed picks
+up where it stopped: each file streams into `<file>.incomplete` and continues with an HTTP Range request.
+
+Default destination: `<HF_HUB_CACHE>/rvec/models--OWNER--NAME/<COMMIT>/`, a plain directory (not the
+symlinked snapshot layout of `huggingface_hub`, whose downloads in this version restart from zero when
+a process dies). Nothing here trusts a path that came from a server: files are named by the manifest,
+whose paths are validated, and by nothing else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+from huggingface_hub import HfApi, hf_hub_url
+from huggingface_hub.file_download import http_get
+from huggingface_hub.hf_api import RepoFile
+from huggingface_hub.utils import build_hf_headers
+from tqdm.auto import tqdm
+
+from ..errors import HubError, IntegrityError, OutputExistsError
+from ..manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest
+from ..vector import sha256_file, verify_files
+from ._errors import endpoint_of, hub_errors
+from .push import CARD_NAME
+from .versions import resolve, split_ref
+
+_PARTIAL = ".incomplete"
+
+
+@dataclass(frozen=True)
+class PullResult:
+    """A verified vector on disk and the commit it came from."""
+
+    path: Path
+    repo_id: str
+    version: str | None
+    commit: str
+
+    def to_dict(self) -> dict:
+        """JSON-ready form."""
+        return {"path": str(self.path), "repo_id": self.repo_id, "version": self.version, "commit": self.commit}
+
+
+class _SilentBar(tqdm):
+    def __init__(self, *args, **kwargs) -> None:
+        kwargs["disable"] = True
+        super().__init__(*args, **kwargs)
+
+
+def cache_root() -> Path:
+    """Where pulled vectors live by default; reads HF_HUB_CACHE / HF_HOME when called, not at import."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]) / "rvec"
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
+    return Path(home) / "hub" / "rvec"
+
+
+def pull(
+    ref: str,
+    *,
+    output: str | Path | None = None,
+    force: bool = False,
+    endpoint: str | None = None,
+    token: str | None = None,
+    quiet: bool = True,
+) -> PullResult:
+    """Download a vector version and verify every file against its manifest.
+
+    Args:
+        ref: `REPO_ID`, `REPO_ID@1.0.0`, `REPO_ID@v1.0.0`, `REPO_ID@latest` (highest release) or
+            `REPO_ID@<commit sha or branch>`; without `@` the latest version, or `main` if none is tagged.
+        output: directory to create (default: the Hub cache).
+        force: replace `output` if it exists (only once the new copy is verified).
+        endpoint: Hub endpoint (default: HF_ENDPOINT or huggingface.co).
+        token: Hub token for private repositories (default: HF_TOKEN or the stored login).
+        quiet: no progress bars.
+
+    Returns:
+        Where the verified vector is, and the commit it was resolved to.
+
+    Raises:
+        HubError: the repository, version or a file does not exist, or the Hub cannot be reached.
+        IntegrityError: a downloaded file differs from the manifest; nothing is moved into place.
+
+    Example:
+        >>> pull("acme/qwen2.5-reasoning@1.0.0", output="vec").commit
+        '3f2a...'
+    """
+    repo_id, spec = split_ref(ref)
+    endpoint = endpoint_of(endpoint)
+    api = HfApi(endpoint=endpoint, token=token)
+    with hub_errors(repo_id, endpoint, token=token):
+        resolved = resolve(api, repo_id, spec)
+        commit = resolved.commit
+        tree = {f.path: f for f in api.list_repo_tree(repo_id, revision=commit, recursive=True) if isinstance(f, RepoFile)}
+    version = str(resolved.version) if resolved.version else None
+    if MANIFEST_NAME not in tree:
+        raise HubError(f"{repo_id}@{spec or commit[:12]} has no {MANIFEST_NAME}: it is not an rvec vector")
+
+    in_cache = output is None
+    target = cache_root() / f"models--{repo_id.replace('/', '--')}" / commit if in_cache else Path(output)
+    if not in_cache and target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+        raise OutputExistsError(f"{target} already exists; choose another -o or pass --force to replace it")
+    if in_cache and _verified(target):
+        return PullResult(target, repo_id, version, commit)
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.rvec-pull-{commit[:12]}"
+    # Two pulls of one commit to one place take turns; the lock lives in the cache, not beside the output.
+    locks = cache_root() / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(locks / hashlib.sha256(str(staging.resolve()).encode()).hexdigest()[:32]) + ".lock"):
+        fetch = _Fetcher(repo_id, commit, endpoint, token, tree, quiet)
+        with hub_errors(repo_id, endpoint, token=token):
+            manifest = fetch.manifest(staging)
+            fetch.payload(staging, manifest)
+        _move_into_place(staging, target)
+    return PullResult(target, repo_id, version, commit)
+
+
+def _verified(directory: Path) -> bool:
+    # A cached copy is used only if it still matches its manifest byte for byte.
+    if not (directory / MANIFEST_NAME).is_file():
+        return False
+    try:
+        verify_files(directory, load_manifest(directory))
+    except (IntegrityError, HubError, OSError, ValueError):
+        return False
+    return True
+
+
+def _git_blob_id(path: Path) -> str:
+    # The id git (and the Hub's tree listing) gives a regular file: sha1 of a "blob <size>\0" header and the bytes.
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class _Fetcher:
+    """Downloads the files of one commit into a staging directory, each verified as it completes."""
+
+    def __init__(self, repo_id: str, commit: str, endpoint: str, token: str | None, tree: dict[str, RepoFile], quiet: bool) -> None:
+        self.repo_id, self.commit, self.endpoint, self.tree = repo_id, commit, endpoint, tree
+        self.headers = build_hf_headers(token=token, library_name="rvec")
+        self.bar = _SilentBar if quiet else None
+
+    def manifest(self, staging: Path) -> Manifest:
+        """Fetch `rvec.json` (and the card), checked against the ids the tree listing gives them."""
+        problems = []
+        for name in (MANIFEST_NAME, CARD_NAME):
+            if name in self.tree:
+                path = self._download(staging, name, self.tree[name].size)
+                problem = self._check_listed(path, self.tree[name], name)
+                if problem:
+                    path.unlink()
+                    problems.append(problem)
+        _fail_if(problems, self.repo_id, self.commit)
+        return parse_manifest((staging / MANIFEST_NAME).read_text(), f"{self.repo_id}@{self.commit[:12]}/{MANIFEST_NAME}")
+
+    def payload(self, staging: Path, manifest: Manifest) -> None:
+        """Fetch every payload file the manifest lists and check its size and sha256."""
+        missing = [f.path for f in manifest.files if f.path not in self.tree]
+        if missing:
+            raise HubError(
+                f"{self.repo_id}@{self.commit[:12]} lacks {len(missing)} file(s) its manifest lists, e.g. {missing[0]}; "
+                "the push was incomplete: ask the author to push it again",
+                problems=missing,
+            )
+        problems = []
+        for entry in manifest.files:
+            path = self._download(staging, entry.path, entry.size)
+            if path.stat().st_size != entry.size:
+                problems.append(f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.size}")
+            elif sha256_file(path) != entry.sha256:
+                problems.append(f"{entry.path} sha256 differs from the manifest")
+            else:
+                continue
+            path.unlink()
+        _fail_if(problems, self.repo_id, self.commit)
+
+    def _download(self, staging: Path, name: str, size: int) -> Path:
+        """Stream one file into `staging/name`, resuming an earlier `.incomplete` copy; returns the file."""
+        dest = staging.joinpath(*name.split("/"))
+        if dest.is_file() and dest.stat().st_size == size:
+            return dest  # finished by an earlier, interrupted pull; checked again by the caller
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        part = dest.with_name(dest.name + _PARTIAL)
+        have = part.stat().st_size if part.is_file() else 0
+        if have > size:
+            have = 0
+        url = hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=self.endpoint)
+        try:
+            with open(part, "r+b" if part.exists() else "wb") as f:
+                f.seek(have)
+                f.truncate()
+                http_get(url, f, resume_size=have, headers=self.headers, expected_size=size,
+                         displayed_filename=name, tqdm_class=self.bar)
+        except OSError as exc:
+            if "Consistency check failed" not in str(exc):
+                raise
+            # The server sent a different number of bytes than its listing and the manifest promise.
+            part.unlink(missing_ok=True)
+            raise IntegrityError(
+                f"{self.repo_id}@{self.commit[:12]}: {name} arrived with the wrong size; the Hub copy is corrupt or was "
+                "modified, nothing was written; tell the author or pull another version"
+            ) from None
+        os.replace(part, dest)
+        return dest
+
+    def _check_listed(self, path: Path, listed: RepoFile, name: str) -> str | None:
+        if listed.lfs is not None:
+            ok = sha256_file(path) == listed.lfs.sha256
+        else:
+            ok = _git_blob_id(path) == listed.blob_id
+        return None if ok else f"{name} differs from the commit's tree listing"
+
+
+def _fail_if(problems: list[str], repo_id: str, commit: str) -> None:
+    if problems:
+        raise IntegrityError(
+            f"{repo_id}@{commit[:12]} fails verification: {'; '.join(problems)}; the Hub copy is corrupt or was "
+            "modified, so nothing was written; tell the author or pull another version",
+            problems=problems,
+        )
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename the verified staging directory to `target`, replacing what was there only after it is complete."""
+    for leftover in staging.rglob(f"*{_PARTIAL}"):
+        leftover.unlink()
+    if target.exists():
+        old = target.parent / f".{target.name}.rvec-old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(staging, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(staging, target)
