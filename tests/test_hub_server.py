@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # before huggingface_hub reads
 import httpx2  # noqa: E402  (the HTTP library huggingface_hub itself uses)
 from huggingface_hub import (  # noqa: E402
     CommitOperationAdd,
+    CommitOperationCopy,
     CommitOperationDelete,
     HfApi,
     constants,
@@ -126,6 +127,13 @@ def test_create_commit_adds_regular_and_lfs_files_and_deletes(alice: HfApi) -> N
         CommitOperationDelete("a/readme.txt"), CommitOperationDelete("b/", is_folder=True),
     ])
     assert sorted(alice.list_repo_files("alice/ops")) == [".gitattributes", "a/w.safetensors"]
+    alice.create_commit("alice/ops", commit_message="copy", operations=[
+        CommitOperationCopy(src_path_in_repo="a/w.safetensors", path_in_repo="copy.safetensors"),
+        CommitOperationCopy(src_path_in_repo=".gitattributes", path_in_repo="attrs.txt"),
+    ])
+    info = {s.rfilename: s for s in alice.model_info("alice/ops", files_metadata=True).siblings}
+    assert info["copy.safetensors"].lfs.sha256 == info["a/w.safetensors"].lfs.sha256
+    assert info["attrs.txt"].blob_id == info[".gitattributes"].blob_id
     with pytest.raises(EntryNotFoundError):
         alice.create_commit("alice/ops", commit_message="x", operations=[CommitOperationDelete("nope.txt")])
 
@@ -191,6 +199,9 @@ def test_tags_branches_and_revisions_by_tag_and_commit(alice: HfApi, url: str, t
     assert read("main") == b"v2" and read("v1") == b"v1" and read(first.oid) == b"v1" and read("dev") == b"v1"
     assert alice.model_info("alice/rev", revision="v1").sha == first.oid
     assert [c.title for c in alice.list_repo_commits("alice/rev")][:2] == ["Upload x.txt with huggingface_hub"] * 2
+    alice.upload_file(path_or_fileobj=b"on dev", path_in_repo="y.txt", repo_id="alice/rev", revision="dev")
+    assert read("dev") == b"v1" and "y.txt" in alice.list_repo_files("alice/rev", revision="dev")
+    assert "y.txt" not in alice.list_repo_files("alice/rev")
     alice.delete_tag("alice/rev", tag="v1")
     with pytest.raises(RevisionNotFoundError):
         alice.model_info("alice/rev", revision="v1")
@@ -204,6 +215,17 @@ def test_stale_parent_commit_is_refused(alice: HfApi) -> None:
         alice.upload_file(path_or_fileobj=b"two", path_in_repo="b.txt", repo_id="alice/race", parent_commit=base)
     assert err.value.response.status_code == 412
     assert "b.txt" not in alice.list_repo_files("alice/race")
+
+
+def test_concurrent_commits_lose_no_update(alice: HfApi) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    alice.create_repo("alice/busy")
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: alice.upload_file(path_or_fileobj=f"{i}".encode(), path_in_repo=f"f{i}.txt",
+                                                  repo_id="alice/busy"), range(16)))
+    assert sorted(alice.list_repo_files("alice/busy")) == sorted([".gitattributes"] + [f"f{i}.txt" for i in range(16)])
+    assert len(alice.list_repo_commits("alice/busy")) == 17
 
 
 @pytest.mark.parametrize("bad_path", ["../escape.txt", "/etc/passwd", "a/../../x", "a\\b.txt", "a//b.txt", "./a"])
