@@ -12,12 +12,12 @@ from rvec_hub.hub.server.models import CommitRecord, RepoRecord, TreeEntry
 from rvec_hub.hub.server.objects import ObjectStore
 from rvec_hub.hub.server.paths import lfs_pointer
 
-_card_cache: dict[tuple[str, str], dict[str, Any] | None] = {}
+_card_cache: dict[tuple[str, str, str], dict[str, Any] | None] = {}
 
 
 def card_for(store: ObjectStore, repo_id: str, commit_id: str, record: CommitRecord) -> dict[str, Any] | None:
     """cardData of README.md at this commit (cached: a commit never changes)."""
-    key = (repo_id, commit_id)
+    key = (str(store.repo_dir), repo_id, commit_id)
     if key not in _card_cache:
         entry = record.tree.get("README.md")
         card = None

@@ -42,6 +42,11 @@ class ObjectStore:
         self._commits = repo_dir / "objects" / "commits"
         self._tmp = repo_dir / "tmp"
 
+    @property
+    def repo_dir(self) -> Path:
+        """The repository directory this store belongs to."""
+        return self._dir
+
     # -- blobs -------------------------------------------------------------------------------------
 
     def blob_path(self, sha256: str) -> Path:
