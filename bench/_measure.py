@@ -1,0 +1,96 @@
+"""Wall time and peak resident memory of one command, each run in a fresh child process.
+
+`os.wait4` hands back the child's own rusage, so `ru_maxrss` is that command's peak RSS (on Linux the
+largest of the process and the descendants it waited for), with no polling and no sampling gap. Linux
+carries a process's RSS high-water mark across fork and exec, so the command is started by a small
+interpreter without site packages (about 10 MB) rather than by the benchmark, which holds torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """One run of one command."""
+
+    label: str
+    wall_s: float
+    peak_rss_bytes: int
+    user_s: float
+    sys_s: float
+    returncode: int
+
+    @property
+    def peak_rss_gb(self) -> float:
+        return self.peak_rss_bytes / 1e9
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "peak_rss_gb": round(self.peak_rss_gb, 3)}
+
+
+class CommandFailed(RuntimeError):
+    """A measured command exited non-zero; its log says why."""
+
+
+def measure(label: str, argv: list[str], *, log: Path, env: dict[str, str] | None = None) -> Measurement:
+    """Run `argv` to completion and return its wall time and peak RSS.
+
+    Args:
+        label: name of the measurement in reports.
+        argv: the command; stdout and stderr go to `log`.
+        log: file that receives the command's output.
+        env: extra environment variables.
+
+    Raises:
+        CommandFailed: when the command exits non-zero.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "wb") as out, tempfile.NamedTemporaryFile("r", suffix=".json") as report:
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, report.name, *argv]
+        subprocess.run(launcher, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, check=False)
+        data = json.loads(report.read() or "{}")
+    if not data:
+        raise CommandFailed(f"{label}: the launcher reported nothing; see {log}")
+    result = Measurement(label, data["wall_s"], data["maxrss_kb"] * 1024, data["user_s"], data["sys_s"], data["returncode"])
+    if result.returncode != 0:
+        tail = log.read_text(errors="replace")[-2000:]
+        raise CommandFailed(f"{label} exited {result.returncode}: {' '.join(argv)}\n{tail}")
+    return result
+
+
+_LAUNCHER = """
+import json, os, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+start = time.perf_counter()
+pid = os.fork()
+if pid == 0:
+    os.execvp(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+wall = time.perf_counter() - start
+with open(report, "w") as f:
+    json.dump({"wall_s": wall, "maxrss_kb": usage.ru_maxrss, "user_s": usage.ru_utime, "sys_s": usage.ru_stime,
+               "returncode": os.waitstatus_to_exitcode(status)}, f)
+"""
+
+
+def warm_cache(*paths: Path) -> None:
+    """Read files once so every measured command starts from the same (warm) page cache."""
+    for root in paths:
+        for path in sorted(Path(root).rglob("*.safetensors")):
+            with open(path, "rb") as f:
+                while f.read(64 * 1024 * 1024):
+                    pass
+
+
+def log_line(text: str) -> None:
+    """A progress line on stderr, flushed at once."""
+    print(text, file=sys.stderr, flush=True)
