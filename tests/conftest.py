@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # huggingface_hub reads it once, at import
 
 from rvec_hub import extract
 from rvec_hub.synthetic import TINY, write_family
@@ -20,8 +23,16 @@ def isolated_env(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.M
     monkeypatch.setenv("HF_HUB_DISABLE_TELEMETRY", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "RVEC_DEBUG"):
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "RVEC_DEBUG", "RVEC_HUB_TOKEN", "RVEC_HUB_USER"):
         monkeypatch.delenv(var, raising=False)
+    # huggingface_hub read these at import; the environment alone no longer reaches them.
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
 
 
 @pytest.fixture(scope="session")
