@@ -1,0 +1,326 @@
+"""The Hub client (push, pull, versions, search) with the real `huggingface_hub` against the real server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # before huggingface_hub reads its constants
+
+from huggingface_hub import HfApi, constants  # noqa: E402
+
+import rvec_hub.hub.pull as pull_module  # noqa: E402
+from rvec_hub.errors import HubError, IntegrityError, OutputExistsError, UsageError  # noqa: E402
+from rvec_hub.hub.client import pull, push, search, versions  # noqa: E402
+from rvec_hub.hub.server import running_server  # noqa: E402
+from rvec_hub.manifest import load_manifest  # noqa: E402
+from rvec_hub.package import finalize_vector  # noqa: E402
+from rvec_hub.refs import open_vector  # noqa: E402
+
+ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
+TOKENS = {"alice": ALICE, "bob": BOB}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No cache or stored token outside tmp_path (huggingface_hub reads these constants at import)."""
+    home = tmp_path / "hf-home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.setattr(constants, "HF_HOME", str(home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+
+
+@pytest.fixture
+def root(tmp_path: Path) -> Path:
+    return tmp_path / "hub-root"
+
+
+@pytest.fixture
+def url(root: Path) -> Iterator[str]:
+    with running_server(root, TOKENS, page_size=3) as base:
+        yield base
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def _variant(source: Path, dest: Path, *, base_model: str | None = None, asset_bytes: int = 0) -> Path:
+    """A copy of a vector with another suggested base and/or a large random asset, re-finalized."""
+    shutil.copytree(source, dest)
+    manifest = load_manifest(dest)
+    fields = manifest.model_dump(mode="json", exclude={"files"})
+    if base_model is not None:
+        fields["base"]["model_id"] = base_model
+    if asset_bytes:
+        (dest / "assets").mkdir()
+        (dest / "assets" / "noise.bin").write_bytes(os.urandom(asset_bytes))
+    payload = [dest / f.path for f in manifest.files if f.path.endswith(".safetensors")]
+    finalize_vector(dest, fields, payload)
+    return dest
+
+
+def _blob(root: Path, repo_id: str, sha256: str) -> Path:
+    """Where the server keeps a file's bytes (content-addressed by sha256)."""
+    return root / "repos" / repo_id / "objects" / "blobs" / sha256[:2] / sha256
+
+
+def _without_card(files: dict[str, bytes]) -> dict[str, bytes]:
+    # The card is rendered again at push time (it names the repo and version), so it differs by design.
+    return {k: v for k, v in files.items() if k != "README.md"}
+
+
+def test_push_then_pull_round_trips_bit_exactly_through_regular_and_lfs_uploads(vector_dir: Path, url: str, tmp_path: Path) -> None:
+    pushed = push(vector_dir, "alice/tiny-reasoning", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    info = {f.path: f for f in HfApi(endpoint=url, token=ALICE).list_repo_tree("alice/tiny-reasoning", recursive=True)}
+    assert info["vector.safetensors"].lfs is not None and info["rvec.json"].lfs is None
+
+    pulled = pull("alice/tiny-reasoning@1.0.0", output=tmp_path / "copy", endpoint=url)
+
+    assert pulled.commit == pushed.commit and pulled.version == "1.0.0"
+    assert _without_card(_files(pulled.path)) == _without_card(_files(vector_dir))
+    card = (pulled.path / "README.md").read_text()
+    assert "alice/tiny-reasoning@1.0.0" in card and "base_model: tiny/instruct" in card
+    assert not list(tmp_path.glob(".copy*")), "staging directory left behind"
+
+
+def test_pull_without_output_lands_verified_in_the_hub_cache_and_is_reused(vector_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    push(vector_dir, "alice/cached", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    first = pull("alice/cached", endpoint=url)
+    assert first.path.is_relative_to(Path(os.environ["HF_HUB_CACHE"])) and first.path.name == first.commit
+
+    calls: list[str] = []
+    monkeypatch.setattr(pull_module, "http_get", lambda url, *a, **k: calls.append(url))
+    again = pull("alice/cached@1.0.0", endpoint=url)
+    assert again.path == first.path and calls == [], "a verified cached copy is downloaded again"
+
+
+def test_two_versions_coexist_and_version_latest_and_commit_each_resolve(vector_dir: Path, vector_fp32: Path, url: str, tmp_path: Path) -> None:
+    v1 = push(vector_dir, "alice/evolving", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    v2 = push(vector_fp32, "alice/evolving", "v1.1.0", endpoint=url, token=ALICE, quiet=True)
+    push(vector_dir, "alice/evolving", "2.0.0-rc.1", endpoint=url, token=ALICE, quiet=True)
+
+    listed = versions("alice/evolving", endpoint=url)
+    assert [(str(v.version), v.commit) for v in listed][1:] == [("1.1.0", v2.commit), ("1.0.0", v1.commit)]
+    assert str(listed[0].version) == "2.0.0-rc.1" and all(v.date is not None for v in listed)
+
+    by_version = pull("alice/evolving@1.0.0", output=tmp_path / "a", endpoint=url)
+    by_tag = pull("alice/evolving@v1.0.0", output=tmp_path / "b", endpoint=url)
+    latest = pull("alice/evolving@latest", output=tmp_path / "c", endpoint=url)
+    bare = pull("alice/evolving", output=tmp_path / "d", endpoint=url)
+    by_sha = pull(f"alice/evolving@{v1.commit}", output=tmp_path / "e", endpoint=url)
+    assert by_version.commit == by_tag.commit == by_sha.commit == v1.commit
+    assert latest.commit == bare.commit == v2.commit and latest.version == "1.1.0"
+    assert _without_card(_files(by_sha.path)) == _without_card(_files(vector_dir))
+    assert _without_card(_files(latest.path)) == _without_card(_files(vector_fp32))
+    assert pull("alice/evolving@2.0.0-rc.1", output=tmp_path / "f", endpoint=url).version == "2.0.0-rc.1"
+
+
+def test_push_removes_files_the_new_version_no_longer_has(vector_dir: Path, url: str, tmp_path: Path) -> None:
+    with_asset = _variant(vector_dir, tmp_path / "with-asset", asset_bytes=1000)
+    push(with_asset, "alice/shrinking", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    push(vector_dir, "alice/shrinking", "1.1.0", endpoint=url, token=ALICE, quiet=True)
+    api = HfApi(endpoint=url, token=ALICE)
+    assert "assets/noise.bin" in api.list_repo_files("alice/shrinking", revision="v1.0.0")
+    assert "assets/noise.bin" not in api.list_repo_files("alice/shrinking", revision="v1.1.0")
+
+
+def test_pull_detects_a_file_tampered_on_the_server_and_keeps_the_users_directory(vector_dir: Path, url: str, root: Path, tmp_path: Path) -> None:
+    push(vector_dir, "alice/tampered", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    entry = next(f for f in load_manifest(vector_dir).files if f.path == "vector.safetensors")
+    blob = _blob(root, "alice/tampered", entry.sha256)
+    data = bytearray(blob.read_bytes())
+    data[-7] ^= 0xFF  # same size, one byte of payload flipped
+    blob.write_bytes(bytes(data))
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+
+    with pytest.raises(IntegrityError, match="vector.safetensors sha256 differs"):
+        pull("alice/tampered@1.0.0", output=mine, force=True, endpoint=url)
+    with pytest.raises(IntegrityError):
+        pull("alice/tampered@1.0.0", endpoint=url)
+
+    assert _files(mine) == {"notes.txt": b"keep me"}
+    assert not list(Path(os.environ["HF_HUB_CACHE"]).rglob("vector.safetensors")), "a corrupt file reached the cache"
+
+
+def test_pull_detects_a_tampered_manifest_against_the_commit_tree(vector_dir: Path, url: str, root: Path, tmp_path: Path) -> None:
+    push(vector_dir, "alice/forged", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    manifest_bytes = (vector_dir / "rvec.json").read_bytes()
+    import hashlib
+
+    blob = _blob(root, "alice/forged", hashlib.sha256(manifest_bytes).hexdigest())
+    blob.write_bytes(manifest_bytes.replace(b'"default_alpha": 1.0', b'"default_alpha": 9.0'))
+
+    with pytest.raises(IntegrityError, match="rvec.json differs from the commit's tree"):
+        pull("alice/forged@1.0.0", output=tmp_path / "out", endpoint=url)
+    assert not (tmp_path / "out").exists()
+
+
+def test_push_refuses_an_existing_version(vector_dir: Path, url: str) -> None:
+    first = push(vector_dir, "alice/fixed", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    with pytest.raises(HubError, match=r"already has version 1\.0\.0 .*e\.g\. 1\.0\.1"):
+        push(vector_dir, "alice/fixed", "v1.0.0", endpoint=url, token=ALICE, quiet=True)
+    assert [v.commit for v in versions("alice/fixed", endpoint=url)] == [first.commit]
+
+
+@pytest.mark.parametrize("bad", ["1.0", "01.0.0", "1.0.0+build.5", "latest", "v1"])
+def test_push_refuses_a_version_that_is_not_semver(vector_dir: Path, bad: str) -> None:
+    with pytest.raises(UsageError, match="semantic versioning"):
+        push(vector_dir, "alice/x", bad, endpoint="http://127.0.0.1:9", token=ALICE)
+
+
+def test_push_verifies_the_vector_before_creating_anything(vector_dir: Path, url: str, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(vector_dir, broken)
+    payload = broken / "vector.safetensors"
+    data = bytearray(payload.read_bytes())
+    data[-1] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    with pytest.raises(IntegrityError):
+        push(broken, "alice/broken", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    assert not HfApi(endpoint=url, token=ALICE).repo_exists("alice/broken")
+
+
+def test_missing_repo_version_or_file_gives_a_clear_error(vector_dir: Path, url: str, tmp_path: Path) -> None:
+    with pytest.raises(HubError, match="repository alice/nothing-here not found"):
+        pull("alice/nothing-here@1.0.0", endpoint=url)
+    push(vector_dir, "alice/partial", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    with pytest.raises(HubError, match=r"has no version 3\.0\.0; it has 1\.0\.0"):
+        pull("alice/partial@3.0.0", endpoint=url)
+    with pytest.raises(HubError, match="not found|Invalid rev"):
+        pull("alice/partial@0123456789abcdef0123456789abcdef01234567", endpoint=url)
+
+    api = HfApi(endpoint=url, token=ALICE)
+    api.delete_file("vector.safetensors", "alice/partial")
+    api.create_tag("alice/partial", tag="v1.0.1")
+    with pytest.raises(HubError, match="lacks 1 file.*vector.safetensors"):
+        pull("alice/partial@1.0.1", output=tmp_path / "out", endpoint=url)
+
+    api.create_repo("alice/plain")
+    api.upload_file(path_or_fileobj=b"hello\n", path_in_repo="notes.txt", repo_id="alice/plain")
+    with pytest.raises(HubError, match="not an rvec vector"):
+        pull("alice/plain", endpoint=url)
+    with pytest.raises(HubError, match="has no versions yet"):
+        pull("alice/plain@latest", endpoint=url)
+
+
+def test_unreachable_hub_is_a_clear_error(vector_dir: Path) -> None:
+    with pytest.raises(HubError, match=r"cannot reach the Hub at http://127\.0\.0\.1:9"):
+        pull("alice/x@1.0.0", endpoint="http://127.0.0.1:9")
+
+
+def test_private_vector_is_invisible_without_the_token(vector_dir: Path, url: str, tmp_path: Path) -> None:
+    push(vector_dir, "alice/secret", "1.0.0", private=True, endpoint=url, token=ALICE, quiet=True)
+
+    with pytest.raises(HubError, match="not found") as anonymous:
+        pull("alice/secret@1.0.0", endpoint=url)
+    with pytest.raises(HubError, match="not found"):
+        versions("alice/secret", endpoint=url, token=BOB)
+    assert [v.repo_id for v in search(endpoint=url)] == []
+    assert [v.repo_id for v in search(endpoint=url, token=ALICE)] == ["alice/secret"]
+    assert pull("alice/secret@1.0.0", output=tmp_path / "s", endpoint=url, token=ALICE).version == "1.0.0"
+    assert ALICE not in str(anonymous.value)
+
+
+def test_push_without_a_valid_token_fails_without_showing_it(vector_dir: Path, url: str) -> None:
+    with pytest.raises(HubError, match="token") as bad:
+        push(vector_dir, "alice/denied", "1.0.0", endpoint=url, token="not-a-real-token-xyz", quiet=True)
+    assert "not-a-real-token-xyz" not in str(bad.value)
+    with pytest.raises(HubError, match="not allowed"):
+        push(vector_dir, "alice/denied", "1.0.0", endpoint=url, token=BOB, quiet=True)
+
+
+def test_search_base_finds_exactly_the_matching_vectors(vector_dir: Path, url: str, tmp_path: Path) -> None:
+    other = _variant(vector_dir, tmp_path / "other", base_model="acme/other-base")
+    near = _variant(vector_dir, tmp_path / "near", base_model="tiny/instruct-v2")
+    push(vector_dir, "alice/for-tiny", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    push(vector_dir, "bob/also-for-tiny", "0.2.0", endpoint=url, token=BOB, quiet=True)
+    push(vector_dir, "bob/also-for-tiny", "0.3.0", endpoint=url, token=BOB, quiet=True)
+    push(other, "alice/for-other", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    push(near, "alice/for-near", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    api = HfApi(endpoint=url, token=ALICE)
+    api.create_repo("alice/not-a-vector")
+    api.upload_file(path_or_fileobj=b"---\nbase_model: tiny/instruct\n---\n", path_in_repo="README.md", repo_id="alice/not-a-vector")
+
+    found = {v.repo_id: v for v in search(base="tiny/instruct", endpoint=url)}
+    assert set(found) == {"alice/for-tiny", "bob/also-for-tiny"}
+    assert found["bob/also-for-tiny"].latest_version == "0.3.0" and found["alice/for-tiny"].base_model == "tiny/instruct"
+    assert {v.repo_id for v in search(endpoint=url)} == {"alice/for-tiny", "bob/also-for-tiny", "alice/for-other", "alice/for-near"}
+    assert [v.repo_id for v in search("other", endpoint=url)] == ["alice/for-other"]
+    assert {v.repo_id for v in search(author="bob", endpoint=url)} == {"bob/also-for-tiny"}
+
+
+_KILLED_PULL = textwrap.dedent(
+    """
+    import os, signal, sys, threading, time
+    from pathlib import Path
+    from rvec_hub.hub.client import pull
+
+    url, output = sys.argv[1], Path(sys.argv[2])
+
+    def kill_once_partial():
+        # SIGKILL: no cleanup runs, exactly like a crash or a pulled plug.
+        while True:
+            for part in output.parent.glob(".*rvec-pull-*/**/*.incomplete"):
+                if part.stat().st_size > 0:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(0.0005)
+
+    threading.Thread(target=kill_once_partial, daemon=True).start()
+    pull("alice/big@1.0.0", output=output, endpoint=url)
+    print("finished before it could be killed")
+    """
+)
+
+
+def test_pull_killed_midway_resumes_when_run_again(vector_dir: Path, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    big = _variant(vector_dir, tmp_path / "big", asset_bytes=96 * 1024 * 1024)
+    push(big, "alice/big", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    out = tmp_path / "pulled"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PULL, url, str(out)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -9, killed.stdout + killed.stderr
+    partial = [p for p in tmp_path.glob(".pulled.rvec-pull-*/**/*.incomplete") if p.stat().st_size > 0]
+    assert partial and not out.exists()
+
+    resumed_from: list[int] = []
+    real_http_get = pull_module.http_get
+
+    def recording_http_get(url, temp_file, *, resume_size=0, **kwargs):
+        resumed_from.append(resume_size)
+        return real_http_get(url, temp_file, resume_size=resume_size, **kwargs)
+
+    monkeypatch.setattr(pull_module, "http_get", recording_http_get)
+    done = pull("alice/big@1.0.0", output=out, endpoint=url)
+
+    assert any(n > 0 for n in resumed_from), "the second pull started over instead of resuming"
+    assert _without_card(_files(done.path)) == _without_card(_files(big))
+    assert not list(tmp_path.glob(".pulled.rvec-pull-*"))
+
+
+def test_pull_refuses_an_existing_output_unless_forced(vector_dir: Path, url: str, tmp_path: Path) -> None:
+    push(vector_dir, "alice/twice", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    out = pull("alice/twice", output=tmp_path / "v", endpoint=url).path
+    with pytest.raises(OutputExistsError, match="--force"):
+        pull("alice/twice", output=out, endpoint=url)
+    assert pull("alice/twice", output=out, force=True, endpoint=url).path == out
+
+
+def test_hub_reference_opens_as_a_vector(vector_dir: Path, url: str) -> None:
+    push(vector_dir, "alice/openable", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    vec = open_vector("alice/openable@latest", endpoint=url)
+    local = open_vector(vector_dir)
+    name = next(n for n, e in vec.entries.items() if e.encoding != "zero")
+    assert vec.decode(name).equal(local.decode(name))
