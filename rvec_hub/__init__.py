@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 from ._version import __version__
+from .answers import Accuracy, extract_answer
 from .apply import ApplyResult, apply_vectors
 from .check import CompatReport, check, compatibility
 from .errors import (
@@ -22,19 +23,24 @@ from .errors import (
     RvecError,
     UsageError,
 )
+from .evaluate import EvalOptions, EvalReport, evaluate, settings_for, write_card
 from .extract import ExtractResult, extract
 from .info import vector_info
 from .io.checkpoint import Checkpoint, open_checkpoint
 from .manifest import Manifest, TensorEntry, load_manifest
 from .refs import open_vector, split_alpha
+from .tasks import Task, TaskSet, load_jsonl, load_tasks
 from .vector import Vector
 
 __all__ = [
+    "Accuracy",
     "ApplyResult",
     "Checkpoint",
     "CheckpointError",
     "CompatReport",
     "CompatibilityError",
+    "EvalOptions",
+    "EvalReport",
     "ExtractResult",
     "FormatError",
     "HubError",
@@ -42,6 +48,8 @@ __all__ = [
     "Manifest",
     "OutputExistsError",
     "RvecError",
+    "Task",
+    "TaskSet",
     "TensorEntry",
     "UsageError",
     "Vector",
@@ -49,10 +57,16 @@ __all__ = [
     "apply_vectors",
     "check",
     "compatibility",
+    "evaluate",
     "extract",
+    "extract_answer",
+    "load_jsonl",
     "load_manifest",
+    "load_tasks",
     "open_checkpoint",
     "open_vector",
+    "settings_for",
     "split_alpha",
     "vector_info",
+    "write_card",
 ]
