@@ -274,7 +274,7 @@ _KILLED_PULL = textwrap.dedent(
     def kill_once_partial():
         # SIGKILL: no cleanup runs, exactly like a crash or a pulled plug.
         while True:
-            for part in output.parent.glob(".*rvec-pull-*/**/*.incomplete"):
+            for part in output.parent.glob(".*rvec-pull-*/assets/noise.bin.incomplete"):
                 if part.stat().st_size > 0:
                     os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(0.0005)
@@ -287,25 +287,26 @@ _KILLED_PULL = textwrap.dedent(
 
 
 def test_pull_killed_midway_resumes_when_run_again(vector_dir: Path, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    big = _variant(vector_dir, tmp_path / "big", asset_bytes=96 * 1024 * 1024)
+    big = _variant(vector_dir, tmp_path / "big", asset_bytes=64 * 1024 * 1024)
     push(big, "alice/big", "1.0.0", endpoint=url, token=ALICE, quiet=True)
     out = tmp_path / "pulled"
     killed = subprocess.run([sys.executable, "-c", _KILLED_PULL, url, str(out)], capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stdout + killed.stderr
-    partial = [p for p in tmp_path.glob(".pulled.rvec-pull-*/**/*.incomplete") if p.stat().st_size > 0]
-    assert partial and not out.exists()
+    partial = list(tmp_path.glob(".pulled.rvec-pull-*/assets/noise.bin.incomplete"))
+    assert partial and 0 < partial[0].stat().st_size < 64 * 1024 * 1024 and not out.exists()
 
     resumed_from: list[int] = []
     real_http_get = pull_module.http_get
 
     def recording_http_get(url, temp_file, *, resume_size=0, **kwargs):
-        resumed_from.append(resume_size)
+        if url.endswith("noise.bin"):
+            resumed_from.append(resume_size)
         return real_http_get(url, temp_file, resume_size=resume_size, **kwargs)
 
     monkeypatch.setattr(pull_module, "http_get", recording_http_get)
     done = pull("alice/big@1.0.0", output=out, endpoint=url)
 
-    assert any(n > 0 for n in resumed_from), "the second pull started over instead of resuming"
+    assert resumed_from and resumed_from[0] > 0, "the second pull started over instead of resuming"
     assert _without_card(_files(done.path)) == _without_card(_files(big))
     assert not list(tmp_path.glob(".pulled.rvec-pull-*"))
 
@@ -324,3 +325,56 @@ def test_hub_reference_opens_as_a_vector(vector_dir: Path, url: str) -> None:
     local = open_vector(vector_dir)
     name = next(n for n, e in vec.entries.items() if e.encoding != "zero")
     assert vec.decode(name).equal(local.decode(name))
+
+
+def _rvec(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    from rvec_hub.cli._errors import run_cli
+    from rvec_hub.cli.main import cli
+
+    code = run_cli(cli, list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_push_pull_versions_search_are_wired(vector_dir: Path, url: str, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    monkeypatch.setenv("HF_TOKEN", ALICE)
+    code, out, err = _rvec(capsys, "push", str(vector_dir), "alice/cli", "--version", "1.0.0", "--endpoint", url, "-q")
+    assert code == 0 and "pushed alice/cli@1.0.0" in out and ALICE not in out + err
+    commit = out.split("commit ")[1].split()[0]
+
+    monkeypatch.setenv("HF_ENDPOINT", url)  # the same as --endpoint
+    code, out, _ = _rvec(capsys, "pull", "alice/cli@latest", "-o", str(tmp_path / "v"), "--json")
+    assert code == 0 and json.loads(out) == {"path": str(tmp_path / "v"), "repo_id": "alice/cli", "version": "1.0.0", "commit": commit}
+    code, out, _ = _rvec(capsys, "versions", "alice/cli")
+    assert code == 0 and out.split()[0] == "1.0.0" and commit in out
+    code, out, _ = _rvec(capsys, "search", "--base", "tiny/instruct", "--json")
+    assert code == 0 and [v["repo_id"] for v in json.loads(out)] == ["alice/cli"]
+
+    code, out, err = _rvec(capsys, "push", str(vector_dir), "alice/cli", "--version", "1.0.0", "-q")
+    assert code == 1 and err.startswith("error: alice/cli already has version 1.0.0") and len(err.splitlines()) == 1
+    code, _, err = _rvec(capsys, "pull", "alice/absent@1.0.0")
+    assert code == 1 and err.startswith("error: repository alice/absent not found") and "Traceback" not in err
+    for command in ("push", "pull", "versions", "search"):
+        code, out, _ = _rvec(capsys, command, "--help")
+        assert code == 0 and "Examples:" in out and "--endpoint" in out
+
+
+def test_info_check_and_apply_accept_repo_at_version(vector_dir: Path, family: dict[str, Path], url: str, tmp_path: Path, capsys) -> None:
+    from safetensors.torch import load_file
+
+    push(vector_dir, "alice/usable", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    code, out, _ = _rvec(capsys, "info", "alice/usable@1.0.0", "--endpoint", url, "--json")
+    assert code == 0 and '"name": "tiny-reasoning"' in out
+    code, out, _ = _rvec(capsys, "check", "alice/usable@1.0.0", "--base", str(family["instruct"]), "--endpoint", url)
+    assert code == 0 and out.startswith("compatible")
+    code, _, err = _rvec(capsys, "apply", "alice/usable@1.0.0:0.5", "--base", str(family["instruct"]), "-o", str(tmp_path / "hub"), "--endpoint", url, "-q")
+    assert code == 0, err
+    assert _rvec(capsys, "apply", f"{vector_dir}:0.5", "--base", str(family["instruct"]), "-o", str(tmp_path / "local"), "-q")[0] == 0
+
+    def weights(d: Path) -> dict:
+        return {k: v for f in sorted(d.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    from_hub, from_dir = weights(tmp_path / "hub"), weights(tmp_path / "local")
+    assert from_hub.keys() == from_dir.keys() and all(from_hub[k].equal(from_dir[k]) for k in from_hub)
