@@ -1,0 +1,113 @@
+"""The vLLM model loader behind `--load-format rvec`: the base checkpoint's tensors, vectors added on the fly.
+
+vLLM's own `model.load_weights` receives the merged tensors, so fusing (qkv, gate/up), sharding for tensor
+parallelism and quantization work exactly as for a plain checkpoint. Nothing merged is written to disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Generator
+
+import torch
+from torch import nn
+from vllm.config import ModelConfig, VllmConfig
+from vllm.config.load import LoadConfig
+from vllm.logger import init_logger
+from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
+
+from rvec_hub.arith import Survival
+from rvec_hub.check import dtype_name
+from rvec_hub.errors import CompatibilityError
+from rvec_hub.io.checkpoint import open_checkpoint
+
+from .merge import merged_weights, untouched
+from .spec import OpenedVector, check_all, describe, open_specs, split_extra_config
+
+# A child of vLLM's logger, so its handlers and format (and VLLM_LOGGING_LEVEL) apply.
+logger = init_logger("vllm.rvec")
+LOAD_FORMAT = "rvec"
+
+
+class RvecModelLoader(DefaultModelLoader):
+    """Loads a base checkpoint and adds reasoning vectors to its tensors as they stream in.
+
+    Configured through `model_loader_extra_config`:
+    `{"vectors": [{"ref": "DIR_OR_REPO@VERSION", "alpha": 1.0}, ...], "endpoint": "http://hub"}`;
+    other keys (e.g. `enable_multithread_load`) go to vLLM's default loader, which reads the base as safetensors.
+    """
+
+    def __init__(self, load_config: LoadConfig) -> None:
+        self.specs, self.endpoint, rest = split_extra_config(load_config.model_loader_extra_config or {})
+        # The parent only knows safetensors and refuses unknown keys: hand it exactly that.
+        super().__init__(dataclasses.replace(load_config, load_format="safetensors", model_loader_extra_config=rest))
+        self.vectors: list[OpenedVector] = []
+        self.survival: list[Survival] = []
+
+    def _base_folder(self, model_config: ModelConfig) -> str:
+        folder, _, _, _ = self._prepare_weights(model_config.model, None, model_config.revision, False, None)
+        return folder
+
+    def prepare(self, model_config: ModelConfig) -> None:
+        """Open every vector and check it against the base before any weight is read.
+
+        Raises:
+            CompatibilityError: with every mismatch of every vector.
+        """
+        if self.vectors:
+            return
+        started = time.perf_counter()
+        base = open_checkpoint(self._base_folder(model_config))
+        vectors = open_specs(self.specs, endpoint=self.endpoint)
+        check_all(vectors, base)
+        base.close()
+        self.vectors = vectors
+        self.survival = [Survival() for _ in vectors]
+        logger.info("rvec: %s fit %s (checked in %.2f s)", describe(vectors), model_config.model, time.perf_counter() - started)
+
+    def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
+        try:
+            self.prepare(model_config)
+        except CompatibilityError as exc:
+            for problem in exc.problems:
+                logger.error("rvec: %s", problem)
+            raise
+        return super().load_model(vllm_config, model_config, prefix)
+
+    def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
+        self.prepare(model_config)
+        super().load_weights(model, model_config)
+        self._report(model_config.dtype)
+
+    def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Generator[tuple[str, torch.Tensor], None, None]:
+        seen: set[str] = set()
+
+        def base_weights() -> Generator[tuple[str, torch.Tensor], None, None]:
+            for name, tensor in super(RvecModelLoader, self).get_all_weights(model_config, model):
+                seen.add(name)
+                yield name, tensor
+
+        yield from merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival)
+        missing = untouched(self.vectors, seen)
+        if missing:
+            raise CompatibilityError(
+                f"{len(missing)} tensors the vectors change never came from the base checkpoint, e.g. {missing[0]}",
+                problems=missing,
+            )
+
+    def _report(self, dtype: torch.dtype) -> None:
+        for item, kept in zip(self.vectors, self.survival):
+            hint = " (serve with --dtype float32 to keep all of it)" if kept.retained < 0.99 and dtype != torch.float32 else ""
+            logger.info(
+                "rvec: %s at alpha %g: %.1f%% of the vector's norm survives in %s%s",
+                item.ref, item.alpha, 100 * kept.retained, dtype_name(dtype), hint,
+            )
+
+
+def register() -> None:
+    """Make `--load-format rvec` known to vLLM (safe to call more than once)."""
+    from vllm.model_executor.model_loader import _LOAD_FORMAT_TO_MODEL_LOADER, register_model_loader
+
+    if _LOAD_FORMAT_TO_MODEL_LOADER.get(LOAD_FORMAT) is not RvecModelLoader:
+        register_model_loader(LOAD_FORMAT)(RvecModelLoader)

@@ -1,0 +1,76 @@
+"""The heart of load-time application: a weights iterator that yields base + Σ αᵢ·Δᵢ, one tensor at a time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import torch
+
+from rvec_hub.arith import Survival, add_rows, row_chunks
+
+from .spec import OpenedVector
+
+
+def _active(vectors: list[OpenedVector], name: str) -> list[int]:
+    out = []
+    for i, item in enumerate(vectors):
+        entry = item.vector.entries.get(name)
+        if entry is not None and entry.encoding != "zero" and item.alpha != 0.0:
+            out.append(i)
+    return out
+
+
+def merge_tensor(
+    name: str, base: torch.Tensor, vectors: list[OpenedVector], out_dtype: torch.dtype, survival: list[Survival]
+) -> torch.Tensor:
+    """One base tensor plus every vector's scaled delta, in float32 row chunks, cast once to `out_dtype`.
+
+    Tensors no vector touches (and non-float tensors) come back unchanged.
+    """
+    active = _active(vectors, name)
+    if not active or not base.dtype.is_floating_point:
+        return base
+    shape = tuple(base.shape)
+    if not shape:
+        terms = [(vectors[i].vector.decode_rows(name, 0, 1), vectors[i].alpha) for i in active]
+        return add_rows(base, terms, out_dtype, [survival[i] for i in active])
+    out = torch.empty(shape, dtype=out_dtype, device=base.device)
+    for start, stop in row_chunks(shape):
+        terms = [(vectors[i].vector.decode_rows(name, start, stop).to(base.device), vectors[i].alpha) for i in active]
+        out[start:stop] = add_rows(base[start:stop], terms, out_dtype, [survival[i] for i in active])
+    return out
+
+
+def merged_weights(
+    weights: Iterable[tuple[str, torch.Tensor]],
+    vectors: list[OpenedVector],
+    out_dtype: torch.dtype,
+    survival: list[Survival] | None = None,
+) -> Iterator[tuple[str, torch.Tensor]]:
+    """Wrap a `(name, tensor)` weights iterator so each tensor leaves with the vectors added.
+
+    Only one base tensor and its merged copy are alive at a time, so memory stays at the model plus one tensor.
+
+    Args:
+        weights: the base checkpoint's tensors, as vLLM's safetensors iterator yields them.
+        vectors: the opened vectors with their alphas.
+        out_dtype: the serving dtype; merged tensors are cast to it once.
+        survival: one accumulator per vector, filled with the share of its norm the cast keeps.
+
+    Example:
+        >>> model.load_weights(merged_weights(safetensors_weights_iterator(files), vectors, torch.bfloat16))
+    """
+    survival = survival if survival is not None else [Survival() for _ in vectors]
+    for name, tensor in weights:
+        yield name, merge_tensor(name, tensor, vectors, out_dtype, survival)
+        del tensor
+
+
+def untouched(vectors: list[OpenedVector], seen: set[str]) -> list[str]:
+    """Tensors some vector changes that the weights iterator never yielded (they would be silently lost)."""
+    missing = []
+    for item in vectors:
+        for name, entry in item.vector.entries.items():
+            if entry.encoding != "zero" and item.alpha != 0.0 and name not in seen:
+                missing.append(f"{item.ref}: {name}")
+    return missing

@@ -1,0 +1,80 @@
+"""Run vLLM offline on a list of engine configurations and record greedy tokens, logprobs and timings.
+
+Tests and benchmarks compare engines through this one script, so each configuration starts one engine,
+one after another, in a single process: `python -m rvec_serving.probe SPEC.json OUT.json`.
+
+SPEC is `{"prompts": [...], "max_tokens": 8, "logprobs": 5, "engine": {...common LLM kwargs...},
+"runs": [{"name": ..., "llm": {...LLM kwargs...}, "adapters": {"name": "adapter dir"},
+"throughput": {"prompts": 32, "max_tokens": 64}}]}`.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def _greedy(llm, prompts: list[str], max_tokens: int, logprobs: int, lora=None) -> list[dict]:
+    from vllm import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, logprobs=logprobs, ignore_eos=True)
+    outputs = llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
+    result = []
+    for out in outputs:
+        gen = out.outputs[0]
+        # Per position: the chosen token's logprob and the top-k alternatives.
+        steps = [{str(t): lp.logprob for t, lp in pos.items()} for pos in gen.logprobs]
+        result.append({"tokens": list(gen.token_ids), "text": gen.text, "logprobs": steps})
+    return result
+
+
+def _throughput(llm, spec: dict) -> dict:
+    from vllm import SamplingParams
+
+    prompts = [f"Question {i}: what is {i} + {i}? Let's think step by step." for i in range(spec["prompts"])]
+    params = SamplingParams(temperature=0.0, max_tokens=spec["max_tokens"], ignore_eos=True)
+    started = time.perf_counter()
+    outputs = llm.generate(prompts, params, use_tqdm=False)
+    elapsed = time.perf_counter() - started
+    tokens = sum(len(o.outputs[0].token_ids) for o in outputs)
+    return {"tokens": tokens, "seconds": elapsed, "tokens_per_s": tokens / elapsed}
+
+
+def run_one(spec: dict, run: dict) -> dict:
+    """Start one engine, generate, shut it down; returns outputs per adapter ("base" without one)."""
+    from vllm import LLM
+    from vllm.lora.request import LoRARequest
+
+    started = time.perf_counter()
+    llm = LLM(**{**spec.get("engine", {}), **run["llm"]})
+    startup = time.perf_counter() - started
+    record = {"name": run["name"], "startup_s": startup, "outputs": {}}
+    args = (spec["prompts"], spec.get("max_tokens", 8), spec.get("logprobs", 5))
+    if run.get("base", True):
+        record["outputs"]["base"] = _greedy(llm, *args)
+    for i, (name, path) in enumerate(run.get("adapters", {}).items(), 1):
+        record["outputs"][name] = _greedy(llm, *args, lora=LoRARequest(name, i, str(path)))
+    if run.get("throughput"):
+        record["throughput"] = _throughput(llm, run["throughput"])
+    del llm
+    gc.collect()
+    return record
+
+
+def main(argv: list[str]) -> int:
+    spec = json.loads(Path(argv[0]).read_text())
+    results = []
+    for run in spec["runs"]:
+        try:
+            results.append(run_one(spec, run))
+        except Exception as exc:  # one failing configuration is recorded, the others still run
+            results.append({"name": run["name"], "error": f"{type(exc).__name__}: {exc}"})
+        Path(argv[1]).write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
