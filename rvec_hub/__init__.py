@@ -13,6 +13,7 @@ from ._version import __version__
 from .answers import Accuracy, extract_answer
 from .apply import ApplyResult, apply_vectors
 from .check import CompatReport, check, compatibility
+from .compress import CompressResult, compress
 from .errors import (
     CheckpointError,
     CompatibilityError,
@@ -28,6 +29,7 @@ from .extract import ExtractResult, extract
 from .info import vector_info
 from .io.checkpoint import Checkpoint, open_checkpoint
 from .manifest import Manifest, TensorEntry, load_manifest
+from .probe import ProbeResult, probe
 from .refs import open_vector, split_alpha
 from .tasks import Task, TaskSet, load_jsonl, load_tasks
 from .vector import Vector
@@ -39,6 +41,7 @@ __all__ = [
     "CheckpointError",
     "CompatReport",
     "CompatibilityError",
+    "CompressResult",
     "EvalOptions",
     "EvalReport",
     "ExtractResult",
@@ -47,6 +50,7 @@ __all__ = [
     "IntegrityError",
     "Manifest",
     "OutputExistsError",
+    "ProbeResult",
     "RvecError",
     "Task",
     "TaskSet",
@@ -57,6 +61,7 @@ __all__ = [
     "apply_vectors",
     "check",
     "compatibility",
+    "compress",
     "evaluate",
     "extract",
     "extract_answer",
@@ -65,6 +70,7 @@ __all__ = [
     "load_tasks",
     "open_checkpoint",
     "open_vector",
+    "probe",
     "settings_for",
     "split_alpha",
     "vector_info",
