@@ -35,6 +35,7 @@ from .push import CARD_NAME
 from .versions import resolve, split_ref
 
 _PARTIAL = ".incomplete"
+_BLOCK = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -142,7 +143,9 @@ def _verified(directory: Path) -> bool:
 def _git_blob_id(path: Path) -> str:
     # The id git (and the Hub's tree listing) gives a regular file: sha1 of a "blob <size>\0" header and the bytes.
     digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
-    digest.update(path.read_bytes())
+    with open(path, "rb") as f:
+        while block := f.read(_BLOCK):
+            digest.update(block)
     return digest.hexdigest()
 
 

@@ -120,6 +120,10 @@ def push(
             repo_id, operations, commit_message=message or f"rvec {manifest.name} {parsed}",
             revision=DEFAULT_BRANCH, parent_commit=head,
         )
+        if parsed in version_tags(api, repo_id):
+            # Another push tagged this version while ours uploaded; our commit stays on main, untagged.
+            raise HubError(f"{repo_id} version {parsed} was published by someone else during this push; "
+                           f"commit {info.oid[:12]} is on main untagged: push again as a new version")
         api.create_tag(repo_id, tag=parsed.tag, revision=info.oid, tag_message=f"{manifest.name} {parsed}")
     return PushResult(
         repo_id=repo_id, version=parsed, commit=info.oid, url=str(url),
