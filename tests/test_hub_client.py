@@ -176,6 +176,25 @@ def test_push_refuses_an_existing_version(vector_dir: Path, url: str) -> None:
     assert [v.commit for v in versions("alice/fixed", endpoint=url)] == [first.commit]
 
 
+def test_push_racing_another_commit_is_refused_instead_of_overwriting_it(vector_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import rvec_hub.hub.push as push_module
+
+    push(vector_dir, "alice/raced", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    api = HfApi(endpoint=url, token=ALICE)
+    real_head = push_module._branch_head
+
+    def head_then_someone_else_commits(api_: HfApi, repo_id: str) -> str | None:
+        head = real_head(api_, repo_id)
+        api.upload_file(path_or_fileobj=b"theirs\n", path_in_repo="NOTES.md", repo_id=repo_id)
+        return head
+
+    monkeypatch.setattr(push_module, "_branch_head", head_then_someone_else_commits)
+    with pytest.raises(HubError, match="changed while this command ran"):
+        push(vector_dir, "alice/raced", "1.1.0", endpoint=url, token=ALICE, quiet=True)
+    assert "NOTES.md" in api.list_repo_files("alice/raced")
+    assert [str(v.version) for v in versions("alice/raced", endpoint=url)] == ["1.0.0"]
+
+
 @pytest.mark.parametrize("bad", ["1.0", "01.0.0", "1.0.0+build.5", "latest", "v1"])
 def test_push_refuses_a_version_that_is_not_semver(vector_dir: Path, bad: str) -> None:
     with pytest.raises(UsageError, match="semantic versioning"):
