@@ -247,9 +247,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serve_argv(base: str, setting: Setting, port: int, serve_args: list[str], zero_ref: str | None) -> list[str]:
+    vectors = setting.vectors
+    if not vectors and zero_ref is not None:
+        # The base through the same loader and dtype as the other settings: any vector at α = 0.
+        vectors = ((zero_ref, 0.0),)
+    if not vectors:
+        from rvec_serving.launch import SERVER_MODULE
+
+        return [sys.executable, "-m", SERVER_MODULE, "--model", base, "--port", str(port), *serve_args]
+    argv = [sys.executable, "-m", "rvec_hub.cli", "serve", "--base", base, "--port", str(port)]
+    for ref, alpha in vectors:
+        argv += ["--vector", ref if alpha is None else f"{ref}:{alpha}"]
+    return argv + (["--", *serve_args] if serve_args else [])
+
+
 @contextmanager
-def served(base: str, setting: Setting, *, serve_args: list[str] | None = None, timeout: float = 900.0) -> Iterator[str]:
+def served(
+    base: str, setting: Setting, *, serve_args: list[str] | None = None, zero_ref: str | None = None, timeout: float = 900.0,
+) -> Iterator[str]:
     """Run `rvec serve` for one setting until the block ends; yields its OpenAI base URL.
+
+    The base alone is served as `zero_ref` at α = 0 when given (the same loader as every other setting),
+    else by vLLM directly.
 
     Raises:
         RvecError: when the server exits or does not answer within `timeout` seconds (its log is kept).
@@ -257,14 +277,11 @@ def served(base: str, setting: Setting, *, serve_args: list[str] | None = None, 
     import urllib.request
 
     port = _free_port()
-    argv = [sys.executable, "-m", "rvec_hub.cli", "serve", "--base", base, "--port", str(port)]
-    for ref, alpha in setting.vectors:
-        argv += ["--vector", ref if alpha is None else f"{ref}:{alpha}"]
-    if serve_args:
-        argv += ["--", *serve_args]
+    argv = _serve_argv(base, setting, port, list(serve_args or []), zero_ref)
     log = Path(tempfile.mkstemp(prefix="rvec-eval-serve-", suffix=".log")[1])
     with open(log, "wb") as sink:
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT)
+        env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
+        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
     try:
         deadline = time.monotonic() + timeout
@@ -363,8 +380,9 @@ def evaluate(
             local.use(setting)
             run(local, setting)
         return report
+    zero_ref = next((s.vectors[0][0] for s in settings if s.vectors), None)
     for setting in settings:
-        with served(base, setting, serve_args=serve_args) as url:
+        with served(base, setting, serve_args=serve_args, zero_ref=zero_ref) as url:
             run(OpenAIEngine(url), setting)
     return report
 
