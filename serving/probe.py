@@ -27,7 +27,8 @@ def _greedy(llm, prompts: list[str], max_tokens: int, logprobs: int, lora=None) 
         gen = out.outputs[0]
         # Per position: the chosen token's logprob and the top-k alternatives.
         steps = [{str(t): lp.logprob for t, lp in pos.items()} for pos in gen.logprobs]
-        result.append({"tokens": list(gen.token_ids), "text": gen.text, "logprobs": steps})
+        chosen = [pos[t].logprob for t, pos in zip(gen.token_ids, gen.logprobs)]
+        result.append({"tokens": list(gen.token_ids), "text": gen.text, "token_logprobs": chosen, "logprobs": steps})
     return result
 
 
@@ -65,6 +66,10 @@ def run_one(spec: dict, run: dict) -> dict:
 
 
 def main(argv: list[str]) -> int:
+    import os
+
+    # One engine in this process: no engine-core subprocess to spawn and import per configuration.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     spec = json.loads(Path(argv[0]).read_text())
     results = []
     for run in spec["runs"]:
