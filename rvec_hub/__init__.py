@@ -29,6 +29,7 @@ from .extract import ExtractResult, extract
 from .info import vector_info
 from .io.checkpoint import Checkpoint, open_checkpoint
 from .manifest import Manifest, TensorEntry, load_manifest
+from .peft_export import PeftExport, export_peft
 from .probe import ProbeResult, probe
 from .refs import open_vector, split_alpha
 from .tasks import Task, TaskSet, load_jsonl, load_tasks
@@ -50,6 +51,7 @@ __all__ = [
     "IntegrityError",
     "Manifest",
     "OutputExistsError",
+    "PeftExport",
     "ProbeResult",
     "RvecError",
     "Task",
@@ -63,6 +65,7 @@ __all__ = [
     "compatibility",
     "compress",
     "evaluate",
+    "export_peft",
     "extract",
     "extract_answer",
     "load_jsonl",
