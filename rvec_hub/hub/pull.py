@@ -27,7 +27,7 @@ from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
-from ..errors import HubError, IntegrityError, OutputExistsError
+from ..errors import HubError, IntegrityError, OutputExistsError, RvecError
 from ..manifest import MANIFEST_NAME, Manifest, load_manifest, parse_manifest
 from ..vector import sha256_file, verify_files
 from ._errors import endpoint_of, hub_errors
@@ -110,17 +110,16 @@ def pull(
 
     in_cache = output is None
     target = cache_root() / f"models--{repo_id.replace('/', '--')}" / commit if in_cache else Path(output)
-    if not in_cache and target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
-        raise OutputExistsError(f"{target} already exists; choose another -o or pass --force to replace it")
-    if in_cache and _verified(target):
-        return PullResult(target, repo_id, version, commit)
-
-    target.parent.mkdir(parents=True, exist_ok=True)
     staging = target.parent / f".{target.name}.rvec-pull-{commit[:12]}"
-    # Two pulls of one commit to one place take turns; the lock lives in the cache, not beside the output.
+    # Two pulls to one place take turns; the lock lives in the cache, not beside the output.
     locks = cache_root() / ".locks"
     locks.mkdir(parents=True, exist_ok=True)
     with FileLock(str(locks / hashlib.sha256(str(staging.resolve()).encode()).hexdigest()[:32]) + ".lock"):
+        if not in_cache and target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
+            raise OutputExistsError(f"{target} already exists; choose another -o or pass --force to replace it")
+        if in_cache and _verified(target):
+            return PullResult(target, repo_id, version, commit)
+        target.parent.mkdir(parents=True, exist_ok=True)
         fetch = _Fetcher(repo_id, commit, endpoint, token, tree, quiet)
         with hub_errors(repo_id, endpoint, token=token):
             manifest = fetch.manifest(staging)
@@ -135,7 +134,7 @@ def _verified(directory: Path) -> bool:
         return False
     try:
         verify_files(directory, load_manifest(directory))
-    except (IntegrityError, HubError, OSError, ValueError):
+    except (RvecError, OSError):
         return False
     return True
 

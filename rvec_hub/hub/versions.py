@@ -18,6 +18,7 @@ _SEMVER = re.compile(
     r"(?:-((?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*)(?:\.(?:0|[1-9]\d*|\d*[A-Za-z-][0-9A-Za-z-]*))*))?$"
 )
 _COMMIT = re.compile(r"^[0-9a-f]{7,64}$")
+_FULL_COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 _REPO_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -158,18 +159,23 @@ def resolve(api: HfApi, repo_id: str, spec: str | None) -> Resolved:
     if spec is None or spec == "latest" or _SEMVER.match(spec.removeprefix(TAG_PREFIX)):
         tags = version_tags(api, repo_id)
         if spec is None and not tags:
-            return Resolved(repo_id, None, api.model_info(repo_id, revision=DEFAULT_BRANCH).sha)
+            return Resolved(repo_id, None, _checked(repo_id, api.model_info(repo_id, revision=DEFAULT_BRANCH).sha))
         version = latest(tags) if spec in (None, "latest") else Version.parse(spec)
         if version is None:
             raise HubError(f"{repo_id} has no versions yet; push one with `rvec push DIR {repo_id} --version 1.0.0`")
         if version not in tags:
             known = ", ".join(str(v) for v in sorted(tags, reverse=True)[:10])
             raise HubError(f"{repo_id} has no version {version}; it has {known} (see `rvec versions {repo_id}`)")
-        return Resolved(repo_id, version, tags[version])
+        return Resolved(repo_id, version, _checked(repo_id, tags[version]))
     # A commit sha (full or abbreviated) or a branch name: the Hub resolves it.
-    sha = api.model_info(repo_id, revision=spec).sha
-    if sha is None:
-        raise HubError(f"{repo_id}@{spec} did not resolve to a commit")
+    sha = _checked(repo_id, api.model_info(repo_id, revision=spec).sha)
     if _COMMIT.match(spec) and not sha.startswith(spec):
         raise HubError(f"{repo_id}@{spec} resolved to commit {sha}, which is not the commit asked for")
     return Resolved(repo_id, None, sha)
+
+
+def _checked(repo_id: str, sha: str | None) -> str:
+    # The commit names a cache directory, so a server's answer must be a plain hex id and nothing else.
+    if not sha or not _FULL_COMMIT.match(sha):
+        raise HubError(f"the Hub answered {sha!r} as the commit of {repo_id}, which is not a commit id; check the endpoint")
+    return sha
