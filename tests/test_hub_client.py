@@ -195,6 +195,20 @@ def test_push_racing_another_commit_is_refused_instead_of_overwriting_it(vector_
     assert [str(v.version) for v in versions("alice/raced", endpoint=url)] == ["1.0.0"]
 
 
+def test_versions_order_by_semver_precedence_and_latest_prefers_releases() -> None:
+    from rvec_hub.hub.versions import Version, latest
+
+    chain = ["1.0.0-alpha", "1.0.0-alpha.1", "1.0.0-alpha.beta", "1.0.0-beta", "1.0.0-beta.2", "1.0.0-beta.11",
+             "1.0.0-rc.1", "1.0.0", "1.0.1", "1.2.0", "1.10.0", "2.0.0"]
+    parsed = [Version.parse(v) for v in chain]
+    assert sorted(reversed(parsed)) == parsed and [str(v) for v in parsed] == chain
+    assert Version.parse("v1.2.3") == Version.parse("1.2.3") and Version.parse("1.2.3").tag == "v1.2.3"
+    assert Version.from_tag("stable") is None and Version.from_tag("v1") is None
+    tags = {Version.parse(v): "c" for v in ("1.0.0", "1.1.0", "2.0.0-rc.1")}
+    assert str(latest(tags)) == "1.1.0"
+    assert str(latest({Version.parse("0.1.0-rc.1"): "c"})) == "0.1.0-rc.1" and latest({}) is None
+
+
 @pytest.mark.parametrize("bad", ["1.0", "01.0.0", "1.0.0+build.5", "latest", "v1"])
 def test_push_refuses_a_version_that_is_not_semver(vector_dir: Path, bad: str) -> None:
     with pytest.raises(UsageError, match="semantic versioning"):
