@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def export_adapter(item: OpenedVector, rank: int, cache: Path | None = None) -> 
 
 def dropped_note(name: str, export: PeftExport) -> str:
     """One start-up line: what LoRA drops from this vector and what rank truncation loses."""
-    kinds = sorted({n.rsplit(".", 2)[-2] if n.endswith((".weight", ".bias")) else n for n in export.dropped})
+    # Layer indices stripped, so 48 biases read as the three kinds they are.
+    kinds = sorted({re.sub(r"^model\.(layers\.\d+\.)?", "", n) for n in export.dropped})
     what = f" ({', '.join(kinds[:6])}{', …' if len(kinds) > 6 else ''})" if kinds else ""
     return (
         f"{name}: LoRA drops {export.dropped_share:.1%} of the vector's norm{what}; rank truncation loses "

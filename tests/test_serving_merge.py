@@ -133,7 +133,7 @@ def test_lora_plan_exports_adapters_and_reports_dropped_share(family, vector_dir
     assert "--enable-lora" in plan.argv and plan.argv[plan.argv.index("--max-lora-rank") + 1] == "8"
     assert plan.argv[plan.argv.index("--max-loras") + 1] == "2"
     assert all((e.path / "adapter_config.json").is_file() for e in exports)
-    assert "LoRA drops" in plan.notes[0] and "embed_tokens" in plan.notes[0]
+    assert "LoRA drops" in plan.notes[0] and "embed_tokens.weight" in plan.notes[0] and "q_proj.bias" in plan.notes[0]
 
 
 def test_serve_cli_dry_run_prints_url_model_and_command(family, vector_dir) -> None:

@@ -7,6 +7,7 @@ another (`rvec_serving.probe`), and one `rvec serve` server answers every OpenAI
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import socket
@@ -171,37 +172,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextlib.contextmanager
+def _running(cmd: list[str], port: int, log: Path):
+    """Run a server command until the block ends; yields its base URL once `/v1/models` answers."""
+    import httpx
+
+    with open(log, "w") as sink:
+        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    url = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[:4]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(1)
+        else:
+            pytest.fail(f"{cmd[:4]} did not answer in time:\n{log.read_text()[-3000:]}")
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
 @pytest.fixture(scope="module")
 def server(family, vector_dir, tmp_path_factory):
     """`rvec serve --base instruct --vector tiny-reasoning` on 127.0.0.1, ready to answer."""
-    import httpx
-
     port = _free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     rvec = str(Path(sys.executable).with_name("rvec"))
     cmd = [rvec, "serve", "--base", str(family["instruct"]), "--vector", str(vector_dir), "--port", str(port), "--", *SERVER_ARGS]
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"rvec serve exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        time.sleep(1)
-    else:
-        proc.terminate()
-        pytest.fail(f"rvec serve did not answer in time:\n{log.read_text()[-3000:]}")
-    yield {"url": url, "model": "instruct+tiny-reasoning", "log": log}
-    proc.terminate()
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with _running(cmd, port, log) as url:
+        yield {"url": url, "model": "instruct+tiny-reasoning", "log": log}
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +303,18 @@ def test_plain_vllm_serve_with_rvec_load_format_refuses_incompatible_vector(fami
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "refusing to serve" in proc.stdout + proc.stderr and "hidden_size" in proc.stdout + proc.stderr
+
+
+def test_plain_vllm_serve_with_rvec_load_format_equals_the_applied_checkpoint(family, vector_dir, offline, tmp_path) -> None:
+    from openai import OpenAI
+
+    port = _free_port()
+    extra = json.dumps({"vectors": [{"ref": str(vector_dir), "alpha": 1.0}]})
+    cmd = [sys.executable, "-m", "rvec_serving.vllm_cli", "serve", str(family["instruct"]), "--load-format", "rvec",
+           "--model-loader-extra-config", extra, "--port", str(port), "--served-model-name", "plain", *SERVER_ARGS]
+    with _running(cmd, port, tmp_path / "vllm.log") as url:
+        got = OpenAI(base_url=url, api_key="unused").completions.create(
+            model="plain", prompt=PROMPTS[0], max_tokens=8, temperature=0, logprobs=1, extra_body={"ignore_eos": True})
+    want = _out(offline, "applied")[0]
+    assert got.choices[0].text == want["text"]
+    assert got.choices[0].logprobs.token_logprobs == pytest.approx(want["token_logprobs"], abs=1e-6)

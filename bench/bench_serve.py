@@ -1,0 +1,184 @@
+"""Benchmark serving with vectors merged at load time (`--load-format rvec`) on the vLLM CPU engine.
+
+On a synthetic Qwen2.5-0.5B-shaped family (bf16) it starts one fresh engine per configuration, in its own
+process (`python -m rvec_serving.probe`), and records:
+
+- start-up time (engine construction), and its weight-loading part as vLLM logs it ("Loading weights took"),
+  plus rvec's own preparation (opening, sha256-verifying and checking the vectors) logged by the loader;
+- generation throughput, greedy, fixed prompts and lengths (weights are merged, so it should equal the base's);
+
+for plain `--load-format safetensors` on the base, and `--load-format rvec` with a dense, a sparse (lossless)
+and a low-rank vector. It also measures the offline route, `rvec apply` then serve the written checkpoint,
+and the extra disk that route needs.
+
+    flock /tmp/rvec-bench.lock .venv/bin/python bench/bench_serve.py
+    flock /tmp/rvec-bench.lock .venv/bin/python bench/bench_serve.py --repeat 2 --rank 64
+
+Figures go to bench/results/serve.json and a markdown table on stdout. Work files: .bench-work/serve/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(BENCH))
+
+from _measure import log_line, warm_cache  # noqa: E402
+
+from rvec_hub.synthetic import QWEN25_05B, write_family  # noqa: E402
+
+TARGET_LOAD_OVERHEAD = 0.20
+ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 16, "gpu_memory_utilization": 0.15,
+          "distributed_executor_backend": "uni"}
+_LOAD_RE = re.compile(r"Loading weights took ([0-9.]+) seconds")
+_CHECK_RE = re.compile(r"rvec: .* \(checked in ([0-9.]+) s\)")
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def _rvec(*args: str) -> None:
+    subprocess.run([str(Path(sys.executable).with_name("rvec")), *args, "-q"], check=True)
+
+
+def prepare(work: Path, rank: int) -> dict[str, Path]:
+    """Family, the dense vector, its sparse and low-rank compressions, and the applied checkpoint (cached)."""
+    family = work / "family"
+    if not (family / "instruct").exists():
+        log_line("writing the Qwen2.5-0.5B-shaped family")
+        write_family(family, QWEN25_05B, seed=0)
+    paths = {"base": family / "instruct", "dense": work / "vec-dense", "sparse": work / "vec-sparse",
+             "lowrank": work / f"vec-lowrank-r{rank}", "applied": work / "applied"}
+    timings = {}
+    if not paths["dense"].exists():
+        _rvec("extract", "--reference", str(family / "sft"), "--tuned", str(family / "grpo"), "-o", str(paths["dense"]))
+    if not paths["sparse"].exists():
+        _rvec("compress", str(paths["dense"]), "-o", str(paths["sparse"]), "--method", "sparse", "--device", "cpu")
+    if not paths["lowrank"].exists():
+        _rvec("compress", str(paths["dense"]), "-o", str(paths["lowrank"]), "--method", "lowrank", "--rank", str(rank), "--device", "cpu")
+    if paths["applied"].exists():
+        import shutil
+
+        shutil.rmtree(paths["applied"])
+    warm_cache(paths["base"], paths["dense"])
+    started = time.perf_counter()
+    _rvec("apply", str(paths["dense"]), "--base", str(paths["base"]), "-o", str(paths["applied"]))
+    timings["apply_s"] = time.perf_counter() - started
+    return paths, timings
+
+
+def run_engine(work: Path, name: str, llm: dict, throughput: dict) -> dict:
+    """One fresh engine in its own process: start-up, weight loading, throughput."""
+    spec = {"prompts": ["Question: Tom has 3 apples and buys 4 more. How many?"], "max_tokens": 16, "logprobs": 1,
+            "engine": ENGINE, "runs": [{"name": name, "llm": llm, "throughput": throughput}]}
+    spec_path, out_path, log_path = work / f"{name}.spec.json", work / f"{name}.out.json", work / "logs" / f"{name}.log"
+    log_path.parent.mkdir(exist_ok=True)
+    spec_path.write_text(json.dumps(spec))
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "rvec_serving.probe", str(spec_path), str(out_path)],
+                          capture_output=True, text=True, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
+    wall = time.perf_counter() - started
+    log = proc.stdout + proc.stderr
+    log_path.write_text(log)
+    result = json.loads(out_path.read_text())[0]
+    if "error" in result or proc.returncode:
+        raise RuntimeError(f"{name}: {result.get('error')}; see {log_path}")
+    load = _LOAD_RE.search(log)
+    check = _CHECK_RE.search(log)
+    return {
+        "startup_s": result["startup_s"],
+        "load_weights_s": float(load.group(1)) if load else None,
+        "rvec_prepare_s": float(check.group(1)) if check else 0.0,
+        "tokens_per_s": result["throughput"]["tokens_per_s"],
+        "process_wall_s": wall,
+        "first_tokens": result["outputs"]["base"][0]["tokens"],
+    }
+
+
+def _median(runs: list[dict], key: str) -> float | None:
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=ROOT / ".bench-work" / "serve")
+    parser.add_argument("--repeat", type=int, default=1, help="Engine starts per configuration (medians are reported).")
+    parser.add_argument("--rank", type=int, default=64, help="Rank of the low-rank vector.")
+    parser.add_argument("--prompts", type=int, default=16, help="Throughput: concurrent prompts.")
+    parser.add_argument("--max-tokens", type=int, default=64, help="Throughput: tokens generated per prompt.")
+    parser.add_argument("--out", type=Path, default=BENCH / "results" / "serve.json")
+    args = parser.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    paths, timings = prepare(args.work, args.rank)
+    throughput = {"prompts": args.prompts, "max_tokens": args.max_tokens}
+
+    def rvec(vec: Path) -> dict:
+        return {"model": str(paths["base"]), "load_format": "rvec", "model_loader_extra_config": {"vectors": [{"ref": str(vec), "alpha": 1.0}]}}
+
+    configs = {
+        "safetensors (base)": {"model": str(paths["base"]), "load_format": "safetensors"},
+        "rvec dense": rvec(paths["dense"]),
+        "rvec sparse": rvec(paths["sparse"]),
+        f"rvec lowrank r{args.rank}": rvec(paths["lowrank"]),
+        "safetensors (rvec apply output)": {"model": str(paths["applied"]), "load_format": "safetensors"},
+    }
+    runs: dict[str, list[dict]] = {name: [] for name in configs}
+    for i in range(args.repeat):
+        for name, llm in configs.items():
+            warm_cache(paths["base"], paths["applied"], *(paths[k] for k in ("dense", "sparse", "lowrank")))
+            log_line(f"[{i + 1}/{args.repeat}] {name}")
+            runs[name].append(run_engine(args.work, name.split(" (")[0].replace(" ", "-") + ("-applied" if "apply" in name else ""), llm, throughput))
+    base_load = _median(runs["safetensors (base)"], "load_weights_s")
+    base_tps = _median(runs["safetensors (base)"], "tokens_per_s")
+    rows = {}
+    for name, rs in runs.items():
+        load = _median(rs, "load_weights_s")
+        prepare_s = _median(rs, "rvec_prepare_s") or 0.0
+        rows[name] = {
+            "startup_s": _median(rs, "startup_s"), "load_weights_s": load, "rvec_prepare_s": prepare_s,
+            "load_overhead_vs_base": (load + prepare_s) / base_load - 1 if base_load else None,
+            "load_overhead_excluding_verify": load / base_load - 1 if base_load else None,
+            "tokens_per_s": _median(rs, "tokens_per_s"), "throughput_vs_base": _median(rs, "tokens_per_s") / base_tps - 1,
+            "runs": rs,
+        }
+    payload = {k: _du(p) for k, p in paths.items() if k != "base"}
+    report = {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "model": "Qwen2.5-0.5B shapes (synthetic, bf16)", "engine": ENGINE, "throughput": throughput, "repeat": args.repeat,
+        "target_load_overhead": TARGET_LOAD_OVERHEAD,
+        "configs": rows,
+        "offline_apply": {"apply_s": timings["apply_s"], "extra_disk_bytes": payload["applied"],
+                          "base_disk_bytes": _du(paths["base"])},
+        "vector_bytes": {k: payload[k] for k in ("dense", "sparse", "lowrank")},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print("| configuration | start-up s | weight loading s | + rvec prepare s | load vs base | tokens/s | vs base |")
+    print("|---|---|---|---|---|---|---|")
+    for name, r in rows.items():
+        print(f"| {name} | {r['startup_s']:.1f} | {r['load_weights_s']:.2f} | {r['rvec_prepare_s']:.2f} | "
+              f"{r['load_overhead_vs_base']:+.0%} | {r['tokens_per_s']:.1f} | {r['throughput_vs_base']:+.1%} |")
+    off = report["offline_apply"]
+    print(f"\noffline route: rvec apply {off['apply_s']:.1f} s, then serve; extra disk {off['extra_disk_bytes'] / 1e9:.2f} GB")
+    print(f"vector payloads: " + ", ".join(f"{k} {v / 1e6:.0f} MB" for k, v in report["vector_bytes"].items()))
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
