@@ -41,6 +41,7 @@ def _add_optional() -> None:
         ("hub_server_cmd", "hub_group"),
         ("serve_cmds", "serve_cmd"),
         ("serve_cmds", "export_group"),
+        ("demo_cmd", "demo_cmd"),
         ("eval_cmd", "eval_cmd"),
     ):
         try:
