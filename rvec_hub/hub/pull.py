@@ -19,6 +19,7 @@ import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from filelock import FileLock
 from huggingface_hub import HfApi, hf_hub_url
@@ -148,6 +149,41 @@ def _git_blob_id(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _HashingFile:
+    """A file opened for download that hashes every byte written, so verifying needs no second read.
+
+    Opening truncates the file to `keep` bytes and hashes those first (the part a resumed download keeps).
+    """
+
+    def __init__(self, f: BinaryIO, keep: int) -> None:
+        self._f, self._digest, self._valid = f, hashlib.sha256(), True
+        f.seek(0)
+        left = keep
+        while left > 0 and (block := f.read(min(_BLOCK, left))):
+            self._digest.update(block)
+            left -= len(block)
+        f.seek(keep)
+        f.truncate()
+
+    def write(self, data: bytes) -> int:
+        self._digest.update(data)
+        return self._f.write(data)
+
+    def tell(self) -> int:
+        return self._f.tell()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        self._valid = False  # the downloader rewinds when a server ignores Range: hash the file afresh
+        return self._f.seek(offset, whence)
+
+    def truncate(self, size: int | None = None) -> int:
+        self._valid = False
+        return self._f.truncate(size)
+
+    def hexdigest(self) -> str | None:
+        return self._digest.hexdigest() if self._valid else None
+
+
 class _Fetcher:
     """Downloads the files of one commit into a staging directory, each verified as it completes."""
 
@@ -161,7 +197,7 @@ class _Fetcher:
         problems = []
         for name in (MANIFEST_NAME, CARD_NAME):
             if name in self.tree:
-                path = self._download(staging, name, self.tree[name].size)
+                path, _ = self._download(staging, name, self.tree[name].size)
                 problem = self._check_listed(path, self.tree[name], name)
                 if problem:
                     path.unlink()
@@ -180,21 +216,24 @@ class _Fetcher:
             )
         problems = []
         for entry in manifest.files:
-            path = self._download(staging, entry.path, entry.size)
+            path, digest = self._download(staging, entry.path, entry.size)
             if path.stat().st_size != entry.size:
                 problems.append(f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.size}")
-            elif sha256_file(path) != entry.sha256:
+            elif (digest or sha256_file(path)) != entry.sha256:
                 problems.append(f"{entry.path} sha256 differs from the manifest")
             else:
                 continue
             path.unlink()
         _fail_if(problems, self.repo_id, self.commit)
 
-    def _download(self, staging: Path, name: str, size: int) -> Path:
-        """Stream one file into `staging/name`, resuming an earlier `.incomplete` copy; returns the file."""
+    def _download(self, staging: Path, name: str, size: int) -> tuple[Path, str | None]:
+        """Stream one file into `staging/name`, resuming an earlier `.incomplete` copy.
+
+        Returns the file and its sha256, hashed as the bytes arrived (None when it must be hashed again).
+        """
         dest = staging.joinpath(*name.split("/"))
         if dest.is_file() and dest.stat().st_size == size:
-            return dest  # finished by an earlier, interrupted pull; checked again by the caller
+            return dest, None  # finished by an earlier, interrupted pull
         dest.parent.mkdir(parents=True, exist_ok=True)
         part = dest.with_name(dest.name + _PARTIAL)
         have = part.stat().st_size if part.is_file() else 0
@@ -203,9 +242,8 @@ class _Fetcher:
         url = hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=self.endpoint)
         try:
             with open(part, "r+b" if part.exists() else "wb") as f:
-                f.seek(have)
-                f.truncate()
-                http_get(url, f, resume_size=have, headers=self.headers, expected_size=size,
+                sink = _HashingFile(f, have)
+                http_get(url, sink, resume_size=have, headers=self.headers, expected_size=size,
                          displayed_filename=name, tqdm_class=self.bar)
         except OSError as exc:
             if "Consistency check failed" not in str(exc):
@@ -217,7 +255,7 @@ class _Fetcher:
                 "modified, nothing was written; tell the author or pull another version"
             ) from None
         os.replace(part, dest)
-        return dest
+        return dest, sink.hexdigest()
 
     def _check_listed(self, path: Path, listed: RepoFile, name: str) -> str | None:
         if listed.lfs is not None:
