@@ -276,6 +276,13 @@ def test_push_without_a_valid_token_fails_without_showing_it(vector_dir: Path, u
         push(vector_dir, "alice/denied", "1.0.0", endpoint=url, token=BOB, quiet=True)
 
 
+def test_push_to_a_hub_without_xet_says_to_disable_xet(vector_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("hf_xet")
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)  # as for a user who did not set HF_HUB_DISABLE_XET=1
+    with pytest.raises(HubError, match="does not accept Xet transfers; set HF_HUB_DISABLE_XET=1"):
+        push(vector_dir, "alice/xet", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+
+
 def test_search_base_finds_exactly_the_matching_vectors(vector_dir: Path, url: str, tmp_path: Path) -> None:
     other = _variant(vector_dir, tmp_path / "other", base_model="acme/other-base")
     near = _variant(vector_dir, tmp_path / "near", base_model="tiny/instruct-v2")

@@ -74,6 +74,11 @@ def hub_errors(repo_id: str | None, endpoint: str, *, token: str | None = None, 
     except OfflineModeIsEnabled:
         raise HubError(f"HF_HUB_OFFLINE is set, so {where} cannot be reached; unset it or use a local vector directory") from None
     except (httpx2.TransportError, ConnectionError) as exc:
+        if "xet-write-token" in str(exc) or "xet-read-token" in str(exc):
+            # hf_xet is installed and the Hub (e.g. `rvec hub serve`) does not speak Xet.
+            raise HubError(
+                f"the Hub at {endpoint} does not accept Xet transfers; set HF_HUB_DISABLE_XET=1 and run again"
+            ) from None
         raise HubError(
             f"cannot reach the Hub at {endpoint} ({type(exc).__name__}); check --endpoint / HF_ENDPOINT and that the "
             "server is running (`rvec hub serve`)"
