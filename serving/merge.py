@@ -34,8 +34,12 @@ def merge_tensor(
     if not shape:
         terms = [(vectors[i].vector.decode_rows(name, 0, 1), vectors[i].alpha) for i in active]
         return add_rows(base, terms, out_dtype, [survival[i] for i in active])
+    chunks = row_chunks(shape)
+    if len(chunks) == 1:
+        terms = [(vectors[i].vector.decode_rows(name, 0, shape[0]).to(base.device), vectors[i].alpha) for i in active]
+        return add_rows(base, terms, out_dtype, [survival[i] for i in active])
     out = torch.empty(shape, dtype=out_dtype, device=base.device)
-    for start, stop in row_chunks(shape):
+    for start, stop in chunks:
         terms = [(vectors[i].vector.decode_rows(name, start, stop).to(base.device), vectors[i].alpha) for i in active]
         out[start:stop] = add_rows(base[start:stop], terms, out_dtype, [survival[i] for i in active])
     return out

@@ -318,3 +318,28 @@ def test_plain_vllm_serve_with_rvec_load_format_equals_the_applied_checkpoint(fa
     want = _out(offline, "applied")[0]
     assert got.choices[0].text == want["text"]
     assert got.choices[0].logprobs.token_logprobs == pytest.approx(want["token_logprobs"], abs=1e-6)
+
+
+def test_serve_lora_mode_offers_base_and_each_vector_per_request(family, vector_dir, other_vector, offline, tmp_path, monkeypatch) -> None:
+    from openai import OpenAI
+
+    monkeypatch.setenv("RVEC_CACHE", str(tmp_path / "cache"))
+    port = _free_port()
+    rvec = str(Path(sys.executable).with_name("rvec"))
+    cmd = [rvec, "serve", "--base", str(family["instruct"]), "--vector", str(vector_dir), "--vector", f"{other_vector}:2",
+           "--mode", "lora", "--rank", "8", "--port", str(port), "--", "--dtype", "float32", *SERVER_ARGS]
+    log = tmp_path / "lora.log"
+    with _running(cmd, port, log) as url:
+        client = OpenAI(base_url=url, api_key="unused")
+        served = {m.id for m in client.models.list().data}
+        got = {
+            name: client.completions.create(model=name, prompt=PROMPTS[0], max_tokens=8, temperature=0, logprobs=1,
+                                            extra_body={"ignore_eos": True}).choices[0]
+            for name in ("instruct", "tiny-reasoning", "other@2")
+        }
+    assert {"instruct", "tiny-reasoning", "other@2"} <= served
+    assert "LoRA drops" in log.read_text()
+    for name, offline_name in (("instruct", "base-fp32"), ("tiny-reasoning", "lowrank-v1"), ("other@2", "lowrank-v2")):
+        want = _out(offline, offline_name)[0]
+        assert got[name].text == want["text"], name
+        assert got[name].logprobs.token_logprobs == pytest.approx(want["token_logprobs"], abs=2e-3), name

@@ -12,7 +12,7 @@ from ._errors import echo_json, exit_with
 from ._options import endpoint_option, json_option
 
 
-@click.command("serve", context_settings={"ignore_unknown_options": False})
+@click.command("serve")
 @click.option("--base", required=True, help="The model to serve: a directory or Hub id.")
 @click.option("--vector", "vectors", multiple=True, required=True, help="REF[:ALPHA]: a directory or REPO_ID@VERSION; repeatable.")
 @click.option("--mode", type=click.Choice(["merged", "lora"]), default="merged", show_default=True,
