@@ -406,9 +406,11 @@ def _summary(entries: list[TensorEntry], target: Target, source: Vector, payload
 
 
 def _plot(directory: Path, entries: list[TensorEntry]) -> None:
-    """The per-layer plot under assets/, when matplotlib is installed."""
+    """The per-layer plot under assets/, when matplotlib is installed (the `plot` extra)."""
     try:
-        from .plots import write_compression_plot
+        import matplotlib  # noqa: F401
     except ImportError:
         return
+    from .plots import write_compression_plot
+
     write_compression_plot(entries, Path(directory) / EXTRA_FILES_DIR / "compression.png")
