@@ -87,6 +87,7 @@ def run_engine(work: Path, name: str, llm: dict, throughput: dict) -> dict:
     spec_path, out_path, log_path = work / f"{name}.spec.json", work / f"{name}.out.json", work / "logs" / f"{name}.log"
     log_path.parent.mkdir(exist_ok=True)
     spec_path.write_text(json.dumps(spec))
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "rvec_serving.probe", str(spec_path), str(out_path)],
                           capture_output=True, text=True, env={**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "0"})
@@ -104,6 +105,9 @@ def run_engine(work: Path, name: str, llm: dict, throughput: dict) -> dict:
         "rvec_prepare_s": float(check.group(1)) if check else 0.0,
         "tokens_per_s": result["throughput"]["tokens_per_s"],
         "process_wall_s": wall,
+        # The host is shared: the 1-minute load average before and after says how contended a run was.
+        "loadavg_before": load_before,
+        "loadavg_after": os.getloadavg()[0],
         "first_tokens": result["outputs"]["base"][0]["tokens"],
     }
 

@@ -44,6 +44,7 @@ class RvecModelLoader(DefaultModelLoader):
         super().__init__(dataclasses.replace(load_config, load_format="safetensors", model_loader_extra_config=rest))
         self.vectors: list[OpenedVector] = []
         self.survival: list[Survival] = []
+        self.merge_device: torch.device | None = None
 
     def _base_folder(self, model_config: ModelConfig) -> str:
         folder, _, _, _ = self._prepare_weights(model_config.model, None, model_config.revision, False, None)
@@ -67,6 +68,9 @@ class RvecModelLoader(DefaultModelLoader):
         logger.info("rvec: %s fit %s (checked in %.2f s)", describe(vectors), model_config.model, time.perf_counter() - started)
 
     def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
+        device = torch.device(self.load_config.device or vllm_config.device_config.device)
+        # On an accelerator the float32 arithmetic runs there; on CPU tensors stay where vLLM reads them.
+        self.merge_device = device if device.type != "cpu" else None
         try:
             self.prepare(model_config)
         except CompatibilityError as exc:
@@ -88,7 +92,7 @@ class RvecModelLoader(DefaultModelLoader):
                 seen.add(name)
                 yield name, tensor
 
-        yield from merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival)
+        yield from merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, self.merge_device)
         missing = untouched(self.vectors, seen)
         if missing:
             raise CompatibilityError(

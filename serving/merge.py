@@ -21,18 +21,26 @@ def _active(vectors: list[OpenedVector], name: str) -> list[int]:
 
 
 def merge_tensor(
-    name: str, base: torch.Tensor, vectors: list[OpenedVector], out_dtype: torch.dtype, survival: list[Survival]
+    name: str,
+    base: torch.Tensor,
+    vectors: list[OpenedVector],
+    out_dtype: torch.dtype,
+    survival: list[Survival],
+    device: torch.device | None = None,
 ) -> torch.Tensor:
     """One base tensor plus every vector's scaled delta, in float32 row chunks, cast once to `out_dtype`.
 
-    Tensors no vector touches (and non-float tensors) come back unchanged.
+    Tensors no vector touches (and non-float tensors) come back unchanged. With `device` (an accelerator),
+    the arithmetic runs there and the merged tensor is returned there; vLLM's weight loaders copy from any device.
     """
     active = _active(vectors, name)
     if not active or not base.dtype.is_floating_point:
         return base
+    if device is not None and base.device != device:
+        base = base.to(device, non_blocking=True)
     shape = tuple(base.shape)
     if not shape:
-        terms = [(vectors[i].vector.decode_rows(name, 0, 1), vectors[i].alpha) for i in active]
+        terms = [(vectors[i].vector.decode_rows(name, 0, 1).to(base.device), vectors[i].alpha) for i in active]
         return add_rows(base, terms, out_dtype, [survival[i] for i in active])
     chunks = row_chunks(shape)
     if len(chunks) == 1:
@@ -50,6 +58,7 @@ def merged_weights(
     vectors: list[OpenedVector],
     out_dtype: torch.dtype,
     survival: list[Survival] | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[tuple[str, torch.Tensor]]:
     """Wrap a `(name, tensor)` weights iterator so each tensor leaves with the vectors added.
 
@@ -60,13 +69,14 @@ def merged_weights(
         vectors: the opened vectors with their alphas.
         out_dtype: the serving dtype; merged tensors are cast to it once.
         survival: one accumulator per vector, filled with the share of its norm the cast keeps.
+        device: where to do the arithmetic (the accelerator the model loads onto); None keeps each tensor's device.
 
     Example:
         >>> model.load_weights(merged_weights(safetensors_weights_iterator(files), vectors, torch.bfloat16))
     """
     survival = survival if survival is not None else [Survival() for _ in vectors]
     for name, tensor in weights:
-        yield name, merge_tensor(name, tensor, vectors, out_dtype, survival)
+        yield name, merge_tensor(name, tensor, vectors, out_dtype, survival, device)
         del tensor
 
 

@@ -58,6 +58,16 @@ def test_merged_weights_equal_what_rvec_apply_writes(family, vector_dir, other_v
         assert torch.equal(tensor, applied.read_rows(name)), name
 
 
+@pytest.mark.gpu
+def test_merging_on_the_accelerator_equals_merging_on_cpu(family, vector_dir) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    on_cpu = dict(merged_weights(_base_weights(family["instruct"]), _opened((vector_dir, 1.0)), torch.bfloat16))
+    on_gpu = merged_weights(_base_weights(family["instruct"]), _opened((vector_dir, 1.0)), torch.bfloat16, device=torch.device("cuda"))
+    for name, tensor in on_gpu:
+        assert torch.equal(tensor.cpu(), on_cpu[name]), name
+
+
 def test_alpha_zero_yields_the_base_tensors_untouched(family, vector_dir) -> None:
     base = dict(_base_weights(family["instruct"]))
     merged = dict(merged_weights(_base_weights(family["instruct"]), _opened((vector_dir, 0.0)), torch.bfloat16))
