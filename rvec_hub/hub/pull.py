@@ -17,6 +17,7 @@ import hashlib
 import os
 import shutil
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -122,9 +123,12 @@ def pull(
             return PullResult(target, repo_id, version, commit)
         target.parent.mkdir(parents=True, exist_ok=True)
         fetch = _Fetcher(repo_id, commit, endpoint, token, tree, quiet)
-        with hub_errors(repo_id, endpoint, token=token):
-            manifest = fetch.manifest(staging)
-            fetch.payload(staging, manifest)
+        try:
+            with hub_errors(repo_id, endpoint, token=token):
+                manifest = fetch.manifest(staging)
+                fetch.payload(staging, manifest)
+        finally:
+            fetch.hasher.shutdown()
         _move_into_place(staging, target)
     return PullResult(target, repo_id, version, commit)
 
@@ -155,8 +159,9 @@ class _HashingFile:
     Opening truncates the file to `keep` bytes and hashes those first (the part a resumed download keeps).
     """
 
-    def __init__(self, f: BinaryIO, keep: int) -> None:
+    def __init__(self, f: BinaryIO, keep: int, hasher: ThreadPoolExecutor) -> None:
         self._f, self._digest, self._valid = f, hashlib.sha256(), True
+        self._hasher, self._pending = hasher, None
         f.seek(0)
         left = keep
         while left > 0 and (block := f.read(min(_BLOCK, left))):
@@ -166,8 +171,15 @@ class _HashingFile:
         f.truncate()
 
     def write(self, data: bytes) -> int:
-        self._digest.update(data)
+        # Hash chunk N on another thread while chunk N+1 arrives (hashlib releases the GIL); one in flight.
+        self._wait()
+        self._pending = self._hasher.submit(self._digest.update, data)
         return self._f.write(data)
+
+    def _wait(self) -> None:
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
 
     def tell(self) -> int:
         return self._f.tell()
@@ -181,6 +193,7 @@ class _HashingFile:
         return self._f.truncate(size)
 
     def hexdigest(self) -> str | None:
+        self._wait()
         return self._digest.hexdigest() if self._valid else None
 
 
@@ -191,6 +204,7 @@ class _Fetcher:
         self.repo_id, self.commit, self.endpoint, self.tree = repo_id, commit, endpoint, tree
         self.headers = build_hf_headers(token=token, library_name="rvec")
         self.bar = _SilentBar if quiet else None
+        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvec-sha256")
 
     def manifest(self, staging: Path) -> Manifest:
         """Fetch `rvec.json` (and the card), checked against the ids the tree listing gives them."""
@@ -242,7 +256,7 @@ class _Fetcher:
         url = hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=self.endpoint)
         try:
             with open(part, "r+b" if part.exists() else "wb") as f:
-                sink = _HashingFile(f, have)
+                sink = _HashingFile(f, have, self.hasher)
                 http_get(url, sink, resume_size=have, headers=self.headers, expected_size=size,
                          displayed_filename=name, tqdm_class=self.bar)
         except OSError as exc:
