@@ -16,7 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # before huggingface_hub reads
 
 from huggingface_hub import HfApi, constants  # noqa: E402
 
-import rvec_hub.hub.pull as pull_module  # noqa: E402
+import rvec_hub.hub.fetch as fetch_module  # noqa: E402
 from rvec_hub.errors import HubError, IntegrityError, OutputExistsError, UsageError  # noqa: E402
 from rvec_hub.hub.client import pull, push, search, versions  # noqa: E402
 from rvec_hub.hub.server import running_server  # noqa: E402
@@ -101,7 +101,7 @@ def test_pull_without_output_lands_verified_in_the_hub_cache_and_is_reused(vecto
     assert first.path.is_relative_to(Path(os.environ["HF_HUB_CACHE"])) and first.path.name == first.commit
 
     calls: list[str] = []
-    monkeypatch.setattr(pull_module, "http_get", lambda url, *a, **k: calls.append(url))
+    monkeypatch.setattr(fetch_module, "http_get", lambda url, *a, **k: calls.append(url))
     again = pull("alice/cached@1.0.0", endpoint=url)
     assert again.path == first.path and calls == [], "a verified cached copy is downloaded again"
 
@@ -336,14 +336,14 @@ def test_pull_killed_midway_resumes_when_run_again(vector_dir: Path, url: str, t
     assert partial and 0 < partial[0].stat().st_size < 64 * 1024 * 1024 and not out.exists()
 
     resumed_from: list[int] = []
-    real_http_get = pull_module.http_get
+    real_http_get = fetch_module.http_get
 
     def recording_http_get(url, temp_file, *, resume_size=0, **kwargs):
         if url.endswith("noise.bin"):
             resumed_from.append(resume_size)
         return real_http_get(url, temp_file, resume_size=resume_size, **kwargs)
 
-    monkeypatch.setattr(pull_module, "http_get", recording_http_get)
+    monkeypatch.setattr(fetch_module, "http_get", recording_http_get)
     done = pull("alice/big@1.0.0", output=out, endpoint=url)
 
     assert resumed_from and resumed_from[0] > 0, "the second pull started over instead of resuming"
