@@ -99,6 +99,7 @@ def _timed(fn) -> tuple[float, object]:
 def run(size: str, repeat: int, work: Path) -> dict:
     work.mkdir(parents=True, exist_ok=True)
     vec = _vector(work, size)
+    load_start = os.getloadavg()[0]
     manifest = load_manifest(vec)
     payload = sum(f.size for f in manifest.files)
     scratch = work / "scratch"
@@ -150,7 +151,9 @@ def run(size: str, repeat: int, work: Path) -> dict:
         "standalone_verify_share_of_pull": round(best["verify_pulled_s"] / best["pull_output_s"], 3),
         "pull_over_unverified_download": round(best["pull_output_s"] / best["snapshot_download_s"], 3),
         "runs": runs,
-        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform(),
+                    # Other work on a shared machine slows both ends; the load says how quiet it was.
+                    "load_avg_1m_start_end": [round(load_start, 2), round(os.getloadavg()[0], 2)]},
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "command": "flock /tmp/rvec-bench.lock .venv/bin/python bench/bench_hub.py " + " ".join(sys.argv[1:]),
     }
