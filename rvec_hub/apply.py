@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from .arith import Survival, add_rows, resolve_device, row_chunks
+from .arith import Survival, Workspace, add_rows, resolve_device, row_chunks, streaming_threads
 from .check import compatibility, dtype_name
 from .io.atomic import atomic_directory
 from .io.checkpoint import SIDECAR_FILES, Checkpoint
@@ -71,7 +71,8 @@ def apply_vectors(
         dtype = out_dtype if (out_dtype is not None and info.dtype.is_floating_point) else info.dtype
         plan.append((name, info.shape, dtype))
     changed = 0
-    with atomic_directory(out, force=force) as tmp:
+    workspace = Workspace()
+    with atomic_directory(out, force=force) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
         with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar:
             for name, shape, dtype in plan:
@@ -82,7 +83,7 @@ def apply_vectors(
                     rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
                     if active:
                         terms = [(v.decode_rows(name, start, stop).to(device), a) for _, v, a in active]
-                        rows = add_rows(rows.to(device), terms, dtype, [survival[i] for i, _, _ in active]).cpu()
+                        rows = add_rows(rows.to(device), terms, dtype, [survival[i] for i, _, _ in active], workspace=workspace).cpu()
                     elif rows.dtype != dtype:
                         rows = rows.to(dtype)
                     writer.write(rows)

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ._version import __version__
-from .arith import row_chunks
+from .arith import row_chunks, streaming_threads
 from .check import dtype_name
 from .errors import CheckpointError
 from .io.atomic import atomic_directory
@@ -106,7 +106,7 @@ def extract(
     entries: list[TensorEntry] = []
     max_err, err_sq, norm_sq = 0.0, 0.0, 0.0
     out = Path(out)
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "vector", max_shard_bytes, PAYLOAD_METADATA, [(n, ref.tensors[n].shape, storage) for n in floats])
         with progress(sum(ref.tensors[n].nbytes for n in floats), "extract", quiet=quiet) as bar:
             for tname in floats:
@@ -155,8 +155,11 @@ def _extract_tensor(
     max_err = err_sq = norm_sq = 0.0
     nonzero = 0
     for start, stop in row_chunks(shape):
-        delta = tun.read_rows(name, start, stop).float() - ref.read_rows(name, start, stop).float()
-        if not torch.isfinite(delta).all():
+        # In-place mixed-dtype subtraction widens the reference rows exactly, without a float32 copy.
+        delta = tun.read_rows(name, start, stop).float().sub_(ref.read_rows(name, start, stop))
+        delta_norm = torch.linalg.vector_norm(delta).item()
+        # A finite norm proves every element finite in one pass; only an overflowing one needs a closer look.
+        if not math.isfinite(delta_norm) and not torch.isfinite(delta).all():
             raise CheckpointError(f"the delta of {name} holds NaN or Inf; a donor checkpoint is corrupt")
         if not begun:
             if not delta.any():
@@ -168,10 +171,12 @@ def _extract_tensor(
                     writer.write(torch.zeros((z_stop - z_start, *shape[1:]), dtype=storage))
             begun = True
         stored = delta.to(storage)
-        diff = stored.float() - delta
-        max_err = max(max_err, diff.abs().max().item() if diff.numel() else 0.0)
-        err_sq += torch.linalg.vector_norm(diff).item() ** 2
-        norm_sq += torch.linalg.vector_norm(delta).item() ** 2
+        if storage != torch.float32 and delta.numel():
+            diff = torch.sub(stored, delta)
+            low, high = torch.aminmax(diff)
+            max_err = max(max_err, -low.item(), high.item())
+            err_sq += torch.linalg.vector_norm(diff).item() ** 2
+        norm_sq += delta_norm**2
         nonzero += int(torch.count_nonzero(delta))
         writer.write(stored.reshape(shape) if not shape else stored)
     if not begun:
