@@ -41,21 +41,25 @@ def spectrum(delta: torch.Tensor, *, device: str | torch.device = "cpu") -> torc
     Computed as the eigenvalues of the Gram matrix of the shorter side, which costs one matmul.
     """
     m = delta.reshape(delta.shape[0], -1).to(device, torch.float32)
-    gram = (m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T).double()
-    if gram.device.type == "cpu":
-        # numpy's LAPACK eigensolver is many times faster than torch's on CPU builds.
-        import numpy as np
+    gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
+    gram = gram.double()
+    if gram.device.type != "cpu":
+        return torch.linalg.eigvalsh(gram).cpu().clamp_min(0).flip(0)
+    # numpy's LAPACK eigensolver is many times faster than torch's on CPU builds.
+    import numpy as np
 
-        values = torch.from_numpy(np.linalg.eigvalsh(gram.numpy()).copy())
-    else:
-        values = torch.linalg.eigvalsh(gram).cpu()
-    return values.clamp_min(0).flip(0)
+    return torch.from_numpy(np.linalg.eigvalsh(gram.numpy()).copy()).clamp_min(0).flip(0)
 
 
 def svd_factors(
     matrix: torch.Tensor, rank: int, *, oversample: int | None = None, niter: int = POWER_ITERATIONS, seed: int = 0
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-`rank` (U, S, Vh) of a float32 matrix, randomized unless an exact SVD is as cheap.
+
+    The randomized path runs its power iterations on the shorter side, Z ← orth(Mᵀ·M·Z) with Z (n × q),
+    and orthonormalises the tall (m × q) product only once, Q = orth(M·Z), before the small SVD of QᵀM.
+    That spans the same subspace as the textbook scheme (Halko et al., algorithm 4.4) with one tall QR
+    instead of 2·niter + 1.
 
     Args:
         matrix: (m, n) float32, on any device.
@@ -68,18 +72,20 @@ def svd_factors(
         U (m, rank), S (rank,), Vh (rank, n).
     """
     m, n = matrix.shape
+    if m < n:
+        u, s, vh = svd_factors(matrix.T, rank, oversample=oversample, niter=niter, seed=seed)
+        return vh.T, s, u.T
     q = rank + (max(OVERSAMPLE, rank // 2) if oversample is None else oversample)
-    if 2 * q >= min(m, n):
+    if 2 * q >= n:
         u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         return u[:, :rank], s[:rank], vh[:rank]
     gen = torch.Generator(device=matrix.device).manual_seed(seed)
-    sketch = torch.randn(n, q, generator=gen, device=matrix.device, dtype=matrix.dtype)
-    basis = torch.linalg.qr(matrix @ sketch).Q
+    z = torch.linalg.qr(torch.randn(n, q, generator=gen, device=matrix.device, dtype=matrix.dtype)).Q
     for _ in range(niter):
-        basis = torch.linalg.qr(matrix.T @ basis).Q
-        basis = torch.linalg.qr(matrix @ basis).Q
+        z = torch.linalg.qr(matrix.T @ (matrix @ z)).Q
+    basis = torch.linalg.qr(matrix @ z).Q  # the one tall QR: project M on its column space
     u_small, s, vh = torch.linalg.svd(basis.T @ matrix, full_matrices=False)
-    return (basis @ u_small[:, :rank]), s[:rank], vh[:rank]
+    return basis @ u_small[:, :rank], s[:rank], vh[:rank]
 
 
 def _encode(
