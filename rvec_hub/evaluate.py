@@ -186,8 +186,10 @@ class TransformersEngine:
     float32, so RL deltas below one bf16 step are kept.
     """
 
-    def __init__(self, base: str, *, hub_endpoint: str | None = None) -> None:
+    def __init__(self, base: str, *, hub_endpoint: str | None = None, device: str | None = None) -> None:
         import torch
+
+        from .arith import resolve_device
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
@@ -201,7 +203,8 @@ class TransformersEngine:
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.device = resolve_device(device)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(self.device).eval()
         self.params = dict(self.model.named_parameters())
         self._saved: dict[str, torch.Tensor] = {}
 
@@ -223,7 +226,7 @@ class TransformersEngine:
                     if entry.encoding == "zero" or name not in self.params:
                         continue
                     self._saved.setdefault(name, self.params[name].detach().clone())
-                    self.params[name].add_(vector.decode(name).reshape(self.params[name].shape), alpha=scale)
+                    self.params[name].add_(vector.decode(name).reshape(self.params[name].shape).to(self.device), alpha=scale)
                 vector.close()
 
     def complete(self, prompts: list[str], options: EvalOptions) -> list[str]:
@@ -232,7 +235,7 @@ class TransformersEngine:
 
         if options.chat:
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts]
-        batch = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         with torch.no_grad():
             out = self.model.generate(
                 **batch, max_new_tokens=options.max_tokens, do_sample=False,
@@ -330,6 +333,7 @@ def evaluate(
     endpoint: str | None = None,
     models: list[str] | None = None,
     engine: str = "vllm",
+    device: str | None = None,
     serve_args: list[str] | None = None,
     hub_endpoint: str | None = None,
     echo=None,
@@ -344,6 +348,7 @@ def evaluate(
         endpoint: an OpenAI-compatible server already running; its `models` are evaluated as they are.
         models: served model names to evaluate at `endpoint` (default: the first it lists).
         engine: without `endpoint`, `vllm` (one `rvec serve` per setting) or `transformers` (in process).
+        device: for the transformers engine, `cpu` or `cuda` (default: cuda when available).
         serve_args: extra vLLM arguments for `rvec serve`, e.g. ["--dtype", "float32"].
         hub_endpoint: Hub endpoint for vector and base references.
         echo: called with a line of progress per score.
@@ -375,7 +380,7 @@ def evaluate(
     if base is None:
         raise UsageError("pass --base (the model to evaluate) or --endpoint (a server already running)")
     if engine == "transformers":
-        local = TransformersEngine(base, hub_endpoint=hub_endpoint)
+        local = TransformersEngine(base, hub_endpoint=hub_endpoint, device=device)
         for setting in settings:
             local.use(setting)
             run(local, setting)

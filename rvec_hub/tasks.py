@@ -20,9 +20,9 @@ from .errors import UsageError
 
 DEFAULT_SEED = 1234
 DEFAULT_SIZE = 200
-_NAMES = ["Ann", "Bob", "Cara", "Dan", "Eva", "Finn", "Gus", "Hana", "Ivan", "Jo"]
-_ITEMS = ["apples", "pens", "coins", "cards", "books", "shells", "stamps", "eggs"]
-_COLORS = ["red", "blue", "green", "white", "black", "pink"]
+NAMES = ["Ann", "Bob", "Cara", "Dan", "Eva", "Finn", "Gus", "Hana", "Ivan", "Jo"]
+ITEMS = ["apples", "pens", "coins", "cards", "books", "shells", "stamps", "eggs"]
+COLORS = ["red", "blue", "green", "white", "black", "pink"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class TaskSet:
 
 
 def _arith(rng: random.Random) -> Task:
-    name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
+    name, item = rng.choice(NAMES), rng.choice(ITEMS)
     kind = rng.randrange(4)
     if kind == 0:
         a, b = rng.randint(2, 20), rng.randint(2, 20)
@@ -78,8 +78,8 @@ def _arith(rng: random.Random) -> Task:
 
 
 def _tracking(rng: random.Random) -> Task:
-    people = rng.sample(_NAMES, 3)
-    colors = rng.sample(_COLORS, 3)
+    people = rng.sample(NAMES, 3)
+    colors = rng.sample(COLORS, 3)
     holds = dict(zip(people, colors))
     intro = ", ".join(f"{p} has a {c} ball" for p, c in holds.items())
     swaps, steps = [], []

@@ -24,6 +24,7 @@ from ._options import json_option
 @click.option("--model", "models", multiple=True, help="With --endpoint: served model names to evaluate (default: the first listed).")
 @click.option("--engine", type=click.Choice(ENGINES), default="vllm", show_default=True,
               help="Without --endpoint: `rvec serve` per setting, or transformers in process (small models).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Transformers engine: where the model runs (default: cuda when available).")
 @click.option("--chat", is_flag=True, help="Use the chat API and template instead of plain completions.")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--ci", type=click.Choice(CI_METHODS), default="wilson", show_default=True, help="95 % interval method.")
@@ -32,7 +33,7 @@ from ._options import json_option
 @click.option("--write-card", "card", type=click.Path(exists=True, file_okay=False), help="Record the results in this vector's README (model-index).")
 @click.option("--hub-endpoint", envvar="HF_ENDPOINT", help="Hub endpoint for Hub references (default: HF_ENDPOINT or huggingface.co).")
 @json_option
-def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, engine, chat, max_tokens, ci, seed, serve_args, card, hub_endpoint, as_json):
+def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, engine, device, chat, max_tokens, ci, seed, serve_args, card, hub_endpoint, as_json):
     """Measure reasoning accuracy of a base model, then of base + α·vector, with 95 % intervals.
 
     Final answers follow the GSM8K convention: the number after `####`, else the last number.
@@ -49,7 +50,7 @@ def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, en
     options = EvalOptions(cot=cot, chat=chat, max_tokens=max_tokens, ci=ci)
     echo = None if as_json else (lambda line: click.echo(line, err=True))
     report = evaluate(
-        base, tasks, settings, options, endpoint=endpoint, models=list(models) or None, engine=engine,
+        base, tasks, settings, options, endpoint=endpoint, models=list(models) or None, engine=engine, device=device,
         serve_args=shlex.split(serve_args), hub_endpoint=hub_endpoint, echo=echo,
     )
     if card:
