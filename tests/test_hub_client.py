@@ -106,6 +106,16 @@ def test_pull_without_output_lands_verified_in_the_hub_cache_and_is_reused(vecto
     assert again.path == first.path and calls == [], "a verified cached copy is downloaded again"
 
 
+def test_pull_replaces_a_cached_copy_that_no_longer_verifies(vector_dir: Path, url: str) -> None:
+    push(vector_dir, "alice/rotted", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    cached = pull("alice/rotted", endpoint=url).path
+    payload = cached / "vector.safetensors"
+    payload.write_bytes(b"\x00" * payload.stat().st_size)
+
+    assert pull("alice/rotted@1.0.0", endpoint=url).path == cached
+    assert payload.read_bytes() == (vector_dir / "vector.safetensors").read_bytes()
+
+
 def test_two_versions_coexist_and_version_latest_and_commit_each_resolve(vector_dir: Path, vector_fp32: Path, url: str, tmp_path: Path) -> None:
     v1 = push(vector_dir, "alice/evolving", "1.0.0", endpoint=url, token=ALICE, quiet=True)
     v2 = push(vector_fp32, "alice/evolving", "v1.1.0", endpoint=url, token=ALICE, quiet=True)
