@@ -216,8 +216,9 @@ def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[st
         for entry in changed:
             shape, dtype = tuple(entry.shape), _TORCH_DTYPES[entry.dtype]
             matrix = len(shape) >= 2
-            # A fixed-rank low-rank run needs no sparse sizes for its matrices.
-            measure = target.method != "dense" and not (target.method == "lowrank" and target.rank is not None and matrix)
+            # A fixed-rank low-rank run needs sparse sizes only where factors would not pay.
+            factored = target.method == "lowrank" and target.rank is not None and matrix and _factors_pay(shape, dtype, target)
+            measure = target.method != "dense" and not factored
             if not measure and not (want_spectrum and matrix):
                 out[entry.name] = Survey(entry.name, shape, dtype)
                 bar.update(1)
@@ -236,6 +237,12 @@ def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[st
             del delta
             bar.update(1)
     return out
+
+
+def _factors_pay(shape: tuple[int, ...], dtype: torch.dtype, target: Target) -> bool:
+    out, inp = lowrank.as_matrix(shape)
+    dense = math.prod(shape) * dtype.itemsize
+    return target.rank <= min(out, inp) and lowrank.factor_bytes(shape, target.rank, target.factor_dtype) < dense
 
 
 def make_plans(surveys: dict[str, Survey], target: Target) -> dict[str, Plan]:
