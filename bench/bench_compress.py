@@ -157,14 +157,17 @@ def curve(vector_dir: Path, measured: dict[int, Path]) -> dict:
             budgets[share] = {"budget_bytes": int(share * dense), **point(Target("lowrank", budget=int(share * dense)))}
         except Exception as exc:  # a budget below rank 1 everywhere is reported, not plotted
             budgets[share] = {"budget_bytes": int(share * dense), "error": str(exc)}
+    largest = max(min(s.shape) for s in surveys.values() if s.is_matrix)
     uniform_at_budget = {}
     for share, b in budgets.items():
         if "error" in b:
             continue
-        # the uniform rank with the same bytes or fewer, for the same comparison
-        fitting = [r for r in range(1, 1025) if point_bytes(surveys, r) <= b["payload_bytes"]]
-        if fitting:
-            uniform_at_budget[share] = {"rank": fitting[-1], **point(Target("lowrank", rank=fitting[-1]))}
+        # the largest uniform rank that costs no more than the budget's plan: the same comparison
+        rank = 0
+        while rank < largest and point_bytes(surveys, rank + 1) <= b["payload_bytes"]:
+            rank += 1
+        if rank:
+            uniform_at_budget[share] = {"rank": rank, **point(Target("lowrank", rank=rank))}
     real = {}
     for r, path in measured.items():
         m = Vector.open(path).manifest.compression
@@ -246,7 +249,7 @@ def run(size: str, work: Path, mergekit_bin: Path, repeat: int) -> dict:
     exact = lossless_check(vec, lossless)
     measured = {64: r64}
     largest = min(shapes.hidden_size, shapes.intermediate_size)
-    for r in (x for x in (8, 256) if x <= largest):
+    for r in (x for x in (8,) if x <= largest):
         out = work / f"vec-r{r}"
         timed(f"rvec compress --rank {r}", [rvec, "compress", str(vec), "-o", str(out), "--method", "lowrank", "--rank", str(r), "--device", "cpu", "--quiet"], out)
         measured[r] = out
