@@ -2,7 +2,8 @@
 
 Reads go through `pread` into fresh buffers rather than mmap, so a pass over a 3 GB checkpoint keeps
 only the rows in hand resident. Writes reserve room for the header, stream tensor bytes in order, and
-write the header last (safetensors allows trailing spaces in the header JSON).
+write the header last (safetensors allows trailing spaces in the header JSON). The bytes reach the file
+from a background thread, a few chunks behind, so the copy into the page cache overlaps the arithmetic.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import json
 import math
 import os
 import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +36,8 @@ DTYPES: dict[str, torch.dtype] = {
 }
 DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 _MAX_HEADER = 100 * 1024 * 1024
+# Chunks handed to the writer thread and not yet written: bounds the memory the overlap costs.
+_WRITES_IN_FLIGHT = 4
 
 
 @dataclass(frozen=True)
@@ -169,6 +174,8 @@ class ShardWriter:
         self._reserve = 0
         self._pending: _Pending | None = None
         self.total_bytes = 0
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvec-shard-writer")
+        self._in_flight: deque[Future] = deque()
 
     def begin(self, name: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
         """Start a tensor; its bytes follow through `write` calls, in row order."""
@@ -186,9 +193,12 @@ class ShardWriter:
         pending = self._pending
         if chunk.dtype != pending.dtype:
             raise TypeError(f"{pending.name}: got {chunk.dtype}, expected {pending.dtype}")
-        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
-        self._file.write(memoryview(data))
-        pending.written += data.nbytes
+        # A copy, because callers reuse their buffers as soon as this returns.
+        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        self._in_flight.append(self._io.submit(self._file.write, data))
+        while len(self._in_flight) > _WRITES_IN_FLIGHT:
+            self._in_flight.popleft().result()
+        pending.written += len(data)
 
     def add(self, name: str, tensor: torch.Tensor) -> None:
         """Write a whole tensor."""
@@ -207,6 +217,7 @@ class ShardWriter:
         if not self._shards:
             self._open_shard()
             self._close_shard()
+        self._io.shutdown()
         count = len(self._shards)
         result = []
         weight_map = {}
@@ -241,9 +252,14 @@ class ShardWriter:
         self._offset = 0
         self._shards.append((path, []))
 
+    def _drain(self) -> None:
+        while self._in_flight:
+            self._in_flight.popleft().result()
+
     def _close_shard(self) -> None:
         if self._file is None:
             return
+        self._drain()
         meta = json.dumps({"__metadata__": self.metadata})[1:-1]
         parts = [meta] + [_header_entry(*e) for e in self._entries]
         header = ("{" + ",".join(parts) + "}").encode()
