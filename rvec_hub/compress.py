@@ -255,17 +255,14 @@ def make_plans(surveys: dict[str, Survey], target: Target) -> dict[str, Plan]:
     plans = {}
     for s in surveys.values():
         lossless = _lossless_plan(s, target.method)
-        r = ranks.get(s.name)  # 0: the budget affords the lossless encoding
+        r = ranks.get(s.name)  # None: no low-rank target; 0: the budget affords the lossless encoding
         low = _lowrank_plan(s, r, target.factor_dtype) if r else None
-        if r == 0:
+        if low is None:
             plans[s.name] = lossless
-            continue
-        if target.method == "lowrank" or (target.method == "auto" and target.budget is not None):
-            plans[s.name] = low if low and (target.method == "lowrank" or low.nbytes <= lossless.nbytes) else lossless
-        elif low is not None and low.nbytes < lossless.nbytes:
+        elif target.method == "lowrank":
             plans[s.name] = low
-        else:
-            plans[s.name] = lossless
+        else:  # auto: the smaller of the two
+            plans[s.name] = low if low.nbytes < lossless.nbytes else lossless
     return plans
 
 
