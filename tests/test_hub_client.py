@@ -286,11 +286,12 @@ def test_push_without_a_valid_token_fails_without_showing_it(vector_dir: Path, u
         push(vector_dir, "alice/denied", "1.0.0", endpoint=url, token=BOB, quiet=True)
 
 
-def test_push_to_a_hub_without_xet_says_to_disable_xet(vector_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_push_to_a_hub_without_xet_falls_back_to_lfs(vector_dir: Path, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("hf_xet")
     monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", False)  # as for a user who did not set HF_HUB_DISABLE_XET=1
-    with pytest.raises(HubError, match="does not accept Xet transfers; set HF_HUB_DISABLE_XET=1"):
-        push(vector_dir, "alice/xet", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    pushed = push(vector_dir, "alice/xet", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    pulled = pull("alice/xet@1.0.0", output=tmp_path / "x", endpoint=url)
+    assert pulled.commit == pushed.commit and _without_card(_files(pulled.path)) == _without_card(_files(vector_dir))
 
 
 def test_search_base_finds_exactly_the_matching_vectors(vector_dir: Path, url: str, tmp_path: Path) -> None:

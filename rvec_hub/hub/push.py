@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.hf_api import RepoFile
@@ -111,15 +112,27 @@ def push(
         head = _branch_head(api, repo_id)
         names = [MANIFEST_NAME, CARD_NAME] + [f.path for f in manifest.files]
         card = render_card(manifest, repo_id=repo_id, version=str(parsed)).encode()
-        operations: list = [CommitOperationAdd(CARD_NAME, card)]
-        operations += [CommitOperationAdd(name, str(directory / name)) for name in names if name != CARD_NAME]
+        stale: list[str] = []
         if head is not None:
-            stale = [f.path for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)]
-            operations += [CommitOperationDelete(p) for p in stale if p not in names and p not in _KEPT]
-        info = api.create_commit(
-            repo_id, operations, commit_message=message or f"rvec {manifest.name} {parsed}",
-            revision=DEFAULT_BRANCH, parent_commit=head,
-        )
+            listed = [f.path for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)]
+            stale = [p for p in listed if p not in names and p not in _KEPT]
+
+        def commit(source: Callable[[str], str | BinaryIO]):
+            operations: list = [CommitOperationAdd(CARD_NAME, card)]
+            operations += [CommitOperationAdd(name, source(name)) for name in names if name != CARD_NAME]
+            operations += [CommitOperationDelete(p) for p in stale]
+            return api.create_commit(repo_id, operations, commit_message=message or f"rvec {manifest.name} {parsed}",
+                                     revision=DEFAULT_BRANCH, parent_commit=head)
+
+        try:
+            info = commit(lambda name: str(directory / name))
+        except ConnectionError as exc:
+            if "xet-write-token" not in str(exc):
+                raise
+            # hf_xet is installed but this Hub (e.g. `rvec hub serve`) has no Xet; huggingface_hub sends
+            # open file objects through LFS instead. Nothing was uploaded by the failed attempt.
+            with ExitStack() as files:
+                info = commit(lambda name: files.enter_context(open(directory / name, "rb")))
         if parsed in version_tags(api, repo_id):
             # Another push tagged this version while ours uploaded; our commit stays on main, untagged.
             raise HubError(f"{repo_id} version {parsed} was published by someone else during this push; "
