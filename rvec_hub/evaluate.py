@@ -43,10 +43,6 @@ class Setting:
         terms = [f"{'-' if (a or 1) < 0 else '+'} {f'{abs(a):g}' if a is not None else 'default'}·{Path(r).name}" for r, a in self.vectors]
         return " ".join(["base", *terms])
 
-    @property
-    def alpha(self) -> float:
-        """The scale of a single-vector setting (0 for the base)."""
-        return float(self.vectors[0][1] or 0.0) if len(self.vectors) == 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -407,8 +403,13 @@ def _split_card(text: str) -> tuple[dict, str]:
     return {}, text
 
 
-def model_index(report: EvalReport, vector: str, name: str) -> list[dict]:
+def model_index(report: EvalReport, vector: str, name: str, default_alpha: float = 1.0) -> list[dict]:
     """The Hub `model-index` entry for the scores of one vector (and the base they compare to)."""
+
+    def alpha(s: Score) -> float:
+        value = s.setting.vectors[0][1]
+        return default_alpha if value is None else value
+
     results = []
     for tasks in dict.fromkeys(s.tasks for s in report.scores):
         mine = [s for s in report.scores if s.tasks == tasks and (not s.setting.vectors or (
@@ -417,7 +418,7 @@ def model_index(report: EvalReport, vector: str, name: str) -> list[dict]:
             continue
         metrics = [{
             "type": "accuracy", "value": round(s.result.value, 4), "verified": False,
-            "name": f"accuracy ({'base' if not s.setting.vectors else f'base {s.setting.alpha:+g}·vector'}"
+            "name": f"accuracy ({'base' if not s.setting.vectors else f'base {alpha(s):+g}·vector'}"
                     f"{', CoT' if report.options.cot else ''}; 95% CI {s.result.low:.3f}-{s.result.high:.3f}, n={s.result.n})",
         } for s in mine]
         results.append({
@@ -445,7 +446,7 @@ def write_card(vector: str | Path, report: EvalReport) -> Path:
     manifest = load_manifest(directory)
     card = directory / "README.md"
     meta, body = _split_card(card.read_text() if card.exists() else "")
-    index = model_index(report, str(directory), manifest.name)
+    index = model_index(report, str(directory), manifest.name, manifest.default_alpha)
     if not index[0]["results"]:
         raise UsageError(f"the evaluation has no score for {directory}; pass it as --vector to record its effect")
     meta["model-index"] = index

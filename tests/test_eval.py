@@ -115,3 +115,13 @@ def test_cli_eval_says_what_is_wrong_in_one_line(tmp_path: Path, capsys: pytest.
     assert err.startswith("error: unknown built-in task set 'gsm9k'") and "Traceback" not in err
     assert run_cli(cli, ["eval", "--tasks", "arith", "--engine", "transformers"]) == 1
     assert "pass --base" in capsys.readouterr().err
+
+
+def test_write_card_names_a_default_alpha_by_the_manifest_value(family: dict[str, Path], vector_dir: Path, tmp_path: Path) -> None:
+    vec = shutil.copytree(vector_dir, tmp_path / "vec")
+    report = evaluate(str(family["instruct"]), [generate("arith", 1)], settings_for([str(vec)]), FAST, engine="transformers")
+    assert report.scores[1].setting.label == "base + default·vec"
+    write_card(vec, report)
+    meta = yaml.safe_load((vec / "README.md").read_text().split("---\n")[1])
+    names = [m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]]
+    assert names[1].startswith("accuracy (base +1·vector, CoT")
