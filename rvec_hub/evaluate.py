@@ -463,3 +463,24 @@ def write_card(vector: str | Path, report: EvalReport) -> Path:
     tmp.write_text(text)
     os.replace(tmp, card)
     return card
+
+
+def carry_evaluation(card: str, local_card: str | Path) -> str:
+    """A freshly rendered card with the `model-index` and evaluation section of a local card, if it has them.
+
+    `rvec push` renders the card from the manifest; this keeps what `rvec eval --write-card` recorded.
+    """
+    import yaml
+
+    local = Path(local_card)
+    if not local.is_file():
+        return card
+    old_meta, old_body = _split_card(local.read_text())
+    if "model-index" not in old_meta:
+        return card
+    meta, body = _split_card(card)
+    meta["model-index"] = old_meta["model-index"]
+    if CARD_BEGIN in old_body and CARD_END in old_body and CARD_BEGIN not in body:
+        section = CARD_BEGIN + old_body.split(CARD_BEGIN, 1)[1].split(CARD_END, 1)[0] + CARD_END + "\n"
+        body = body.rstrip("\n") + "\n\n" + section
+    return "---\n" + yaml.safe_dump(meta, sort_keys=False, allow_unicode=True) + "---\n" + body

@@ -125,3 +125,18 @@ def test_write_card_names_a_default_alpha_by_the_manifest_value(family: dict[str
     meta = yaml.safe_load((vec / "README.md").read_text().split("---\n")[1])
     names = [m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]]
     assert names[1].startswith("accuracy (base +1·vector, CoT")
+
+
+def test_card_rendered_for_push_keeps_the_recorded_evaluation(family: dict[str, Path], vector_dir: Path, tmp_path: Path) -> None:
+    from rvec_hub.card import render_card
+    from rvec_hub.evaluate import carry_evaluation
+
+    vec = shutil.copytree(vector_dir, tmp_path / "vec")
+    fresh = render_card(load_manifest(vec), repo_id="alice/tiny", version="1.0.0")
+    assert carry_evaluation(fresh, vec / "README.md") == fresh  # nothing recorded yet
+    report = evaluate(str(family["instruct"]), [generate("arith", 1)], settings_for([f"{vec}:1"]), FAST, engine="transformers")
+    write_card(vec, report)
+    carried = carry_evaluation(fresh, vec / "README.md")
+    meta = yaml.safe_load(carried.split("---\n")[1])
+    assert meta["model-index"][0]["name"] == "tiny-reasoning" and meta["library_name"] == "rvec"
+    assert "## Evaluation" in carried and "alice/tiny@1.0.0" in carried

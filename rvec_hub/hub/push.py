@@ -14,6 +14,7 @@ from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_b
 
 from ..card import render_card
 from ..errors import HubError
+from ..evaluate import carry_evaluation
 from ..manifest import MANIFEST_NAME
 from ..vector import Vector
 from ._errors import endpoint_of, hub_errors
@@ -111,7 +112,8 @@ def push(
             )
         head = _branch_head(api, repo_id)
         names = [MANIFEST_NAME, CARD_NAME] + [f.path for f in manifest.files]
-        card = render_card(manifest, repo_id=repo_id, version=str(parsed)).encode()
+        # Keep what `rvec eval --write-card` recorded in the local card (model-index, results table).
+        card = carry_evaluation(render_card(manifest, repo_id=repo_id, version=str(parsed)), directory / CARD_NAME).encode()
         stale: list[str] = []
         if head is not None:
             listed = [f.path for f in api.list_repo_tree(repo_id, revision=head, recursive=True) if isinstance(f, RepoFile)]
