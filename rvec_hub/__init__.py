@@ -24,7 +24,8 @@ from .errors import (
     RvecError,
     UsageError,
 )
-from .evaluate import EvalOptions, EvalReport, evaluate, settings_for, write_card
+from .eval_card import write_card
+from .evaluate import EvalOptions, EvalReport, evaluate, settings_for
 from .extract import ExtractResult, extract
 from .info import vector_info
 from .io.checkpoint import Checkpoint, open_checkpoint

@@ -13,7 +13,8 @@ from rvec_hub import Vector, load_manifest
 from rvec_hub.cli.main import cli
 from rvec_hub.cli._errors import run_cli
 from rvec_hub.errors import CompatibilityError, UsageError
-from rvec_hub.evaluate import EvalOptions, Setting, TransformersEngine, evaluate, prompt_for, settings_for, write_card
+from rvec_hub.eval_card import write_card
+from rvec_hub.evaluate import EvalOptions, Setting, TransformersEngine, evaluate, prompt_for, settings_for
 from rvec_hub.synthetic import TINY, shapes_with, write_member
 from rvec_hub.tasks import generate
 
@@ -129,7 +130,7 @@ def test_write_card_names_a_default_alpha_by_the_manifest_value(family: dict[str
 
 def test_card_rendered_for_push_keeps_the_recorded_evaluation(family: dict[str, Path], vector_dir: Path, tmp_path: Path) -> None:
     from rvec_hub.card import render_card
-    from rvec_hub.evaluate import carry_evaluation
+    from rvec_hub.eval_card import carry_evaluation
 
     vec = shutil.copytree(vector_dir, tmp_path / "vec")
     fresh = render_card(load_manifest(vec), repo_id="alice/tiny", version="1.0.0")

@@ -27,7 +27,7 @@ class Schedule:
 
 def new_model(tokenizer_dir: Path, out: Path, *, hidden: int = 128, layers: int = 3, seed: int = 0) -> Path:
     """A freshly initialised Qwen2ForCausalLM (head_dim 64, so the vLLM CPU engine can serve it), saved to `out`."""
-    from transformers import AutoTokenizer, GenerationConfig, Qwen2Config, Qwen2ForCausalLM
+    from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
     config = Qwen2Config(

@@ -7,7 +7,8 @@ import shlex
 import click
 
 from ..answers import CI_METHODS
-from ..evaluate import ENGINES, EvalOptions, evaluate, settings_for, write_card
+from ..eval_card import write_card
+from ..evaluate import ENGINES, EvalOptions, evaluate, settings_for
 from ..tasks import DEFAULT_SEED, DEFAULT_SIZE, load_tasks
 from ._errors import echo_json
 from ._options import json_option

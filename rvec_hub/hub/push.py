@@ -14,7 +14,7 @@ from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_b
 
 from ..card import render_card
 from ..errors import HubError
-from ..evaluate import carry_evaluation
+from ..eval_card import carry_evaluation
 from ..manifest import MANIFEST_NAME
 from ..vector import Vector
 from ._errors import endpoint_of, hub_errors
