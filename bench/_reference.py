@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from rvec_hub.arith import row_chunks
+from rvec_hub.arith import row_chunks, streaming_threads
 from rvec_hub.io.checkpoint import Checkpoint, open_checkpoint
 
 _MANTISSA_BITS = {torch.bfloat16: 7, torch.float16: 10, torch.float32: 23}
@@ -101,27 +101,41 @@ def compare_to_reference(
     for label, ck in out_cks.items():
         result[label].missing = sorted(base_ck.tensors.keys() - ck.tensors.keys())
         result[label].extra = sorted(ck.tensors.keys() - base_ck.tensors.keys())
-    for name, info in base_ck.tensors.items():
-        if not info.dtype.is_floating_point:
-            continue
-        for start, stop in row_chunks(info.shape):
-            rows = (lambda ck: ck.read_rows(name, start, stop) if info.shape else ck.read_rows(name))
-            exact = rows(base_ck).float()
-            ref_rows = rows(ref_ck).float()
-            for ck, weight in model_cks:
-                exact.add_(rows(ck).float() - ref_rows, alpha=weight)
-            want = exact.to(out_dtype)
-            del ref_rows
-            for label, ck in out_cks.items():
-                agg = result[label]
-                if name not in ck.tensors:
-                    continue
-                got = rows(ck)
-                if got.dtype != out_dtype:
-                    if start == 0:
-                        agg.dtype_mismatch.append(f"{name}: {got.dtype}")
-                    continue
-                _account(agg, got, want, exact)
+    with streaming_threads():
+        for name, info in base_ck.tensors.items():
+            if info.dtype.is_floating_point:
+                _compare_tensor(name, info.shape, base_ck, ref_ck, model_cks, out_cks, out_dtype, result)
     for ck in (base_ck, ref_ck, *(c for c, _ in model_cks), *out_cks.values()):
         ck.close()
     return result
+
+
+def _compare_tensor(
+    name: str,
+    shape: tuple[int, ...],
+    base_ck: Checkpoint,
+    ref_ck: Checkpoint,
+    model_cks: list[tuple[Checkpoint, float]],
+    out_cks: dict[str, Checkpoint],
+    out_dtype: torch.dtype,
+    result: dict[str, Agreement],
+) -> None:
+    """Account one tensor of every output, chunk by chunk."""
+    for start, stop in row_chunks(shape):
+        rows = (lambda ck: ck.read_rows(name, start, stop) if shape else ck.read_rows(name))
+        exact = rows(base_ck).float()
+        ref_rows = rows(ref_ck).float()
+        for ck, weight in model_cks:
+            exact.add_(rows(ck).float() - ref_rows, alpha=weight)
+        want = exact.to(out_dtype)
+        del ref_rows
+        for label, ck in out_cks.items():
+            agg = result[label]
+            if name not in ck.tensors:
+                continue
+            got = rows(ck)
+            if got.dtype != out_dtype:
+                if start == 0:
+                    agg.dtype_mismatch.append(f"{name}: {got.dtype}")
+                continue
+            _account(agg, got, want, exact)
