@@ -88,7 +88,7 @@ class Survey:
     shape: tuple[int, ...]
     dtype: torch.dtype
     nnz: int | None = None  # None: not measured, the tensor can only stay dense
-    gap_entries: int | None = None
+    gap_entries: int | None = None  # None: not counted, the bitmask layout is smaller anyway
     energies: torch.Tensor | None = None
 
     @property
@@ -223,20 +223,24 @@ def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[st
                 out[entry.name] = Survey(entry.name, shape, dtype)
                 bar.update(1)
                 continue
-            delta = vector.decode(entry.name)
-            nnz = entries = None
-            if measure:
-                rows, cols = sparse.as_rows(shape)
-                flat = delta.reshape(rows, cols)
-                nnz = entries = 0
-                for start, stop in row_chunks((rows, cols)):
-                    n, g = sparse.measure(flat[start:stop].to(dtype))
-                    nnz, entries = nnz + n, entries + g
-            energies = lowrank.spectrum(delta, device=device) if want_spectrum and matrix else None
+            nnz, entries = _count_nonzeros(vector, entry, dtype) if measure else (None, None)
+            energies = lowrank.spectrum(vector.decode(entry.name), device=device) if want_spectrum and matrix else None
             out[entry.name] = Survey(entry.name, shape, dtype, nnz, entries, energies)
-            del delta
             bar.update(1)
     return out
+
+
+def _count_nonzeros(vector: Vector, entry: TensorEntry, dtype: torch.dtype) -> tuple[int, int | None]:
+    """Non-zeros and gap entries of a tensor in its storage dtype, decoded a chunk of rows at a time."""
+    shape = tuple(entry.shape)
+    if len(shape) < 2:  # a vector is one sparse row
+        return sparse.measure(vector.decode(entry.name).reshape(1, -1).to(dtype))
+    nnz, entries = 0, 0
+    for start, stop in row_chunks(shape):
+        n, g = sparse.measure(vector.decode_rows(entry.name, start, stop).reshape(stop - start, -1).to(dtype))
+        nnz += n
+        entries = None if entries is None or g is None else entries + g
+    return nnz, entries
 
 
 def _factors_pay(shape: tuple[int, ...], dtype: torch.dtype, target: Target) -> bool:
@@ -276,7 +280,7 @@ def _lossless_plan(s: Survey, method: str) -> Plan:
         return dense
     rows, _ = sparse.as_rows(s.shape)
     count = s.nnz if layout == "bitmask" else s.gap_entries
-    pointer = torch.int32 if max(s.nnz, s.gap_entries) < 2**31 else torch.int64
+    pointer = torch.int32 if max(s.nnz, s.gap_entries or 0) < 2**31 else torch.int64
     stored = {f"{s.name}.rowptr": ((rows + 1,), pointer), f"{s.name}.values": ((count,), s.dtype)}
     if layout == "bitmask":
         stored[f"{s.name}.mask"] = ((rows, (sparse.as_rows(s.shape)[1] + 7) // 8), torch.uint8)

@@ -9,6 +9,8 @@ as B[rows]·A, so apply and the serving loader stream them like dense rows.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 
@@ -42,13 +44,26 @@ def spectrum(delta: torch.Tensor, *, device: str | torch.device = "cpu") -> torc
     """
     m = delta.reshape(delta.shape[0], -1).to(device, torch.float32)
     gram = m.T @ m if m.shape[0] >= m.shape[1] else m @ m.T
-    gram = gram.double()
-    if gram.device.type != "cpu":
-        return torch.linalg.eigvalsh(gram).cpu().clamp_min(0).flip(0)
-    # numpy's LAPACK eigensolver is many times faster than torch's on CPU builds.
-    import numpy as np
+    with _lapack_threads(gram):
+        return torch.linalg.eigvalsh(gram.double()).cpu().clamp_min(0).flip(0)
 
-    return torch.from_numpy(np.linalg.eigvalsh(gram.numpy()).copy()).clamp_min(0).flip(0)
+
+@contextmanager
+def _lapack_threads(tensor: torch.Tensor) -> Iterator[None]:
+    """One CPU thread for LAPACK calls on small matrices.
+
+    Their OpenMP fork/join costs far more than their work, tens of times more on a busy machine;
+    the large matmuls around them keep every thread.
+    """
+    if tensor.device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def svd_factors(
@@ -77,14 +92,23 @@ def svd_factors(
         return vh.T, s, u.T
     q = rank + (max(OVERSAMPLE, rank // 2) if oversample is None else oversample)
     if 2 * q >= n:
-        u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
+        with _lapack_threads(matrix):
+            u, s, vh = torch.linalg.svd(matrix, full_matrices=False)
         return u[:, :rank], s[:rank], vh[:rank]
     gen = torch.Generator(device=matrix.device).manual_seed(seed)
-    z = torch.linalg.qr(torch.randn(n, q, generator=gen, device=matrix.device, dtype=matrix.dtype)).Q
+    sketch = torch.randn(n, q, generator=gen, device=matrix.device, dtype=matrix.dtype)
+    with _lapack_threads(matrix):
+        z = torch.linalg.qr(sketch).Q
     for _ in range(niter):
-        z = torch.linalg.qr(matrix.T @ (matrix @ z)).Q
-    basis = torch.linalg.qr(matrix @ z).Q  # the one tall QR: project M on its column space
-    u_small, s, vh = torch.linalg.svd(basis.T @ matrix, full_matrices=False)
+        product = matrix.T @ (matrix @ z)
+        with _lapack_threads(matrix):
+            z = torch.linalg.qr(product).Q
+    tall = matrix @ z
+    with _lapack_threads(matrix):
+        basis = torch.linalg.qr(tall).Q  # the one tall QR: project M on its column space
+    small = basis.T @ matrix
+    with _lapack_threads(matrix):
+        u_small, s, vh = torch.linalg.svd(small, full_matrices=False)
     return basis @ u_small[:, :rank], s[:rank], vh[:rank]
 
 

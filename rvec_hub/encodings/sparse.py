@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from ..arith import row_chunks
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload
 
@@ -30,21 +31,28 @@ def as_rows(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
-def measure(rows: torch.Tensor) -> tuple[int, int]:
-    """(non-zeros, gap entries including fillers) of complete rows of a 2-D delta."""
-    rows = rows.reshape(rows.shape[0], -1)
-    _, gaps = _row_gaps(rows != 0)
-    return int(gaps.numel()), int(gaps.numel() + ((gaps - 1) // _MAX_GAP).sum().item())
+def measure(rows: torch.Tensor) -> tuple[int, int | None]:
+    """(non-zeros, gap entries including fillers) of complete rows of a 2-D delta in its storage dtype.
+
+    Gap entries are counted only below 1 in 8 non-zeros; above that the bitmask is always smaller, and
+    None is returned for them.
+    """
+    mask = rows.reshape(rows.shape[0], -1) != 0
+    nnz = int(mask.sum())
+    if nnz * 8 >= mask.numel():
+        return nnz, None
+    _, gaps = _row_gaps(mask)
+    return nnz, nnz + int(((gaps - 1) // _MAX_GAP).sum())
 
 
-def layout_bytes(shape: tuple[int, ...], nnz: int, entries: int, value_bytes: int) -> dict[str, int]:
-    """Payload bytes of each layout for a tensor with `nnz` non-zeros (`entries` with gap fillers)."""
+def layout_bytes(shape: tuple[int, ...], nnz: int, entries: int | None, value_bytes: int) -> dict[str, int]:
+    """Payload bytes of each layout for a tensor with `nnz` non-zeros (`entries` with gap fillers; None: not counted)."""
     rows, cols = as_rows(shape)
-    pointer = (rows + 1) * _pointer_dtype(max(nnz, entries)).itemsize
-    return {
-        "bitmask": rows * ((cols + 7) // 8) + nnz * value_bytes + pointer,
-        "gaps": entries * (1 + value_bytes) + pointer,
-    }
+    pointer = (rows + 1) * _pointer_dtype(max(nnz, entries or 0)).itemsize
+    sizes = {"bitmask": rows * ((cols + 7) // 8) + nnz * value_bytes + pointer}
+    if entries is not None:
+        sizes["gaps"] = entries * (1 + value_bytes) + pointer
+    return sizes
 
 
 def _pointer_dtype(count: int) -> torch.dtype:
@@ -65,33 +73,53 @@ def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, layout:
     shape = tuple(delta.shape)
     rows, cols = as_rows(shape)
     flat = delta.reshape(rows, cols)
-    values = flat.to(dtype)
-    mask = values != 0  # an entry that rounds to zero in `dtype` is not stored
+    chunks = row_chunks((rows, cols))
+    if layout is None:
+        counted = [measure(flat[a:b].to(dtype)) for a, b in chunks]
+        entries = None if any(e is None for _, e in counted) else sum(e for _, e in counted)
+        sizes = layout_bytes(shape, sum(n for n, _ in counted), entries, dtype.itemsize)
+        layout = min(sizes, key=sizes.get)
+    # Rows are independent, so the tensor is encoded a chunk of rows at a time.
+    parts: dict[str, list[torch.Tensor]] = {"mask" if layout == "bitmask" else "gaps": [], "values": []}
+    counts, err_sq, nnz = [], 0.0, 0
+    for a, b in chunks:
+        values = flat[a:b].to(dtype)
+        mask = values != 0  # an entry that rounds to zero in `dtype` is not stored
+        err_sq += torch.linalg.vector_norm(flat[a:b] - values.float()).item() ** 2
+        nnz += int(mask.sum())
+        if layout == "bitmask":
+            parts["mask"].append(_pack_bits(mask))
+            parts["values"].append(values[mask])
+            counts.append(mask.sum(dim=1))
+        else:
+            gaps, entry_values, per_row = _gap_entries(mask, values)
+            parts["gaps"].append(gaps)
+            parts["values"].append(entry_values)
+            counts.append(per_row)
+    stored = {role: torch.cat(tensors) for role, tensors in parts.items()}
+    pointer = torch.zeros(rows + 1, dtype=torch.long)
+    pointer[1:] = torch.cumsum(torch.cat(counts), 0)
+    stored["rowptr"] = pointer.to(_pointer_dtype(int(pointer[-1])))
+    norm = torch.linalg.vector_norm(delta).item()
+    rel = math.sqrt(err_sq) / norm if norm else 0.0
+    density = nnz / max(1, rows * cols)
+    stats = {"rel_error": rel, "density": density, "energy": 1.0 - rel**2}
+    return Encoded("sparse", stored, params={"layout": layout, "density": density}, stats=stats)
+
+
+def _gap_entries(mask: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 gaps, values and entries per row for some rows, with zero-valued fillers bridging gaps over 255."""
     row, gaps = _row_gaps(mask)
     nz_values = values[mask]
     fillers = (gaps - 1) // _MAX_GAP
-    sizes = layout_bytes(shape, int(gaps.numel()), int(gaps.numel() + fillers.sum().item()), values.element_size())
-    layout = layout or min(sizes, key=sizes.get)
-    if layout == "bitmask":
-        counts = mask.sum(dim=1)
-        packed = _pack_bits(mask)
-        stored = {"mask": packed, "values": nz_values}
-    else:
-        per = fillers + 1
-        owner = torch.repeat_interleave(torch.arange(gaps.numel()), per)
-        first = torch.cumsum(per, 0) - per
-        last = (torch.arange(owner.numel()) - first[owner]) == fillers[owner]
-        entry_gaps = torch.where(last, gaps[owner] - _MAX_GAP * fillers[owner], torch.full_like(owner, _MAX_GAP))
-        entry_values = torch.where(last, nz_values[owner], torch.zeros((), dtype=dtype))
-        counts = torch.bincount(row[owner], minlength=rows) if owner.numel() else torch.zeros(rows, dtype=torch.long)
-        stored = {"gaps": entry_gaps.to(torch.uint8), "values": entry_values.to(dtype)}
-    pointer = torch.zeros(rows + 1, dtype=torch.long)
-    pointer[1:] = torch.cumsum(counts, 0)
-    stored["rowptr"] = pointer.to(_pointer_dtype(int(pointer[-1])))
-    err = torch.linalg.vector_norm(delta.reshape(rows, cols) - values.float()).item()
-    norm = torch.linalg.vector_norm(delta).item()
-    stats = {"rel_error": err / norm if norm else 0.0, "density": int(mask.sum()) / max(1, rows * cols), "energy": 1.0 - (err / norm) ** 2 if norm else 1.0}
-    return Encoded("sparse", stored, params={"layout": layout, "density": stats["density"]}, stats=stats)
+    per = fillers + 1
+    owner = torch.repeat_interleave(torch.arange(gaps.numel()), per)
+    first = torch.cumsum(per, 0) - per
+    last = (torch.arange(owner.numel()) - first[owner]) == fillers[owner]
+    entry_gaps = torch.where(last, gaps[owner] - _MAX_GAP * fillers[owner], torch.full_like(owner, _MAX_GAP))
+    entry_values = torch.where(last, nz_values[owner], torch.zeros((), dtype=values.dtype))
+    per_row = torch.bincount(row[owner], minlength=mask.shape[0]) if owner.numel() else torch.zeros(mask.shape[0], dtype=torch.long)
+    return entry_gaps.to(torch.uint8), entry_values.to(values.dtype), per_row
 
 
 def _pack_bits(mask: torch.Tensor) -> torch.Tensor:
