@@ -76,7 +76,9 @@ def probe(
         >>> probe(open_checkpoint("org/instruct"), Vector.open("vec"), Vector.open("vec-r64"))
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # compress has its own progress and --quiet
     alpha = reference.manifest.default_alpha if alpha is None else alpha
     prompts = prompts or default_prompts()
     try:
