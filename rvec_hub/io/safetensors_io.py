@@ -108,17 +108,16 @@ class SafetensorsFile:
         return raw.view(info.dtype).reshape((stop - start, *info.shape[1:]))
 
     def _pread(self, offset: int, size: int) -> torch.Tensor:
-        buf = bytearray(size)
-        view = memoryview(buf)
+        # An uninitialised tensor: the read fills every byte, so zeroing it first would be a wasted pass.
+        out = torch.empty(size, dtype=torch.uint8)
+        view = memoryview(out.numpy())
         done = 0
         while done < size:
             n = os.preadv(self._fd, [view[done:]], offset + done)
             if n <= 0:
                 raise CheckpointError(f"{self.path} ended early: it is truncated; re-download or re-create it")
             done += n
-        if size == 0:
-            return torch.empty(0, dtype=torch.uint8)
-        return torch.frombuffer(buf, dtype=torch.uint8)
+        return out
 
 
 def tensor_bytes(shape: tuple[int, ...], dtype: torch.dtype) -> int:
