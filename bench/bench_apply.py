@@ -142,12 +142,14 @@ def _dir_bytes(path: Path) -> int:
 def markdown(results: dict) -> str:
     """The tables the README takes."""
     lines = [
-        "| shapes | command | wall (s) | peak RSS (GB) |",
-        "| --- | --- | ---: | ---: |",
+        "| shapes | command | wall (s) | CPU user+sys (s) | peak RSS (GB) |",
+        "| --- | --- | ---: | ---: | ---: |",
     ]
     for size, r in results["sizes"].items():
         for name, c in r["commands"].items():
-            lines.append(f"| {size} | `{name}` | {c['wall_s']:.2f} | {c['peak_rss_gb']:.2f} |")
+            best = min(c["runs"], key=lambda m: m["wall_s"])
+            cpu = best["user_s"] + best["sys_s"]
+            lines.append(f"| {size} | `{name}` | {c['wall_s']:.2f} | {cpu:.1f} | {c['peak_rss_gb']:.2f} |")
     lines += ["", "| shapes | output | weights differing | > 1 bf16 ULP | largest error | largest error (ULPs) |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for size, r in results["sizes"].items():
         for name, a in r["accuracy"].items():
@@ -193,7 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mergekit-venv", type=Path, default=ROOT / ".venv-mergekit")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "apply.json")
     parser.add_argument("--keep", action="store_true", help="keep vectors and merged outputs (donors are always kept)")
+    parser.add_argument("--table", action="store_true", help="print the tables of the --out file and measure nothing")
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown(json.loads(args.out.read_text())))
+        return 0
     mergekit_bin = args.mergekit_venv / "bin" / "mergekit-yaml"
     if not mergekit_bin.exists():
         parser.error(f"{mergekit_bin} is missing; run `bash bench/setup_mergekit.sh` first")
@@ -203,8 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     for size in args.sizes.split(","):
         start = time.perf_counter()
         work = args.work / f"qwen25-{size.replace('.', '')}"
+        environment = {**results["environment"], "loadavg_at_start": os.getloadavg()}
         results["sizes"][size] = run_size(size, SIZES[size], work, args.repeat, mergekit_bin)
-        results["sizes"][size]["environment"] = results["environment"]
+        results["sizes"][size]["environment"] = {**environment, "loadavg_at_end": os.getloadavg()}
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2) + "\n")
         if not args.keep:
