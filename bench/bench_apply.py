@@ -62,7 +62,7 @@ def family(work: Path, shapes: Shapes) -> dict[str, Path]:
     root = work / "family"
     done = root / ".complete"
     paths = {role: root / role for role in ("sft", "grpo", "instruct")}
-    if not done.exists():
+    if not (done.exists() and all(any(p.glob("*.safetensors")) for p in paths.values())):
         log_line(f"building donors in {root} (once)")
         shutil.rmtree(root, ignore_errors=True)
         write_family(root, shapes)
