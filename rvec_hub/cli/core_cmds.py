@@ -137,7 +137,7 @@ def info_cmd(vector, endpoint, as_json):
     for section in ("compression", "probe"):
         if data[section]:
             flat = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in data[section].items() if not isinstance(v, (dict, list)))
-            click.echo(f"{section + ':':<10}{flat}")
+            click.echo(f"{section + ':':<13}{flat}")
 
 
 @click.command("check")

@@ -8,7 +8,13 @@ import click
 
 from .._version import __version__
 from ._errors import run_cli
+from .compress_cmd import compress_cmd
 from .core_cmds import apply_cmd, check_cmd, extract_cmd, info_cmd
+from .demo_cmd import demo_cmd
+from .eval_cmd import eval_cmd
+from .hub_cmds import pull_cmd, push_cmd, search_cmd, versions_cmd
+from .hub_server_cmd import hub_group
+from .serve_cmds import export_group, serve_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -19,41 +25,18 @@ def cli() -> None:
     \b
     Examples:
       rvec extract --reference org/m-sft --tuned org/m-grpo -o vec
-      rvec apply vec --base org/m-instruct -o merged
-      rvec info vec
+      rvec compress vec -o vec-lossless
+      rvec push vec-lossless acme/reasoning --version 1.0.0
+      rvec serve --base org/m-instruct --vector acme/reasoning@1.0.0
     """
 
 
-for command in (extract_cmd, apply_cmd, info_cmd, check_cmd):
+for command in (
+    extract_cmd, compress_cmd, apply_cmd, info_cmd, check_cmd,
+    push_cmd, pull_cmd, versions_cmd, search_cmd, hub_group,
+    serve_cmd, export_group, eval_cmd, demo_cmd,
+):
     cli.add_command(command)
-
-
-def _add_optional() -> None:
-    # Each group lives in its own module; a group whose module is absent is simply not offered.
-    import importlib
-
-    for module, attr in (
-        ("compress_cmd", "compress_cmd"),
-        ("hub_cmds", "push_cmd"),
-        ("hub_cmds", "pull_cmd"),
-        ("hub_cmds", "versions_cmd"),
-        ("hub_cmds", "search_cmd"),
-        ("hub_server_cmd", "hub_group"),
-        ("serve_cmds", "serve_cmd"),
-        ("serve_cmds", "export_group"),
-        ("demo_cmd", "demo_cmd"),
-        ("eval_cmd", "eval_cmd"),
-    ):
-        try:
-            mod = importlib.import_module(f"{__package__}.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.{module}":
-                raise
-            continue
-        cli.add_command(getattr(mod, attr))
-
-
-_add_optional()
 
 
 def main() -> None:
