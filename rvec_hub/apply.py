@@ -89,6 +89,9 @@ def apply_vectors(
                     writer.write(rows)
                 bar.update(tensor_bytes(shape, dtype))
         shards = writer.finish()
+        # A vector opened with background verification must prove intact before the output appears.
+        for vector, _ in vectors:
+            vector.wait_verified()
         _copy_sidecars(base.path, tmp, out_dtype)
     return ApplyResult(out, dtype_name(out_dtype or base.dtype), [s.retained for s in survival], changed, len(shards))
 

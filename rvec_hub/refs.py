@@ -27,13 +27,17 @@ def is_hub_ref(ref: str) -> bool:
     return not Path(ref).exists() and bool(_REPO_RE.match(ref))
 
 
-def open_vector(ref: str | Path, *, endpoint: str | None = None, token: str | None = None, quiet: bool = True) -> Vector:
+def open_vector(
+    ref: str | Path, *, endpoint: str | None = None, token: str | None = None, quiet: bool = True, background_verify: bool = False
+) -> Vector:
     """Open a vector from a directory or a Hub reference (pulled and verified into the cache).
 
     Args:
         ref: a vector directory, or `REPO_ID`, `REPO_ID@1.2.0`, `REPO_ID@latest`, `REPO_ID@<commit>`.
         endpoint: Hub endpoint for references.
         token: Hub token for private repositories.
+        background_verify: hash a local vector's payload on a thread; the caller must `wait_verified()`
+            before it publishes anything computed from it.
 
     Returns:
         The opened, verified vector.
@@ -43,7 +47,7 @@ def open_vector(ref: str | Path, *, endpoint: str | None = None, token: str | No
     """
     text = str(ref)
     if Path(text).exists():
-        return Vector.open(text)
+        return Vector.open(text, verify="background" if background_verify else True)
     if not _REPO_RE.match(text):
         raise FormatError(f"{text} is neither a vector directory nor a Hub reference like owner/name@1.0.0")
     try:

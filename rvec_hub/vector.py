@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
@@ -87,10 +87,18 @@ class Vector:
         self.entries: dict[str, TensorEntry] = manifest.entries
         self._files: dict[str, SafetensorsFile] = {}
         self._owner: dict[str, str] = {}
+        self._pending: Future | None = None
 
     @classmethod
-    def open(cls, path: str | Path, *, verify: bool = True) -> Vector:
-        """Open a vector directory, check its manifest and (by default) every payload checksum."""
+    def open(cls, path: str | Path, *, verify: bool | str = True) -> Vector:
+        """Open a vector directory, check its manifest and (by default) every payload checksum.
+
+        Args:
+            path: the vector directory.
+            verify: True checks every size and sha256 before returning; "background" hashes on a thread
+                while the caller works, and `wait_verified` raises if a file differs (for work whose
+                output is published only afterwards); False skips it (for a vector verified just before).
+        """
         path = Path(path)
         if not path.is_dir():
             raise FormatError(f"{path} is not a vector directory; pass the directory `rvec extract` wrote, or REPO_ID@VERSION")
@@ -101,11 +109,21 @@ class Vector:
                 f"{path} uses encoding {', '.join(unknown)}, which rvec {__version__} cannot read; "
                 f"it was written by rvec {manifest.rvec_version}: upgrade to rvec>={manifest.rvec_version}"
             )
-        if verify:
+        if verify is True:
             verify_files(path, manifest)
         vec = cls(path, manifest)
         vec._index_payload()
+        if verify == "background":
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvec-verify")
+            vec._pending = executor.submit(verify_files, path, manifest)
+            executor.shutdown(wait=False)
         return vec
+
+    def wait_verified(self) -> None:
+        """Wait for background verification; raise IntegrityError if a payload file differs."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
     def _index_payload(self) -> None:
         for entry in self.manifest.files:

@@ -275,3 +275,16 @@ def test_disk_full_write_leaves_no_partial_output(family, vector_dir, tmp_path):
     assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_apply_of_a_tampered_vector_fails_verification_and_writes_nothing(family, vector_dir, tmp_path):
+    """apply hashes the payload while it merges; a mismatch still stops the output from appearing."""
+    vec = _copy_vector(vector_dir, tmp_path / "vec")
+    f = vec / "vector.safetensors"
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    code, out = _run("apply", str(vec), "--base", str(family["instruct"]), "-o", str(tmp_path / "out"), "-q")
+    assert "sha256 differs" in _one_line_error(code, out)
+    assert not (tmp_path / "out").exists()
+    assert not list(tmp_path.glob(".out.rvec-tmp-*"))

@@ -86,7 +86,8 @@ def apply_cmd(vector, base, out, alpha, out_dtype, force, device, endpoint, quie
     pairs, refs = [], []
     for spec in vector:
         ref, own_alpha = split_alpha(spec)
-        vec = open_vector(ref, endpoint=endpoint)
+        # apply publishes nothing before every vector has verified, so hashing can overlap the merge.
+        vec = open_vector(ref, endpoint=endpoint, background_verify=True)
         pairs.append((vec, own_alpha if own_alpha is not None else alpha if alpha is not None else vec.manifest.default_alpha))
         refs.append(ref)
     result = apply_vectors(
