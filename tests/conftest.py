@@ -10,7 +10,7 @@ import pytest
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # huggingface_hub reads it once, at import
 
 from rvec_hub import extract
-from rvec_hub.synthetic import TINY, write_family
+from rvec_hub.synthetic import TINY, shapes_with, write_family
 
 
 @pytest.fixture(autouse=True)
@@ -56,4 +56,22 @@ def vector_fp32(family: dict[str, Path], tmp_path_factory: pytest.TempPathFactor
 
     out = tmp_path_factory.mktemp("vectors") / "tiny-reasoning-fp32"
     extract(family["sft"], family["grpo"], out, dtype=torch.float32, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def other_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A second vector for the same shapes, from a family with another seed."""
+    fam = write_family(tmp_path_factory.mktemp("family-b"), TINY, seed=1)
+    out = tmp_path_factory.mktemp("vectors") / "other"
+    extract(fam["sft"], fam["grpo"], out, quiet=True)
+    return out
+
+
+@pytest.fixture(scope="session")
+def wide_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A vector for a wider model (hidden 256), which no tiny base accepts."""
+    fam = write_family(tmp_path_factory.mktemp("family-wide"), shapes_with(TINY, hidden_size=256, num_attention_heads=4), seed=0)
+    out = tmp_path_factory.mktemp("vectors") / "wide"
+    extract(fam["sft"], fam["grpo"], out, quiet=True)
     return out

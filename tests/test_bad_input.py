@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from rvec_hub import CheckpointError, CompatibilityError, FormatError, IntegrityError, OutputExistsError, Vector, apply_vectors, extract, open_checkpoint
+from rvec_hub import CheckpointError, CompatibilityError, FormatError, IntegrityError, Vector, apply_vectors, extract, open_checkpoint
 from rvec_hub.cli._errors import run_cli
 from rvec_hub.cli.main import cli
 from rvec_hub.io.atomic import atomic_directory

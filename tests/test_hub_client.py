@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # before huggingface_hub reads its constants
 
 from huggingface_hub import HfApi, constants  # noqa: E402
 
@@ -26,19 +25,6 @@ from rvec_hub.refs import open_vector  # noqa: E402
 
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
 TOKENS = {"alice": ALICE, "bob": BOB}
-
-
-@pytest.fixture(autouse=True)
-def _isolated_hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No cache or stored token outside tmp_path (huggingface_hub reads these constants at import)."""
-    home = tmp_path / "hf-home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # before huggingface_hub reads its constants
 
 import httpx2  # noqa: E402  (the HTTP library huggingface_hub itself uses)
 from huggingface_hub import (  # noqa: E402
@@ -18,7 +17,6 @@ from huggingface_hub import (  # noqa: E402
     CommitOperationCopy,
     CommitOperationDelete,
     HfApi,
-    constants,
     hf_hub_download,
     snapshot_download,
 )
@@ -39,21 +37,6 @@ from rvec_hub.hub.server.paths import path_problem  # noqa: E402
 ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
 TOKENS = {"alice": ALICE, "bob": BOB}
 CARD = "---\nlicense: apache-2.0\nlibrary_name: rvec\ntags:\n- rvec\n- reasoning\nbase_model: tiny/instruct\n---\n# A vector\n"
-
-
-@pytest.fixture(autouse=True)
-def _isolated_hf(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """No cache, token or Xet outside tmp_path (constants are read at import, so patch them too)."""
-    home = tmp_path / "hf-home"
-    for var, value in {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_HUB_DISABLE_XET": "1"}.items():
-        monkeypatch.setenv(var, str(value))
-    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT", "RVEC_HUB_TOKEN", "RVEC_HUB_USER"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.setattr(constants, "HF_HOME", str(home))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    monkeypatch.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
 
 
 @pytest.fixture

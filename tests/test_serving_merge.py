@@ -10,11 +10,10 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from rvec_hub import Vector, apply_vectors, extract, open_checkpoint
+from rvec_hub import Vector, apply_vectors, open_checkpoint
 from rvec_hub.arith import Survival
 from rvec_hub.cli.main import cli
 from rvec_hub.errors import CompatibilityError, UsageError
-from rvec_hub.synthetic import Shapes, write_family
 from rvec_serving import VectorSpec, check_all, extra_config, merged_weights, open_specs, split_extra_config
 from rvec_serving.launch import SERVER_MODULE, plan_merged
 from rvec_serving.lora import plan_lora
@@ -28,24 +27,6 @@ def _base_weights(path: Path):
 
 def _opened(*pairs: tuple[Path, float]):
     return open_specs([VectorSpec(str(p), a) for p, a in pairs])
-
-
-@pytest.fixture(scope="module")
-def other_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second vector for the same shapes, from a family with another seed."""
-    fam = write_family(tmp_path_factory.mktemp("family-b"), Shapes(), seed=1)
-    out = tmp_path_factory.mktemp("vectors") / "other"
-    extract(fam["sft"], fam["grpo"], out, quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def wide_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A vector for a model of other shapes (hidden 256)."""
-    fam = write_family(tmp_path_factory.mktemp("family-wide"), Shapes(hidden_size=256, num_attention_heads=4), seed=0)
-    out = tmp_path_factory.mktemp("vectors") / "wide"
-    extract(fam["sft"], fam["grpo"], out, quiet=True)
-    return out
 
 
 def test_merged_weights_equal_what_rvec_apply_writes(family, vector_dir, other_vector, tmp_path) -> None:

@@ -19,9 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rvec_hub import Vector, apply_vectors, extract, open_checkpoint
+from rvec_hub import Vector, apply_vectors, open_checkpoint
 from rvec_hub.peft_export import adapter_deltas, export_peft
-from rvec_hub.synthetic import Shapes, write_family
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -30,24 +29,6 @@ PROMPTS = ["Question: Tom has 3 apples and buys 4 more.", "The quick brown fox",
 ENGINE = {"enforce_eager": True, "max_model_len": 256, "max_num_seqs": 8, "gpu_memory_utilization": 0.1,
           "distributed_executor_backend": "uni"}
 SERVER_ARGS = ["--enforce-eager", "--max-model-len", "256", "--gpu-memory-utilization", "0.1", "--max-num-seqs", "64"]
-
-
-@pytest.fixture(scope="module")
-def other_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A second vector for the same shapes (a family with another seed)."""
-    fam = write_family(tmp_path_factory.mktemp("family-b"), Shapes(), seed=1)
-    out = tmp_path_factory.mktemp("vectors") / "other"
-    extract(fam["sft"], fam["grpo"], out, quiet=True)
-    return out
-
-
-@pytest.fixture(scope="module")
-def wide_vector(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A vector for a wider model (hidden 256), which no tiny base accepts."""
-    fam = write_family(tmp_path_factory.mktemp("family-wide"), Shapes(hidden_size=256, num_attention_heads=4), seed=0)
-    out = tmp_path_factory.mktemp("vectors") / "wide"
-    extract(fam["sft"], fam["grpo"], out, quiet=True)
-    return out
 
 
 def _apply(family, pairs, out: Path) -> str:
