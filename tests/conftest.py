@@ -9,6 +9,8 @@ import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # huggingface_hub reads it once, at import
 
+pytest_plugins = ["hubtest_common"]  # the Hub server fixtures
+
 from rvec_hub import extract
 from rvec_hub.synthetic import TINY, shapes_with, write_family
 

@@ -7,7 +7,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,24 +17,13 @@ from huggingface_hub import HfApi, constants  # noqa: E402
 import rvec_hub.hub.fetch as fetch_module  # noqa: E402
 from rvec_hub.errors import HubError, IntegrityError, OutputExistsError, UsageError  # noqa: E402
 from rvec_hub.hub.client import pull, push, search, versions  # noqa: E402
-from rvec_hub.hub.server import running_server  # noqa: E402
 from rvec_hub.manifest import load_manifest  # noqa: E402
 from rvec_hub.package import finalize_vector  # noqa: E402
 from rvec_hub.refs import open_vector  # noqa: E402
 
-ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
-TOKENS = {"alice": ALICE, "bob": BOB}
+from hubtest_common import ALICE, BOB
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "hub-root"
-
-
-@pytest.fixture
-def url(root: Path) -> Iterator[str]:
-    with running_server(root, TOKENS, page_size=3) as base:
-        yield base
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,20 +33,10 @@ from rvec_hub.errors import UsageError  # noqa: E402
 from rvec_hub.hub.server import load_tokens, running_server  # noqa: E402
 from rvec_hub.hub.server.paths import path_problem  # noqa: E402
 
-ALICE, BOB = "alice-token-0123456789", "bob-token-9876543210"
-TOKENS = {"alice": ALICE, "bob": BOB}
+from hubtest_common import ALICE, BOB, TOKENS
 CARD = "---\nlicense: apache-2.0\nlibrary_name: rvec\ntags:\n- rvec\n- reasoning\nbase_model: tiny/instruct\n---\n# A vector\n"
 
 
-@pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return tmp_path / "hub-root"
-
-
-@pytest.fixture
-def url(root: Path) -> Iterator[str]:
-    with running_server(root, TOKENS, page_size=3) as base:
-        yield base
 
 
 @pytest.fixture
