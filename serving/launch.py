@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -125,9 +126,11 @@ def run(plan: ServePlan, *, echo=print) -> int:
     env = {**os.environ, **plan.env}
     started = time.monotonic()
     proc = subprocess.Popen(plan.argv, env=env)
+    # A SIGTERM to `rvec serve` must stop the vLLM server too, or it would outlive its parent.
+    previous = signal.signal(signal.SIGTERM, _stop)
     try:
         return proc.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stopped):
         proc.terminate()
         try:
             return proc.wait(timeout=30)
@@ -135,5 +138,14 @@ def run(plan: ServePlan, *, echo=print) -> int:
             proc.kill()
             return proc.wait()
     finally:
+        signal.signal(signal.SIGTERM, previous)
         if proc.returncode not in (0, None, -15) and time.monotonic() - started < 5:
             echo("the server exited at start-up; see its log above")
+
+
+class _Stopped(Exception):
+    """SIGTERM arrived while the server ran."""
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
