@@ -56,14 +56,8 @@ def create_tag(namespace: str, name: str, revision: str, body: CreateTagRequest,
     storage = hub(request).storage
     require_write(storage.get_repo(repo_id), caller(request))
     tag = validate_ref_name(body.tag)
-    with storage.ref_lock(repo_id):
-        commit_id = storage.resolve(repo_id, revision)
-        if storage.read_ref(repo_id, "tags", tag) is not None:
-            raise conflict(f"tag {tag!r} already exists in {repo_id}; delete it first or pick another name")
-        if storage.read_ref(repo_id, "heads", tag) is not None:
-            raise conflict(f"{tag!r} is already a branch of {repo_id}; a tag needs a name of its own")
-        storage.write_ref(repo_id, "tags", tag, commit_id)
-    return JSONResponse({"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": commit_id})
+    return _create_ref(storage, repo_id, "tags", tag, revision,
+                       f"tag {tag!r} already exists in {repo_id}; delete it first or pick another name")
 
 
 @router.delete("/api/models/{namespace}/{name}/tag/{tag:path}")
@@ -86,14 +80,8 @@ def create_branch(
     storage = hub(request).storage
     require_write(storage.get_repo(repo_id), caller(request))
     validate_ref_name(branch)
-    with storage.ref_lock(repo_id):
-        commit_id = storage.resolve(repo_id, starting_point or DEFAULT_BRANCH)
-        if storage.read_ref(repo_id, "heads", branch) is not None:
-            raise conflict(f"branch {branch!r} already exists in {repo_id}")
-        if storage.read_ref(repo_id, "tags", branch) is not None:
-            raise conflict(f"{branch!r} is already a tag of {repo_id}; a branch needs a name of its own")
-        storage.write_ref(repo_id, "heads", branch, commit_id)
-    return JSONResponse({"name": branch, "ref": f"refs/heads/{branch}", "targetCommit": commit_id})
+    return _create_ref(storage, repo_id, "heads", branch, starting_point or DEFAULT_BRANCH,
+                       f"branch {branch!r} already exists in {repo_id}")
 
 
 @router.delete("/api/models/{namespace}/{name}/branch/{branch:path}")
@@ -108,3 +96,15 @@ def delete_branch(namespace: str, name: str, branch: str, request: Request) -> J
         storage.delete_ref(repo_id, "heads", branch)
     return JSONResponse({})
 
+
+def _create_ref(storage, repo_id: str, kind: str, name: str, revision: str, exists_message: str) -> JSONResponse:
+    """Point a new tag or branch at `revision`; 409 when the name is taken by either kind."""
+    other, noun = ("heads", ("branch", "tag")) if kind == "tags" else ("tags", ("tag", "branch"))
+    with storage.ref_lock(repo_id):
+        commit_id = storage.resolve(repo_id, revision)
+        if storage.read_ref(repo_id, kind, name) is not None:
+            raise conflict(exists_message)
+        if storage.read_ref(repo_id, other, name) is not None:
+            raise conflict(f"{name!r} is already a {noun[0]} of {repo_id}; a {noun[1]} needs a name of its own")
+        storage.write_ref(repo_id, kind, name, commit_id)
+    return JSONResponse({"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": commit_id})
