@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from huggingface_hub import HfApi
 from huggingface_hub.hf_api import RepoFile
 
 from ..errors import HubError, OutputExistsError, RvecError
+from ..io.atomic import replace_directory
 from ..manifest import MANIFEST_NAME, load_manifest
 from ..vector import verify_files
 from ._errors import endpoint_of, hub_errors
@@ -134,10 +133,4 @@ def _move_into_place(staging: Path, target: Path) -> None:
     """Rename the verified staging directory to `target`, replacing what was there only after it is complete."""
     for leftover in staging.rglob(f"*{PARTIAL}"):
         leftover.unlink()
-    if target.exists():
-        old = target.parent / f".{target.name}.rvec-old-{uuid.uuid4().hex[:8]}"
-        os.replace(target, old)
-        os.replace(staging, target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staging, target)
+    replace_directory(staging, target)

@@ -32,13 +32,18 @@ def atomic_directory(target: Path, *, force: bool = False) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        if target.exists():
-            old = target.parent / f".{target.name}.rvec-old-{uuid.uuid4().hex[:8]}"
-            os.replace(target, old)
-            os.replace(tmp, target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, target)
+        replace_directory(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Rename a finished `source` to `target`; an existing `target` is removed only after the swap."""
+    if target.exists():
+        old = target.parent / f".{target.name}.rvec-old-{uuid.uuid4().hex[:8]}"
+        os.replace(target, old)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
