@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -164,3 +168,36 @@ def test_loader_hands_vllm_a_plain_safetensors_config(vector_dir) -> None:
     assert loader.load_config.load_format == "safetensors"
     assert loader.load_config.model_loader_extra_config == {"num_threads": 2}
     assert loader.specs == [VectorSpec(str(vector_dir))]
+
+
+def test_sigterm_to_the_launcher_stops_the_server_it_started(tmp_path) -> None:
+    pid_file = tmp_path / "server.pid"
+    server = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(120)"
+    launcher = (
+        "import sys; from rvec_serving.launch import ServePlan, run; "
+        f"sys.exit(run(ServePlan([sys.executable, '-c', {server!r}], {{}}, 'http://127.0.0.1:1/v1', ['m'])))"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", launcher], stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        child = int(pid_file.read_text())
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+        deadline = time.monotonic() + 10
+        while _alive(child) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child), "the server outlived the launcher"
+    finally:
+        proc.kill()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A reaped child no longer exists; an unreaped zombie whose parent died is reaped by init shortly after.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
