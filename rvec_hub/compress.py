@@ -19,6 +19,7 @@ from ._version import __version__
 from .arith import resolve_device, row_chunks
 from .budget import RankCandidate, allocate_ranks, minimum_bytes, parse_size
 from .check import dtype_from_name, dtype_name
+from .defaults import COMPRESS_METHODS
 from .encodings import ENCODINGS, lowrank, sparse
 from .errors import UsageError
 from .io.atomic import atomic_directory
@@ -28,7 +29,7 @@ from .package import EXTRA_FILES_DIR, PAYLOAD_METADATA, finalize_vector
 from .progress import progress
 from .vector import Vector
 
-METHODS = ("auto", "sparse", "lowrank", "dense")
+METHODS = COMPRESS_METHODS
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 _TORCH_DTYPES = {dtype_name(d): d for d in DTYPES.values()}
 # Bytes of safetensors header per stored key, and per file, kept out of a byte budget.

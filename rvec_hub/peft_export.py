@@ -16,13 +16,14 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from .defaults import LORA_RANK
 from .errors import UsageError
 from .io.atomic import atomic_directory
 from .vector import Vector
 
 # Layers LoRA adds to; the rest (embed_tokens, lm_head, norms, biases) is reported as dropped.
 LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_RANK = 16
+DEFAULT_RANK = LORA_RANK
 # Above this many elements the SVD is randomised (torch.svd_lowrank) instead of exact.
 EXACT_SVD_ELEMENTS = 4096 * 4096
 

@@ -30,3 +30,22 @@ def test_wheel_ships_packages_cards_data_and_the_vllm_plugin(tmp_path):
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[vllm.general_plugins]" in text and "rvec_serving.plugin:register" in text
     assert "rvec = rvec_hub.cli.main:main" in text
+
+
+def test_cli_starts_without_loading_torch_or_the_hub_client():
+    code = (
+        "import sys; from rvec_hub.cli.main import cli; import rvec_hub; rvec_hub.UsageError; "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'huggingface_hub', 'safetensors', 'transformers'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_package_names_resolve_to_functions_even_after_their_modules_load():
+    code = (
+        "import rvec_hub, rvec_hub.check, rvec_hub.compress, rvec_hub.extract; from rvec_hub.probe import probe; "
+        "import inspect; print(all(inspect.isfunction(getattr(rvec_hub, n)) for n in ('check', 'compress', 'extract', 'probe', 'evaluate'))); "
+        "print([n for n in rvec_hub.__all__ if getattr(rvec_hub, n, None) is None])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["True", "[]"]

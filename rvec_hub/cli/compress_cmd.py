@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..compress import METHODS, compress
-from ..refs import open_vector
+from ..defaults import COMPRESS_METHODS
 from ._errors import echo_json
 from ._options import endpoint_option, json_option, quiet_option
 
@@ -13,7 +12,7 @@ from ._options import endpoint_option, json_option, quiet_option
 @click.command("compress")
 @click.argument("vector")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Vector directory to create.")
-@click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True,
+@click.option("--method", type=click.Choice(COMPRESS_METHODS), default="auto", show_default=True,
               help="auto: smallest encoding per tensor that meets the target (lossless unless --rank/--energy/--budget).")
 @click.option("--rank", type=int, help="Low-rank factors of this rank for every matrix.")
 @click.option("--energy", type=float, help="Per matrix, keep this share of the squared singular values (0 < E ≤ 1).")
@@ -37,6 +36,9 @@ def compress_cmd(vector, out, method, rank, energy, budget, factor_dtype, probe_
       rvec compress vec -o vec-r64 --method lowrank --rank 64
       rvec compress vec -o vec-200mb --budget 200MB --probe Qwen/Qwen2.5-1.5B-Instruct
     """
+    from ..compress import compress
+    from ..refs import open_vector
+
     result = compress(
         open_vector(vector, endpoint=endpoint), out, method=method, rank=rank, energy=energy, budget=budget,
         factor_dtype=factor_dtype, device=device, probe_base=probe_base, name=name, force=force, quiet=quiet,

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..apply import apply_vectors
-from ..check import check, dtype_from_name
-from ..extract import extract
-from ..info import vector_info
-from ..io.checkpoint import open_checkpoint
-from ..refs import open_vector, split_alpha
 from ._errors import echo_json, exit_with
 from ._options import endpoint_option, json_option, quiet_option
 
@@ -37,6 +31,9 @@ def extract_cmd(reference, tuned, out, dtype, name, description, base_model, lic
       rvec extract --reference Qwen/Qwen2.5-1.5B-SFT --tuned Qwen/Qwen2.5-1.5B-GRPO -o vec
       rvec extract --reference ./sft --tuned ./grpo -o vec --dtype fp32 --base-model Qwen/Qwen2.5-1.5B-Instruct
     """
+    from ..check import dtype_from_name
+    from ..extract import extract
+
     result = extract(
         reference, tuned, out, dtype=dtype_from_name(dtype), name=name, description=description,
         license=license_, base_model=base_model, force=force, endpoint=endpoint, quiet=quiet,
@@ -83,6 +80,11 @@ def apply_cmd(vector, base, out, alpha, out_dtype, force, device, endpoint, quie
       rvec apply acme/reasoning@1.0.0:0.5 --base ./instruct -o merged --out-dtype fp32
       rvec apply vec:-1 --base ./instruct -o subtracted
     """
+    from ..apply import apply_vectors
+    from ..check import dtype_from_name
+    from ..io.checkpoint import open_checkpoint
+    from ..refs import open_vector, split_alpha
+
     pairs, refs = [], []
     for spec in vector:
         ref, own_alpha = split_alpha(spec)
@@ -118,6 +120,9 @@ def info_cmd(vector, endpoint, as_json):
       rvec info ./vec
       rvec info acme/reasoning@1.0.0 --json
     """
+    from ..info import vector_info
+    from ..refs import open_vector
+
     data = vector_info(open_vector(vector, endpoint=endpoint))
     if as_json:
         echo_json(data)
@@ -160,6 +165,10 @@ def check_cmd(vector, base, alpha, out_dtype, no_precision, endpoint, quiet, as_
       rvec check vec --base Qwen/Qwen2.5-1.5B-Instruct
       rvec check acme/reasoning@latest --base ./instruct --json
     """
+    from ..check import check, dtype_from_name
+    from ..io.checkpoint import open_checkpoint
+    from ..refs import open_vector
+
     report = check(
         open_vector(vector, endpoint=endpoint), open_checkpoint(base, endpoint=endpoint), alpha=alpha,
         out_dtype=dtype_from_name(out_dtype), precision=not no_precision, vector_ref=vector, quiet=quiet,

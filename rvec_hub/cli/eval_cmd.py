@@ -7,7 +7,6 @@ import shlex
 import click
 
 from ..answers import CI_METHODS
-from ..eval_card import write_card
 from ..evaluate import ENGINES, EvalOptions, evaluate, settings_for
 from ..tasks import DEFAULT_SEED, DEFAULT_SIZE, load_tasks
 from ._errors import echo_json
@@ -55,6 +54,8 @@ def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, en
         serve_args=shlex.split(serve_args), hub_endpoint=hub_endpoint, echo=echo,
     )
     if card:
+        from ..eval_card import write_card
+
         write_card(card, report)
     if as_json:
         echo_json(report.to_dict())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from ..hub.client import pull, push, search, versions
 from ._errors import echo_json
 from ._options import endpoint_option, json_option, quiet_option
 
@@ -30,6 +29,8 @@ def push_cmd(directory, repo_id, version, private, message, endpoint, quiet, as_
       rvec push vec acme/qwen2.5-reasoning --version 1.1.0 --private -m "retrained on more math"
       rvec push vec alice/demo --version 0.1.0 --endpoint http://127.0.0.1:8080
     """
+    from ..hub.client import push
+
     result = push(directory, repo_id, version, private=private, message=message, endpoint=endpoint, quiet=quiet or as_json)
     if as_json:
         echo_json(result.to_dict())
@@ -57,6 +58,8 @@ def pull_cmd(ref, output, force, endpoint, quiet, as_json):
       rvec pull acme/qwen2.5-reasoning@latest -o vec
       rvec pull acme/qwen2.5-reasoning@3f2a9c1 -o vec --force
     """
+    from ..hub.client import pull
+
     result = pull(ref, output=output, force=force, endpoint=endpoint, quiet=quiet or as_json)
     if as_json:
         echo_json(result.to_dict())
@@ -78,6 +81,8 @@ def versions_cmd(repo_id, endpoint, as_json):
       rvec versions acme/qwen2.5-reasoning
       rvec versions acme/qwen2.5-reasoning --json
     """
+    from ..hub.client import versions
+
     found = versions(repo_id, endpoint=endpoint)
     if as_json:
         echo_json([v.to_dict() for v in found])
@@ -106,6 +111,8 @@ def search_cmd(query, base, author, limit, endpoint, as_json):
       rvec search --base Qwen/Qwen2.5-1.5B-Instruct
       rvec search --author acme --json
     """
+    from ..hub.client import search
+
     found = search(query, base, author=author, limit=limit, endpoint=endpoint)
     if as_json:
         echo_json([v.to_dict() for v in found])

@@ -6,8 +6,7 @@ import shlex
 
 import click
 
-from ..peft_export import DEFAULT_RANK, export_peft
-from ..refs import open_vector
+from ..defaults import LORA_RANK
 from ._errors import echo_json, exit_with
 from ._options import endpoint_option, json_option
 
@@ -17,7 +16,7 @@ from ._options import endpoint_option, json_option
 @click.option("--vector", "vectors", multiple=True, required=True, help="REF[:ALPHA]: a directory or REPO_ID@VERSION; repeatable.")
 @click.option("--mode", type=click.Choice(["merged", "lora"]), default="merged", show_default=True,
               help="merged: vectors added at load time; lora: the base plus one adapter per vector.")
-@click.option("--rank", type=int, default=DEFAULT_RANK, show_default=True, help="LoRA mode: the largest adapter rank.")
+@click.option("--rank", type=int, default=LORA_RANK, show_default=True, help="LoRA mode: the largest adapter rank.")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Check the vectors and print the vLLM command without starting it.")
@@ -58,7 +57,7 @@ def export_group() -> None:
 @export_group.command("peft")
 @click.argument("vector")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Adapter directory to create.")
-@click.option("--rank", type=int, default=DEFAULT_RANK, show_default=True, help="Largest rank per module.")
+@click.option("--rank", type=int, default=LORA_RANK, show_default=True, help="Largest rank per module.")
 @click.option("--alpha", type=float, default=1.0, show_default=True, help="Scale folded into the adapter.")
 @click.option("--base-model", help="Recorded as base_model_name_or_path (default: the vector's suggested base).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
@@ -75,6 +74,9 @@ def export_peft_cmd(vector, out, rank, alpha, base_model, force, endpoint, as_js
       rvec export peft ./vec -o vec-lora --rank 32
       rvec export peft acme/reasoning@1.0.0 -o lora --json
     """
+    from ..peft_export import export_peft
+    from ..refs import open_vector
+
     result = export_peft(open_vector(vector, endpoint=endpoint), out, rank=rank, alpha=alpha, base_model=base_model, force=force)
     if as_json:
         echo_json({"path": str(result.path), "ranks": result.ranks, "dropped": result.dropped,

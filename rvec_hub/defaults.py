@@ -1,0 +1,4 @@
+"""Choices and defaults that the command line shows before any module that needs torch is loaded."""
+
+COMPRESS_METHODS = ("auto", "sparse", "lowrank", "dense")
+LORA_RANK = 16
