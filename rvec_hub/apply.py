@@ -12,6 +12,7 @@ from .arith import Survival, Workspace, add_rows, resolve_device, row_chunks, st
 from .check import compatibility, dtype_name
 from .io.atomic import atomic_directory
 from .io.checkpoint import SIDECAR_FILES, Checkpoint
+from .io.read_ahead import read_ahead
 from .io.safetensors_io import ShardWriter, tensor_bytes
 from .progress import progress
 from .vector import Vector
@@ -75,25 +76,31 @@ def apply_vectors(
     with atomic_directory(out, force=force) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
         with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar:
-            for name, shape, dtype in plan:
-                active = [(i, v, a) for i, (v, a) in enumerate(vectors) if _touches(v, name) and a != 0.0]
-                changed += bool(active)
-                writer.begin(name, shape, dtype)
-                for start, stop in row_chunks(shape):
-                    rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
-                    if active:
-                        terms = [(v.decode_rows(name, start, stop).to(device), a) for _, v, a in active]
-                        rows = add_rows(rows.to(device), terms, dtype, [survival[i] for i, _, _ in active], workspace=workspace).cpu()
-                    elif rows.dtype != dtype:
-                        rows = rows.to(dtype)
-                    writer.write(rows)
-                bar.update(tensor_bytes(shape, dtype))
+            for name, shape, dtype, start, rows, terms in read_ahead(_chunks(plan, base, vectors, device)):
+                if start == 0:
+                    writer.begin(name, shape, dtype)
+                    changed += bool(terms)
+                if terms:
+                    rows = add_rows(rows.to(device), [(d, a) for _, d, a in terms], dtype, [survival[i] for i, _, _ in terms], workspace=workspace).cpu()
+                elif rows.dtype != dtype:
+                    rows = rows.to(dtype)
+                writer.write(rows)
+                bar.update(rows.numel() * rows.element_size())
         shards = writer.finish()
         # A vector opened with background verification must prove intact before the output appears.
         for vector, _ in vectors:
             vector.wait_verified()
         _copy_sidecars(base.path, tmp, out_dtype)
     return ApplyResult(out, dtype_name(out_dtype or base.dtype), [s.retained for s in survival], changed, len(shards))
+
+
+def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):
+    """Per chunk of rows, in plan order: the tensor, the first row, the base rows, and each vector's delta rows."""
+    for name, shape, dtype in plan:
+        active = [(i, v, a) for i, (v, a) in enumerate(vectors) if _touches(v, name) and a != 0.0]
+        for start, stop in row_chunks(shape):
+            rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
+            yield name, shape, dtype, start, rows, [(i, v.decode_rows(name, start, stop).to(device), a) for i, v, a in active]
 
 
 def _touches(vector: Vector, name: str) -> bool:

@@ -1,0 +1,56 @@
+"""Reading ahead on a thread: order, errors, and an early stop by the consumer."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from rvec_hub.io.read_ahead import read_ahead
+
+
+def test_items_arrive_in_order_and_ahead_of_the_consumer() -> None:
+    produced: list[int] = []
+
+    def items():
+        for i in range(6):
+            produced.append(i)
+            yield i
+
+    seen = []
+    for item in read_ahead(items(), depth=2):
+        time.sleep(0.05)  # the producer runs ahead while the consumer works
+        seen.append((item, len(produced)))
+    assert [i for i, _ in seen] == list(range(6))
+    assert seen[0][1] >= 2
+
+
+def test_a_failure_in_the_producer_is_raised_at_that_item() -> None:
+    def items():
+        yield 1
+        raise OSError("disk gone")
+
+    got = []
+    with pytest.raises(OSError, match="disk gone"):
+        for item in read_ahead(items()):
+            got.append(item)
+    assert got == [1]
+
+
+def test_a_consumer_that_stops_early_stops_the_producer() -> None:
+    produced: list[int] = []
+
+    def items():
+        for i in range(1000):
+            produced.append(i)
+            yield i
+
+    before = threading.active_count()
+    with pytest.raises(RuntimeError):
+        for item in read_ahead(items(), depth=2):
+            if item == 3:
+                raise RuntimeError("write failed")
+    time.sleep(0.3)
+    assert threading.active_count() == before
+    assert len(produced) <= 3 + 2 + 2
