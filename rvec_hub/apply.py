@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,9 @@ def apply_vectors(
     workspace = Workspace()
     with atomic_directory(out, force=force) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
-        with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar:
-            for name, shape, dtype, start, rows, terms in read_ahead(_chunks(plan, base, vectors, device)):
+        chunks = read_ahead(_chunks(plan, base, vectors, device))
+        with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar, closing(chunks):
+            for name, shape, dtype, start, rows, terms in chunks:
                 if start == 0:
                     writer.begin(name, shape, dtype)
                     changed += bool(terms)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from .check import dtype_name
 from .errors import CheckpointError
 from .io.atomic import atomic_directory
 from .io.checkpoint import Checkpoint, open_checkpoint
+from .io.read_ahead import read_ahead
 from .io.safetensors_io import ShardWriter
 from .manifest import BaseSpec, Donors, Manifest, ModelRef, TensorEntry, config_signature, fingerprint
 from .package import PAYLOAD_METADATA, finalize_vector
@@ -108,9 +111,11 @@ def extract(
     out = Path(out)
     with atomic_directory(out, force=force) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "vector", max_shard_bytes, PAYLOAD_METADATA, [(n, ref.tensors[n].shape, storage) for n in floats])
-        with progress(sum(ref.tensors[n].nbytes for n in floats), "extract", quiet=quiet) as bar:
+        # The next chunk of both donors is read on a thread while the current one is subtracted and written.
+        pairs = ((tun.read_rows(n, a, b), ref.read_rows(n, a, b)) for n in floats for a, b in row_chunks(ref.tensors[n].shape))
+        with progress(sum(ref.tensors[n].nbytes for n in floats), "extract", quiet=quiet) as bar, closing(read_ahead(pairs)) as chunks:
             for tname in floats:
-                entry, stats = _extract_tensor(tname, ref, tun, storage, writer)
+                entry, stats = _extract_tensor(tname, ref, storage, writer, chunks)
                 entries.append(entry)
                 max_err = max(max_err, stats[0])
                 err_sq += stats[1]
@@ -147,8 +152,9 @@ def extract(
 
 
 def _extract_tensor(
-    name: str, ref: Checkpoint, tun: Checkpoint, storage: torch.dtype, writer: ShardWriter
+    name: str, ref: Checkpoint, storage: torch.dtype, writer: ShardWriter, chunks: Iterator[tuple[torch.Tensor, torch.Tensor]]
 ) -> tuple[TensorEntry, tuple[float, float, float]]:
+    """Subtract one tensor, taking its (tuned, reference) row chunks from `chunks` in order."""
     info = ref.tensors[name]
     shape = info.shape
     zero_rows, begun = 0, False
@@ -156,7 +162,8 @@ def _extract_tensor(
     nonzero = 0
     for start, stop in row_chunks(shape):
         # In-place mixed-dtype subtraction widens the reference rows exactly, without a float32 copy.
-        delta = tun.read_rows(name, start, stop).float().sub_(ref.read_rows(name, start, stop))
+        tuned_rows, reference_rows = next(chunks)
+        delta = tuned_rows.float().sub_(reference_rows)
         delta_norm = torch.linalg.vector_norm(delta).item()
         # A finite norm proves every element finite in one pass; only an overflowing one needs a closer look.
         if not math.isfinite(delta_norm) and not torch.isfinite(delta).all():
