@@ -57,7 +57,7 @@ def grpo(sft_dir: Path, out: Path, prompts: list[dict[str, str]], schedule: Grpo
     rewards = [h["reward"] for h in trainer.state.log_history if "reward" in h]
     for h in trainer.state.log_history:
         if "reward" in h:
-            log(f"  step {h.get('step', '?'):>4}  reward {h['reward']:.3f}  {time.monotonic() - started:.0f}s")
+            log(f"  step {h.get('step', '?'):>4}  mean reward {h['reward']:.3f}")
     save(trainer.model.cpu(), tok, out)
     return {"steps": schedule.steps, "reward_first": rewards[:2], "reward_last": rewards[-2:],
             "rewards": rewards, "seconds": round(time.monotonic() - started, 1)}

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,8 +37,8 @@ FULL = {
     "hidden": 192, "layers": 4, "block": 64,
     "corpus": 40000, "pretrain": Schedule(steps=1000, batch=32, lr=2e-3, seed=1),
     "sft_n": 12000, "sft": Schedule(steps=1200, batch=32, lr=1e-3, seed=2),
-    "instruct_n": 8000, "instruct": Schedule(steps=600, batch=32, lr=1e-3, seed=3),
-    "grpo": GrpoSchedule(steps=200, batch=64, group=8, lr=3e-5, seed=4), "rl_n": 4000,
+    "instruct_n": 12000, "instruct": Schedule(steps=1200, batch=32, lr=1e-3, seed=3),
+    "grpo": GrpoSchedule(steps=200, batch=64, group=8, lr=1e-4, seed=4), "rl_n": 4000,
     "eval_n": 200, "alphas": [0.5, 1.0, 1.5], "ranks": [8, 32, 128],
 }
 QUICK = {
@@ -73,22 +75,20 @@ def stage(name: str, path: Path, timings: dict, fn) -> dict:
 
 
 def measure(base: Path, vectors: list[str], alphas: list[float], n: int, device: str) -> dict:
-    """What `rvec eval --engine transformers --cot` reports: held-out arith and tracking, asked step by step.
-
-    Runs rvec's evaluation library in this process (the function the command calls) and prints the command.
-    """
-    from rvec_hub.evaluate import EvalOptions, evaluate, settings_for
-    from rvec_hub.tasks import load_tasks
-
+    """`rvec eval --engine transformers --cot --json` on held-out arith and tracking, asked step by step."""
     specs = [f"arith@{EVAL_SEED}", f"tracking@{EVAL_SEED}"]
-    command = ["rvec", "eval", "--base", str(base), *[a for s in specs for a in ("--tasks", s)], "--limit", str(n), "--cot",
-               "--max-tokens", "64", "--engine", "transformers", *[a for v in vectors for a in ("--vector", v)],
-               *[a for x in alphas for a in ("--alpha", str(x))], "--json"]
-    log("  $ " + " ".join(command))
-    tasks = [load_tasks(s, size=n) for s in specs]
-    report = evaluate(str(base), tasks, settings_for(vectors, alphas or None), EvalOptions(cot=True, max_tokens=64),
-                      engine="transformers", device=device, echo=lambda line: log("  " + line))
-    return report.to_dict()
+    args = ["eval", "--base", str(base), *[a for s in specs for a in ("--tasks", s)], "--limit", str(n), "--cot",
+            "--max-tokens", "64", "--engine", "transformers", "--device", device,
+            *[a for v in vectors for a in ("--vector", v)], *[a for x in alphas for a in ("--alpha", str(x))], "--json"]
+    log("  $ rvec " + " ".join(args))
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    done = subprocess.run([sys.executable, "-m", "rvec_hub.cli", *args], capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        raise SystemExit(f"rvec eval failed ({done.returncode}): {done.stderr.strip().splitlines()[-1:]}")
+    report = json.loads(done.stdout)
+    for r in report["results"]:
+        log(f"  {r['tasks']}: {r['model']}: {100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]")
+    return report
 
 
 def main() -> None:
@@ -114,7 +114,7 @@ def main() -> None:
     exclude = held_out_questions()
     corpus = pretraining_corpus(cfg["corpus"], seed=0)
     sft_data = cot_examples("arith", cfg["sft_n"], seed=11, exclude=exclude)
-    # The target learns both domains from other seeds, with a shorter, different run than the SFT donor.
+    # The target learns both domains from other seeds, in a different run than the SFT donor.
     instruct_data = (cot_examples("arith", cfg["instruct_n"] // 2, seed=12, exclude=exclude)
                      + cot_examples("tracking", cfg["instruct_n"] // 2, seed=13, exclude=exclude))
 
