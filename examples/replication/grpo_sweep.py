@@ -3,8 +3,8 @@
     .venv-replication/bin/python examples/replication/grpo_sweep.py 3e-5,1.0 3e-5,0.7 1e-5,1.0
 
 Each SETTING is LR,TEMPERATURE; every run starts from `WORK/sft` (a finished `run.py` work directory) with the
-`cpu` preset's GRPO stage shortened to `--steps`, then measures the donor's greedy accuracy on the held-out
-`arith` problems. Results go to `results/grpo-settings-on-DEVICE.json`.
+`cpu` preset's GRPO stage shortened to `--steps` (and `--batch` completions per step), then measures the donor's
+greedy accuracy on the held-out `arith` problems. Results go to `results/grpo-settings-on-DEVICE.json`.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("settings", nargs="+", metavar="LR,TEMPERATURE")
     parser.add_argument("--work", type=Path, default=Path(".bench-work/replication"))
     parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=FULL["grpo"].batch, help="Completions per step.")
+    parser.add_argument("--results", type=Path, help="Default: results/grpo-settings-on-DEVICE.json here.")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
@@ -40,16 +42,16 @@ def main() -> None:
     runs = []
     for setting in args.settings:
         lr, temperature = (float(x) for x in setting.split(","))
-        schedule = replace(FULL["grpo"], steps=args.steps, lr=lr, temperature=temperature)
-        out = work / f"grpo-sweep-{lr:g}-{temperature:g}"
+        schedule = replace(FULL["grpo"], steps=args.steps, batch=args.batch, lr=lr, temperature=temperature)
+        out = work / f"grpo-sweep-{lr:g}-{temperature:g}-{args.batch}"
         info = grpo(work / "sft", out, prompts, schedule, work=work, device=args.device, log=lambda line: None)
         report = measure(out, [], [], FULL["eval_n"], args.device)
         arith = next(r for r in report["results"] if r["tasks"] == "arith")
-        runs.append({"lr": lr, "temperature": temperature, "steps": args.steps, "rewards": info["rewards"],
+        runs.append({"lr": lr, "temperature": temperature, "steps": args.steps, "batch": args.batch, "rewards": info["rewards"],
                      "arith": arith["accuracy"], "ci95": arith["ci95"]})
         print(f"lr {lr:g} temperature {temperature:g}: reward {info['rewards'][:3]} ... {info['rewards'][-3:]}, "
               f"arith {100 * arith['accuracy']:.1f} %", flush=True)
-    path = HERE / "results" / f"grpo-settings-on-{args.device}.json"
+    path = args.results or HERE / "results" / f"grpo-settings-on-{args.device}.json"
     path.write_text(json.dumps({"donor": str(work / "sft"), "runs": runs}, indent=2) + "\n")
     print(f"results in {path}")
 
