@@ -29,7 +29,6 @@ from .package import EXTRA_FILES_DIR, PAYLOAD_METADATA, finalize_vector
 from .progress import progress
 from .vector import Vector
 
-METHODS = COMPRESS_METHODS
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 _TORCH_DTYPES = {dtype_name(d): d for d in DTYPES.values()}
 # Bytes of safetensors header per stored key, and per file, kept out of a byte budget.
@@ -63,8 +62,8 @@ class Target:
     def problems(self) -> list[str]:
         """Every contradiction or out-of-range value."""
         out = []
-        if self.method not in METHODS:
-            out.append(f"method {self.method!r} is unknown; use one of {', '.join(METHODS)}")
+        if self.method not in COMPRESS_METHODS:
+            out.append(f"method {self.method!r} is unknown; use one of {', '.join(COMPRESS_METHODS)}")
         given = [k for k in ("rank", "energy", "budget") if getattr(self, k) is not None]
         if len(given) > 1:
             out.append(f"--{' and --'.join(given)} were both given; choose one way to set the rank")

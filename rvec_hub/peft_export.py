@@ -23,7 +23,6 @@ from .vector import Vector
 
 # Layers LoRA adds to; the rest (embed_tokens, lm_head, norms, biases) is reported as dropped.
 LINEAR_SUFFIXES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-DEFAULT_RANK = LORA_RANK
 # Above this many elements the SVD is randomised (torch.svd_lowrank) instead of exact.
 EXACT_SVD_ELEMENTS = 4096 * 4096
 
@@ -77,7 +76,7 @@ def export_peft(
     vector: Vector,
     out: str | Path,
     *,
-    rank: int = DEFAULT_RANK,
+    rank: int = LORA_RANK,
     alpha: float = 1.0,
     base_model: str | None = None,
     dtype: torch.dtype = torch.float32,

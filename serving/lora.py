@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from rvec_hub.io.checkpoint import open_checkpoint
-from rvec_hub.peft_export import DEFAULT_RANK, PeftExport, export_peft
+from rvec_hub.defaults import LORA_RANK
+from rvec_hub.peft_export import PeftExport, export_peft
 
 from .launch import SERVER_MODULE, ServePlan, _flag_value, _refuse_owned, server_env
 from .spec import OpenedVector, VectorSpec, check_all, open_specs
@@ -55,7 +56,7 @@ def plan_lora(
     base: str,
     specs: list[VectorSpec],
     *,
-    rank: int = DEFAULT_RANK,
+    rank: int = LORA_RANK,
     host: str = "127.0.0.1",
     port: int = 8000,
     vllm_args: list[str] | None = None,
