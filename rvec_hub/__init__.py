@@ -60,6 +60,7 @@ _WHERE = {
     "load_tasks": ".tasks",
     "Vector": ".vector",
 }
+__all__ = sorted([*_WHERE, "__version__"])
 
 
 def __getattr__(name: str):
@@ -114,48 +115,3 @@ if TYPE_CHECKING:
     from .refs import open_vector, split_alpha
     from .tasks import Task, TaskSet, load_jsonl, load_tasks
     from .vector import Vector
-
-__all__ = [
-    "Accuracy",
-    "ApplyResult",
-    "Checkpoint",
-    "CheckpointError",
-    "CompatReport",
-    "CompatibilityError",
-    "CompressResult",
-    "EvalOptions",
-    "EvalReport",
-    "ExtractResult",
-    "FormatError",
-    "HubError",
-    "IntegrityError",
-    "Manifest",
-    "OutputExistsError",
-    "PeftExport",
-    "ProbeResult",
-    "RvecError",
-    "Task",
-    "TaskSet",
-    "TensorEntry",
-    "UsageError",
-    "Vector",
-    "__version__",
-    "apply_vectors",
-    "check",
-    "compatibility",
-    "compress",
-    "evaluate",
-    "export_peft",
-    "extract",
-    "extract_answer",
-    "load_jsonl",
-    "load_manifest",
-    "load_tasks",
-    "open_checkpoint",
-    "open_vector",
-    "probe",
-    "settings_for",
-    "split_alpha",
-    "vector_info",
-    "write_card",
-]
