@@ -10,16 +10,17 @@ import pytest
 from rvec_hub.io.read_ahead import read_ahead
 
 
+def _recorded(n: int, produced: list[int]):
+    """0 .. n-1, each noted in `produced` when the producer makes it."""
+    for i in range(n):
+        produced.append(i)
+        yield i
+
+
 def test_items_arrive_in_order_and_ahead_of_the_consumer() -> None:
     produced: list[int] = []
-
-    def items():
-        for i in range(6):
-            produced.append(i)
-            yield i
-
     seen = []
-    for item in read_ahead(items(), depth=2):
+    for item in read_ahead(_recorded(6, produced), depth=2):
         time.sleep(0.05)  # the producer runs ahead while the consumer works
         seen.append((item, len(produced)))
     assert [i for i, _ in seen] == list(range(6))
@@ -40,15 +41,9 @@ def test_a_failure_in_the_producer_is_raised_at_that_item() -> None:
 
 def test_a_consumer_that_stops_early_stops_the_producer() -> None:
     produced: list[int] = []
-
-    def items():
-        for i in range(1000):
-            produced.append(i)
-            yield i
-
     before = threading.active_count()
     with pytest.raises(RuntimeError):
-        for item in read_ahead(items(), depth=2):
+        for item in read_ahead(_recorded(1000, produced), depth=2):
             if item == 3:
                 raise RuntimeError("write failed")
     time.sleep(0.3)
