@@ -34,10 +34,17 @@ def sha256_file(path: Path) -> str:
 
 def _inside(directory: Path, relative: str) -> Path:
     root = directory.resolve()
-    path = (root / relative).resolve()
-    if root not in path.parents:
-        raise FormatError(f"{directory}: manifest file {relative!r} points outside the vector directory")
-    return path
+    lexical = root / relative
+    path = lexical.resolve()
+    if root in path.parents:
+        return path
+    # A Hugging Face cache snapshot (`models--OWNER--NAME/snapshots/<commit>/`) holds each file as a link
+    # into the same repository's `blobs/`. Only that link is followed: the folders above it must be real.
+    parent = lexical.parent.resolve()
+    in_snapshot = root.parent.name == "snapshots" and (parent == root or root in parent.parents)
+    if in_snapshot and lexical.is_symlink() and path.parent == (root.parent.parent / "blobs").resolve():
+        return lexical
+    raise FormatError(f"{directory}: manifest file {relative!r} points outside the vector directory")
 
 
 def verify_files(directory: Path, manifest: Manifest) -> None:
@@ -113,6 +120,14 @@ class Vector:
             verify_files(path, manifest)
         vec = cls(path, manifest)
         vec._index_payload()
+        problems = vec.structure_problems()
+        if problems:
+            vec.close()
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise FormatError(
+                f"{path}: payload does not match its manifest: {problems[0]}{more}; the vector is corrupt, fetch or extract it again",
+                problems=problems,
+            )
         if verify == "background":
             executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvec-verify")
             vec._pending = executor.submit(verify_files, path, manifest)
@@ -132,6 +147,8 @@ class Vector:
             f = SafetensorsFile(_inside(self.path, entry.path))
             self._files[entry.path] = f
             for key in f.tensors:
+                if key in self._owner:
+                    raise FormatError(f"{self.path}: payload key {key!r} is stored in both {self._owner[key]} and {entry.path}; the vector is corrupt")
                 self._owner[key] = entry.path
         missing = [f"{t.name} ({k})" for t in self.manifest.tensors for k in t.keys.values() if k not in self._owner]
         if missing:
@@ -145,6 +162,17 @@ class Vector:
     def shape(self, key: str) -> tuple[int, ...]:
         """Shape of one stored payload tensor."""
         return self._files[self._owner[key]].tensors[key].shape
+
+    def dtype(self, key: str) -> torch.dtype:
+        """Dtype of one stored payload tensor."""
+        return self._files[self._owner[key]].tensors[key].dtype
+
+    def structure_problems(self) -> list[str]:
+        """Every stored tensor whose dtype or shape breaks its manifest entry or its encoding (headers only, no values read)."""
+        problems = []
+        for entry in self.manifest.tensors:
+            problems += ENCODINGS[entry.encoding].validate(entry, self)
+        return problems
 
     def decode_rows(self, name: str, start: int, stop: int) -> torch.Tensor:
         """Rows `[start, stop)` of the delta for `name`, in float32."""

@@ -1,14 +1,16 @@
-"""What every encoding provides: decode rows of a delta, and (for compressors) encode one."""
+"""What every encoding provides: decode rows of a delta, check a stored payload, and (for compressors) encode one."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
 
 from ..manifest import TensorEntry
+
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float64)
 
 
 class Payload(Protocol):
@@ -17,6 +19,8 @@ class Payload(Protocol):
     def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor: ...
 
     def shape(self, key: str) -> tuple[int, ...]: ...
+
+    def dtype(self, key: str) -> torch.dtype: ...
 
 
 @dataclass(frozen=True)
@@ -40,10 +44,50 @@ class Codec:
 
     Attributes:
         name: the name written into manifests.
-        decode_rows: rows `[start, stop)` of the delta in float32.
+        decode_rows: rows `[start, stop)` of the delta in float32. It raises FormatError for stored values
+            that break the encoding (an index out of range or out of order, counts that disagree), checked
+            on the rows it decodes, so streaming passes validate values without a pass of their own.
         encode: builds the stored form of a float32 delta, or None for read-only encodings.
+        validate: every way the stored payload of one tensor breaks the encoding's invariants (keys,
+            stored shapes and dtypes against the manifest entry and each other), one string each, from
+            the payload header alone: it reads no values and runs on every open. Required, so an encoding
+            cannot be registered without it.
     """
 
     name: str
     decode_rows: Callable[[TensorEntry, Payload, int, int], torch.Tensor]
     encode: Callable[..., Encoded] | None = None
+    validate: Callable[[TensorEntry, Payload], list[str]] = field(kw_only=True)
+
+
+def expect_keys(entry: TensorEntry, roles: Collection[str]) -> list[str]:
+    """The problem with an entry whose payload roles differ from `roles`, if any."""
+    if set(entry.keys) != set(roles):
+        return [f"tensor {entry.name}: {entry.encoding} stores {sorted(roles) or 'nothing'}, manifest lists {sorted(entry.keys) or 'nothing'}"]
+    return []
+
+
+def expect_stored(
+    entry: TensorEntry, payload: Payload, role: str, shape: tuple[int, ...] | None, dtypes: Collection[torch.dtype]
+) -> list[str]:
+    """Problems of one stored tensor whose shape (None: any 1-D) or dtype differs from what the encoding needs."""
+    key = entry.keys[role]
+    problems = []
+    got_shape, got_dtype = tuple(payload.shape(key)), payload.dtype(key)
+    if shape is None:
+        if len(got_shape) != 1:
+            problems.append(f"tensor {entry.name}: stored {role} {key!r} has shape {list(got_shape)}, expected one dimension")
+    elif got_shape != tuple(shape):
+        problems.append(f"tensor {entry.name}: stored {role} {key!r} has shape {list(got_shape)}, expected {list(shape)}")
+    if got_dtype not in dtypes:
+        names = "/".join(str(d).removeprefix("torch.") for d in dtypes)
+        problems.append(f"tensor {entry.name}: stored {role} {key!r} has dtype {str(got_dtype).removeprefix('torch.')}, expected {names}")
+    return problems
+
+
+def storage_dtype(entry: TensorEntry) -> torch.dtype | None:
+    """The torch dtype an entry's `dtype` names, or None for a name rvec does not store."""
+    return _BY_NAME.get(entry.dtype)
+
+
+_BY_NAME = {str(d).removeprefix("torch."): d for d in FLOAT_DTYPES}

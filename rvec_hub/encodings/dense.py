@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..manifest import TensorEntry
-from .base import Codec, Encoded, Payload
+from .base import Codec, Encoded, Payload, expect_keys, expect_stored, storage_dtype
 
 
 def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
@@ -22,4 +22,9 @@ def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, **_: ob
     return Encoded("dense", {"delta": stored}, stats={"rel_error": err / norm if norm else 0.0})
 
 
-CODEC = Codec("dense", _decode_rows, _encode)
+def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
+    # The stored tensor is the delta itself: the manifest's shape, in the manifest's dtype.
+    return expect_keys(entry, ("delta",)) or expect_stored(entry, payload, "delta", tuple(entry.shape), [storage_dtype(entry)])
+
+
+CODEC = Codec("dense", _decode_rows, _encode, validate=_validate)

@@ -16,7 +16,7 @@ import torch
 
 from ..errors import UsageError
 from ..manifest import TensorEntry
-from .base import Codec, Encoded, Payload
+from .base import FLOAT_DTYPES, Codec, Encoded, Payload, expect_keys, expect_stored
 
 # Sketch columns beyond the rank: max(OVERSAMPLE, rank // 2). With three power iterations this keeps the
 # error within 1 % of the truncated exact SVD even on flat (noise-like) spectra, the hard case RL deltas are.
@@ -147,4 +147,18 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     return (b @ a).reshape((stop - start, *entry.shape[1:]))
 
 
-CODEC = Codec("lowrank", _decode_rows, _encode)
+def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
+    problems = expect_keys(entry, ("A", "B"))
+    if problems:
+        return problems
+    out, inp = as_matrix(tuple(entry.shape))
+    rank = entry.params.get("rank")
+    if not out:
+        return [f"tensor {entry.name}: lowrank needs a matrix, manifest shape is {list(entry.shape)}"]
+    if not isinstance(rank, int) or isinstance(rank, bool) or not 1 <= rank <= min(out, inp):
+        return [f"tensor {entry.name}: lowrank rank {rank!r} does not fit a {out}×{inp} matrix"]
+    # B (out × r) · A (r × in) must give the tensor, with the rank the manifest records.
+    return expect_stored(entry, payload, "B", (out, rank), FLOAT_DTYPES) + expect_stored(entry, payload, "A", (rank, inp), FLOAT_DTYPES)
+
+
+CODEC = Codec("lowrank", _decode_rows, _encode, validate=_validate)

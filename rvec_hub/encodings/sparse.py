@@ -16,8 +16,9 @@ import math
 import torch
 
 from ..arith import row_chunks
+from ..errors import FormatError
 from ..manifest import TensorEntry
-from .base import Codec, Encoded, Payload
+from .base import Codec, Encoded, Payload, expect_keys, expect_stored, storage_dtype
 
 LAYOUTS = ("bitmask", "gaps")
 _MAX_GAP = 255
@@ -146,15 +147,19 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
 def _decode_stored(entry: TensorEntry, payload: Payload, start: int, stop: int, cols: int) -> torch.Tensor:
     keys = entry.keys
     pointer = payload.read(keys["rowptr"], start, stop + 1).long()
+    counts = _checked_counts(entry, payload, pointer, start, stop)
     lo, hi = int(pointer[0]), int(pointer[-1])
     values = payload.read(keys["values"], lo, hi).float()
     out = torch.zeros(stop - start, cols, dtype=torch.float32)
     if entry.params["layout"] == "bitmask":
         mask = _unpack_bits(payload.read(keys["mask"], start, stop), cols)
+        if not torch.equal(mask.sum(dim=1), counts):
+            raise FormatError(f"tensor {entry.name}: the sparse bitmask of rows {start}-{stop} disagrees with its row pointer; the vector is corrupt")
         out[mask] = values
         return out
     gaps = payload.read(keys["gaps"], lo, hi).long()
-    counts = pointer[1:] - pointer[:-1]
+    if gaps.numel() and int(gaps.min()) < 1:
+        raise FormatError(f"tensor {entry.name}: a sparse gap of 0 in rows {start}-{stop} repeats a position; the vector is corrupt")
     row = torch.repeat_interleave(torch.arange(stop - start), counts)
     # Positions are the running sum of gaps within each row, minus one.
     running = torch.cumsum(gaps, 0)
@@ -162,8 +167,47 @@ def _decode_stored(entry: TensorEntry, payload: Payload, start: int, stop: int, 
     before = torch.zeros(stop - start, dtype=torch.long)
     before[first > 0] = running[first[first > 0] - 1]
     col = running - before[row] - 1
+    if col.numel() and int(col.max()) >= cols:
+        raise FormatError(f"tensor {entry.name}: a sparse index in rows {start}-{stop} lies past column {cols}; the vector is corrupt")
     out[row, col] = values
     return out
 
 
-CODEC = Codec("sparse", _decode_rows, _encode)
+def _checked_counts(entry: TensorEntry, payload: Payload, pointer: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Entries per row from a slice of the row pointer, which must start at 0, never fall and end at the value count."""
+    total = payload.shape(entry.keys["values"])[0]
+    counts = pointer[1:] - pointer[:-1]
+    rows, _ = as_rows(tuple(entry.shape))
+    problem = None
+    if counts.numel() and int(counts.min()) < 0:
+        problem = f"falls between rows {start} and {stop}"
+    elif int(pointer[0]) < 0 or int(pointer[-1]) > total:
+        problem = f"points outside the {total} stored values"
+    elif start == 0 and int(pointer[0]) != 0:
+        problem = "does not start at 0"
+    elif stop == rows and int(pointer[-1]) != total:
+        problem = f"ends at {int(pointer[-1])} but {total} values are stored"
+    if problem:
+        raise FormatError(f"tensor {entry.name}: the sparse row pointer {problem}; the vector is corrupt")
+    return counts
+
+
+def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
+    layout = entry.params.get("layout")
+    if layout not in LAYOUTS:
+        return [f"tensor {entry.name}: sparse layout {layout!r} is not one of {', '.join(LAYOUTS)}"]
+    index = "mask" if layout == "bitmask" else "gaps"
+    problems = expect_keys(entry, ("rowptr", "values", index))
+    if problems:
+        return problems
+    rows, cols = as_rows(tuple(entry.shape))
+    problems += expect_stored(entry, payload, "rowptr", (rows + 1,), (torch.int32, torch.int64))
+    problems += expect_stored(entry, payload, "values", None, [storage_dtype(entry)])
+    if layout == "bitmask":
+        problems += expect_stored(entry, payload, "mask", (rows, (cols + 7) // 8), (torch.uint8,))
+    else:
+        problems += expect_stored(entry, payload, "gaps", tuple(payload.shape(entry.keys["values"]))[:1], (torch.uint8,))
+    return problems
+
+
+CODEC = Codec("sparse", _decode_rows, _encode, validate=_validate)

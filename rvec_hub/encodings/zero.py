@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..manifest import TensorEntry
-from .base import Codec, Encoded, Payload
+from .base import Codec, Encoded, Payload, expect_keys
 
 
 def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
@@ -18,4 +18,8 @@ def _encode(delta: torch.Tensor, **_: object) -> Encoded:
     return Encoded("zero", {}, stats={"rel_error": 0.0})
 
 
-CODEC = Codec("zero", _decode_rows, _encode)
+def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
+    return expect_keys(entry, ())
+
+
+CODEC = Codec("zero", _decode_rows, _encode, validate=_validate)
