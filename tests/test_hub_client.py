@@ -72,10 +72,11 @@ def test_push_then_pull_round_trips_bit_exactly_through_regular_and_lfs_uploads(
 def test_pull_without_output_lands_verified_in_the_hub_cache_and_is_reused(vector_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     push(vector_dir, "alice/cached", "1.0.0", endpoint=url, token=ALICE, quiet=True)
     first = pull("alice/cached", endpoint=url)
-    assert first.path.is_relative_to(Path(os.environ["HF_HUB_CACHE"])) and first.path.name == first.commit
+    cache = Path(os.environ["HF_HUB_CACHE"])
+    assert first.path == cache / "models--alice--cached" / "snapshots" / first.commit
 
     calls: list[str] = []
-    monkeypatch.setattr(fetch_module, "http_get", lambda url, *a, **k: calls.append(url))
+    monkeypatch.setattr(fetch_module, "hf_hub_download", lambda repo_id, filename, **k: calls.append(filename))
     again = pull("alice/cached@1.0.0", endpoint=url)
     assert again.path == first.path and calls == [], "a verified cached copy is downloaded again"
 
@@ -294,46 +295,35 @@ _KILLED_PULL = textwrap.dedent(
     from pathlib import Path
     from rvec_hub.hub.client import pull
 
-    url, output = sys.argv[1], Path(sys.argv[2])
+    url, blobs = sys.argv[1], Path(sys.argv[2])
 
     def kill_once_partial():
         # SIGKILL: no cleanup runs, exactly like a crash or a pulled plug.
         while True:
-            for part in output.parent.glob(".*rvec-pull-*/assets/noise.bin.incomplete"):
+            for part in blobs.glob("*.incomplete"):
                 if part.stat().st_size > 0:
                     os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(0.0005)
 
     threading.Thread(target=kill_once_partial, daemon=True).start()
-    pull("alice/big@1.0.0", output=output, endpoint=url)
+    pull("alice/big@1.0.0", endpoint=url)
     print("finished before it could be killed")
     """
 )
 
 
-def test_pull_killed_midway_resumes_when_run_again(vector_dir: Path, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pull_killed_midway_leaves_no_complete_looking_snapshot_and_the_next_pull_finishes(vector_dir: Path, url: str, tmp_path: Path) -> None:
     big = _variant(vector_dir, tmp_path / "big", asset_bytes=64 * 1024 * 1024)
     push(big, "alice/big", "1.0.0", endpoint=url, token=ALICE, quiet=True)
-    out = tmp_path / "pulled"
-    killed = subprocess.run([sys.executable, "-c", _KILLED_PULL, url, str(out)], capture_output=True, text=True, timeout=120)
+    storage = Path(os.environ["HF_HUB_CACHE"]) / "models--alice--big"
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PULL, url, str(storage / "blobs")], capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stdout + killed.stderr
-    partial = list(tmp_path.glob(".pulled.rvec-pull-*/assets/noise.bin.incomplete"))
-    assert partial and 0 < partial[0].stat().st_size < 64 * 1024 * 1024 and not out.exists()
+    assert list((storage / "blobs").glob("*.incomplete")), "the pull was not killed while downloading"
+    assert not list(storage.glob("snapshots/*/assets/noise.bin")), "a partial file is linked into the snapshot"
 
-    resumed_from: list[int] = []
-    real_http_get = fetch_module.http_get
+    done = pull("alice/big@1.0.0", endpoint=url)
 
-    def recording_http_get(url, temp_file, *, resume_size=0, **kwargs):
-        if url.endswith("noise.bin"):
-            resumed_from.append(resume_size)
-        return real_http_get(url, temp_file, resume_size=resume_size, **kwargs)
-
-    monkeypatch.setattr(fetch_module, "http_get", recording_http_get)
-    done = pull("alice/big@1.0.0", output=out, endpoint=url)
-
-    assert resumed_from and resumed_from[0] > 0, "the second pull started over instead of resuming"
     assert _without_card(_files(done.path)) == _without_card(_files(big))
-    assert not list(tmp_path.glob(".pulled.rvec-pull-*"))
 
 
 def test_pull_refuses_an_existing_output_unless_forced(vector_dir: Path, url: str, tmp_path: Path) -> None:

@@ -1,9 +1,12 @@
-"""Downloading the files of one commit into a staging directory, each checked as it completes.
+"""Downloading one commit of a vector into the standard Hugging Face cache, every file verified.
 
-Each file streams into `<file>.incomplete` through `huggingface_hub`'s HTTP downloader and continues with
-a Range request when an earlier attempt left part of it; bytes are hashed as they arrive, so checking a
-file against the manifest's sha256 costs no second read. Files are named by the manifest (whose paths
-are validated), never by the server.
+Files arrive through `hf_hub_download` at the resolved commit, so they land as blobs with snapshot links
+exactly where `snapshot_download` puts them. `rvec.json` and the card are checked against the ids the
+commit's tree listing gives them; every payload file against the size and sha256 the manifest records,
+hashed as soon as it lands while the next one downloads (`huggingface_hub` offers no hook to hash the
+bytes in flight, and its downloads restart from zero when interrupted). A file that fails is removed from
+the cache, blob and snapshot link, so no snapshot keeps looking complete with bytes that did not verify.
+Files are named by the manifest (whose paths are validated), never by the server.
 """
 
 from __future__ import annotations
@@ -12,21 +15,20 @@ import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
 
-from huggingface_hub import hf_hub_url
-from huggingface_hub.file_download import http_get
+from huggingface_hub import hf_hub_download
 from huggingface_hub.hf_api import RepoFile
-from huggingface_hub.utils import build_hf_headers
 from tqdm.auto import tqdm
 
-from ..errors import HubError, IntegrityError
-from ..manifest import MANIFEST_NAME, Manifest, parse_manifest
+from ..errors import HubError, IntegrityError, RvecError
+from ..manifest import MANIFEST_NAME, FileEntry, Manifest, parse_manifest
 from ..vector import sha256_file
+from .cache import forget_file, snapshot_folder
 from .push import CARD_NAME
 
-PARTIAL = ".incomplete"
 _BLOCK = 8 * 1024 * 1024
+# Files fetched side by side; each is hashed on its own thread as soon as it is complete.
+_WORKERS = 4
 
 
 class _SilentBar(tqdm):
@@ -44,73 +46,68 @@ def _git_blob_id(path: Path) -> str:
     return digest.hexdigest()
 
 
-class _HashingFile:
-    """A file opened for download that hashes every byte written, so verifying needs no second read.
+def _file_problem(folder: Path, entry: FileEntry) -> str | None:
+    path = folder.joinpath(*entry.path.split("/"))
+    if not path.is_file():
+        return f"{entry.path} is missing"
+    if path.stat().st_size != entry.size:
+        return f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.size}"
+    return None if sha256_file(path) == entry.sha256 else f"{entry.path} sha256 differs from the manifest"
 
-    Opening truncates the file to `keep` bytes and hashes those first (the part a resumed download keeps).
+
+def payload_problems(repo_id: str, commit: str, manifest: Manifest) -> list[str]:
+    """Check every payload file of a cached snapshot against the manifest; forget the ones that differ.
+
+    Returns:
+        One line per file that is missing or differs (each removed from the cache).
     """
+    folder = snapshot_folder(repo_id, commit)
+    entries = list(manifest.files)
+    # hashlib releases the GIL, so files hash side by side.
+    with ThreadPoolExecutor(max_workers=max(1, min(len(entries), os.cpu_count() or 1))) as pool:
+        found = list(pool.map(lambda e: _file_problem(folder, e), entries))
+    for entry, problem in zip(entries, found):
+        if problem:
+            forget_file(repo_id, commit, entry.path)
+    return [p for p in found if p]
 
-    def __init__(self, f: BinaryIO, keep: int, hasher: ThreadPoolExecutor) -> None:
-        self._f, self._digest, self._valid = f, hashlib.sha256(), True
-        self._hasher, self._pending = hasher, None
-        f.seek(0)
-        left = keep
-        while left > 0 and (block := f.read(min(_BLOCK, left))):
-            self._digest.update(block)
-            left -= len(block)
-        f.seek(keep)
-        f.truncate()
 
-    def write(self, data: bytes) -> int:
-        # Hash chunk N on another thread while chunk N+1 arrives (hashlib releases the GIL); one in flight.
-        self._wait()
-        self._pending = self._hasher.submit(self._digest.update, data)
-        return self._f.write(data)
-
-    def _wait(self) -> None:
-        if self._pending is not None:
-            self._pending.result()
-            self._pending = None
-
-    def tell(self) -> int:
-        return self._f.tell()
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        self._valid = False  # the downloader rewinds when a server ignores Range: hash the file afresh
-        return self._f.seek(offset, whence)
-
-    def truncate(self, size: int | None = None) -> int:
-        self._valid = False
-        return self._f.truncate(size)
-
-    def hexdigest(self) -> str | None:
-        self._wait()
-        return self._digest.hexdigest() if self._valid else None
+def cached_manifest(repo_id: str, commit: str) -> Manifest | None:
+    """The manifest of a cached snapshot, or None when it is absent or unreadable."""
+    path = snapshot_folder(repo_id, commit) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return parse_manifest(path.read_text(), f"{repo_id}@{commit[:12]}/{MANIFEST_NAME}")
+    except (RvecError, OSError, UnicodeDecodeError):
+        return None
 
 
 class Fetcher:
-    """Downloads the files of one commit into a staging directory, each verified as it completes."""
+    """Downloads the files of one commit into the Hub cache, each verified once it is complete."""
 
     def __init__(self, repo_id: str, commit: str, endpoint: str, token: str | None, tree: dict[str, RepoFile], quiet: bool) -> None:
-        self.repo_id, self.commit, self.endpoint, self.tree = repo_id, commit, endpoint, tree
-        self.headers = build_hf_headers(token=token, library_name="rvec")
+        self.repo_id, self.commit, self.endpoint, self.token, self.tree = repo_id, commit, endpoint, token, tree
         self.bar = _SilentBar if quiet else None
-        self.hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvec-sha256")
 
-    def manifest(self, staging: Path) -> Manifest:
+    def manifest(self) -> Manifest:
         """Fetch `rvec.json` (and the card), checked against the ids the tree listing gives them."""
+        folder = snapshot_folder(self.repo_id, self.commit)
+        names = [n for n in (MANIFEST_NAME, CARD_NAME) if n in self.tree]
+        for name in names:  # a cached copy that rotted is fetched again, not reported as the Hub's fault
+            if (folder / name).is_file() and self._check_listed(folder / name, self.tree[name], name):
+                forget_file(self.repo_id, self.commit, name)
         problems = []
-        for name in (MANIFEST_NAME, CARD_NAME):
-            if name in self.tree:
-                path, _ = self._download(staging, name, self.tree[name].size)
-                problem = self._check_listed(path, self.tree[name], name)
-                if problem:
-                    path.unlink()
-                    problems.append(problem)
+        for name in names:
+            path = self._download(name)
+            problem = self._check_listed(path, self.tree[name], name)
+            if problem:
+                forget_file(self.repo_id, self.commit, name)
+                problems.append(problem)
         _fail_if(problems, self.repo_id, self.commit)
-        return parse_manifest((staging / MANIFEST_NAME).read_text(), f"{self.repo_id}@{self.commit[:12]}/{MANIFEST_NAME}")
+        return parse_manifest((folder / MANIFEST_NAME).read_text(), f"{self.repo_id}@{self.commit[:12]}/{MANIFEST_NAME}")
 
-    def payload(self, staging: Path, manifest: Manifest) -> None:
+    def payload(self, manifest: Manifest) -> None:
         """Fetch every payload file the manifest lists and check its size and sha256."""
         missing = [f.path for f in manifest.files if f.path not in self.tree]
         if missing:
@@ -119,48 +116,35 @@ class Fetcher:
                 "the push was incomplete: ask the author to push it again",
                 problems=missing,
             )
-        problems = []
-        for entry in manifest.files:
-            path, digest = self._download(staging, entry.path, entry.size)
-            if path.stat().st_size != entry.size:
-                problems.append(f"{entry.path} has {path.stat().st_size} bytes, manifest says {entry.size}")
-            elif (digest or sha256_file(path)) != entry.sha256:
-                problems.append(f"{entry.path} sha256 differs from the manifest")
-            else:
-                continue
-            path.unlink()
+
+        folder = snapshot_folder(self.repo_id, self.commit)
+
+        def fetch(entry: FileEntry) -> str | None:
+            # Hashed right after it lands, while the other workers still download (the bytes are still in page cache).
+            self._download(entry.path)
+            problem = _file_problem(folder, entry)
+            if problem:
+                forget_file(self.repo_id, self.commit, entry.path)
+            return problem
+
+        with ThreadPoolExecutor(max_workers=_WORKERS, thread_name_prefix="rvec-fetch") as pool:
+            problems = [p for p in pool.map(fetch, manifest.files) if p]
         _fail_if(problems, self.repo_id, self.commit)
 
-    def _download(self, staging: Path, name: str, size: int) -> tuple[Path, str | None]:
-        """Stream one file into `staging/name`, resuming an earlier `.incomplete` copy.
-
-        Returns the file and its sha256, hashed as the bytes arrived (None when it must be hashed again).
-        """
-        dest = staging.joinpath(*name.split("/"))
-        if dest.is_file() and dest.stat().st_size == size:
-            return dest, None  # finished by an earlier, interrupted pull
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        part = dest.with_name(dest.name + PARTIAL)
-        have = part.stat().st_size if part.is_file() else 0
-        if have > size:
-            have = 0
-        url = hf_hub_url(self.repo_id, name, revision=self.commit, endpoint=self.endpoint)
+    def _download(self, name: str) -> Path:
         try:
-            with open(part, "r+b" if part.exists() else "wb") as f:
-                sink = _HashingFile(f, have, self.hasher)
-                http_get(url, sink, resume_size=have, headers=self.headers, expected_size=size,
-                         displayed_filename=name, tqdm_class=self.bar)
+            return Path(hf_hub_download(
+                self.repo_id, name, revision=self.commit, endpoint=self.endpoint, token=self.token,
+                library_name="rvec", tqdm_class=self.bar,
+            ))
         except OSError as exc:
             if "Consistency check failed" not in str(exc):
                 raise
-            # The server sent a different number of bytes than its listing and the manifest promise.
-            part.unlink(missing_ok=True)
+            # The server sent a different number of bytes than its headers promised.
             raise IntegrityError(
                 f"{self.repo_id}@{self.commit[:12]}: {name} arrived with the wrong size; the Hub copy is corrupt or was "
-                "modified, nothing was written; tell the author or pull another version"
+                "modified, nothing was kept; tell the author or pull another version"
             ) from None
-        os.replace(part, dest)
-        return dest, sink.hexdigest()
 
     def _check_listed(self, path: Path, listed: RepoFile, name: str) -> str | None:
         if listed.lfs is not None:
@@ -174,6 +158,6 @@ def _fail_if(problems: list[str], repo_id: str, commit: str) -> None:
     if problems:
         raise IntegrityError(
             f"{repo_id}@{commit[:12]} fails verification: {'; '.join(problems)}; the Hub copy is corrupt or was "
-            "modified, so nothing was written; tell the author or pull another version",
+            "modified, and its files were removed from the cache; tell the author or pull another version",
             problems=problems,
         )

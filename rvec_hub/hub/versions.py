@@ -93,11 +93,16 @@ class VersionInfo:
 
 @dataclass(frozen=True)
 class Resolved:
-    """A reference resolved to one commit; `version` is None when it named a branch or commit."""
+    """A reference resolved to one commit; `version` is None when it named a branch or commit.
+
+    `ref` is the tag or branch the commit was found under (`v1.0.0`, `main`), which the cache records so
+    that the same reference resolves offline; None when a commit was named.
+    """
 
     repo_id: str
     version: Version | None
     commit: str
+    ref: str | None = None
 
 
 def split_ref(ref: str) -> tuple[str, str | None]:
@@ -159,19 +164,49 @@ def resolve(api: HfApi, repo_id: str, spec: str | None) -> Resolved:
     if spec is None or spec == "latest" or _SEMVER.match(spec.removeprefix(TAG_PREFIX)):
         tags = version_tags(api, repo_id)
         if spec is None and not tags:
-            return Resolved(repo_id, None, _checked(repo_id, api.model_info(repo_id, revision=DEFAULT_BRANCH).sha))
+            sha = _checked(repo_id, api.model_info(repo_id, revision=DEFAULT_BRANCH).sha)
+            return Resolved(repo_id, None, sha, DEFAULT_BRANCH)
         version = latest(tags) if spec in (None, "latest") else Version.parse(spec)
         if version is None:
             raise HubError(f"{repo_id} has no versions yet; push one with `rvec push DIR {repo_id} --version 1.0.0`")
         if version not in tags:
             known = ", ".join(str(v) for v in sorted(tags, reverse=True)[:10])
             raise HubError(f"{repo_id} has no version {version}; it has {known} (see `rvec versions {repo_id}`)")
-        return Resolved(repo_id, version, _checked(repo_id, tags[version]))
+        return Resolved(repo_id, version, _checked(repo_id, tags[version]), version.tag)
     # A commit sha (full or abbreviated) or a branch name: the Hub resolves it.
     sha = _checked(repo_id, api.model_info(repo_id, revision=spec).sha)
     if _COMMIT.match(spec) and not sha.startswith(spec):
         raise HubError(f"{repo_id}@{spec} resolved to commit {sha}, which is not the commit asked for")
-    return Resolved(repo_id, None, sha)
+    return Resolved(repo_id, None, sha, None if _COMMIT.match(spec) else spec)
+
+
+def resolve_cached(repo_id: str, spec: str | None) -> Resolved | None:
+    """Resolve a version spec from the Hub cache alone (offline, or when the Hub cannot be reached).
+
+    Versions resolve through the `refs/vX.Y.Z` files a pull records; `latest` (and no spec) to the highest
+    version the cache holds a snapshot of; a commit, full or abbreviated, to the one snapshot it names; a
+    branch through `refs/<branch>`.
+
+    Returns:
+        The resolved commit, or None when the cache cannot tell.
+    """
+    from .cache import cached_commits, cached_refs, read_ref
+
+    if spec is not None and _COMMIT.match(spec):
+        matches = [c for c in cached_commits(repo_id) if c.startswith(spec)]
+        if len(matches) == 1:
+            return Resolved(repo_id, None, matches[0])
+    if spec is None or spec == "latest" or _SEMVER.match(spec.removeprefix(TAG_PREFIX)):
+        snapshots = set(cached_commits(repo_id))
+        tags = {v: c for name, c in cached_refs(repo_id).items() if (v := Version.from_tag(name)) and c in snapshots}
+        version = latest(tags) if spec in (None, "latest") else Version.parse(spec)
+        if version is not None and version in tags:
+            return Resolved(repo_id, version, tags[version], version.tag)
+        if spec is not None:
+            return None
+        spec = DEFAULT_BRANCH
+    commit = read_ref(repo_id, spec)
+    return Resolved(repo_id, None, commit, spec) if commit else None
 
 
 def _checked(repo_id: str, sha: str | None) -> str:
