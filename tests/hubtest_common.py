@@ -24,3 +24,10 @@ def url(root: Path) -> Iterator[str]:
     """A running Hub server (small pages, so listings paginate)."""
     with running_server(root, TOKENS, page_size=3) as base:
         yield base
+
+
+@pytest.fixture
+def unverified_url(root: Path) -> Iterator[str]:
+    """A Hub server that serves stored bytes without hashing them: a broken or hostile Hub for client checks."""
+    with running_server(root, TOKENS, page_size=3, verify_blobs=False) as base:
+        yield base

@@ -121,8 +121,8 @@ def test_push_removes_files_the_new_version_no_longer_has(vector_dir: Path, url:
     assert "assets/noise.bin" not in api.list_repo_files("alice/shrinking", revision="v1.1.0")
 
 
-def test_pull_detects_a_file_tampered_on_the_server_and_keeps_the_users_directory(vector_dir: Path, url: str, root: Path, tmp_path: Path) -> None:
-    push(vector_dir, "alice/tampered", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+def test_pull_detects_a_file_tampered_on_the_server_and_keeps_the_users_directory(vector_dir: Path, unverified_url: str, root: Path, tmp_path: Path) -> None:
+    push(vector_dir, "alice/tampered", "1.0.0", endpoint=unverified_url, token=ALICE, quiet=True)
     entry = next(f for f in load_manifest(vector_dir).files if f.path == "vector.safetensors")
     blob = _blob(root, "alice/tampered", entry.sha256)
     data = bytearray(blob.read_bytes())
@@ -133,16 +133,16 @@ def test_pull_detects_a_file_tampered_on_the_server_and_keeps_the_users_director
     (mine / "notes.txt").write_text("keep me")
 
     with pytest.raises(IntegrityError, match="vector.safetensors sha256 differs"):
-        pull("alice/tampered@1.0.0", output=mine, force=True, endpoint=url)
+        pull("alice/tampered@1.0.0", output=mine, force=True, endpoint=unverified_url)
     with pytest.raises(IntegrityError):
-        pull("alice/tampered@1.0.0", endpoint=url)
+        pull("alice/tampered@1.0.0", endpoint=unverified_url)
 
     assert _files(mine) == {"notes.txt": b"keep me"}
     assert not list(Path(os.environ["HF_HUB_CACHE"]).rglob("vector.safetensors")), "a corrupt file reached the cache"
 
 
-def test_pull_detects_a_tampered_manifest_against_the_commit_tree(vector_dir: Path, url: str, root: Path, tmp_path: Path) -> None:
-    push(vector_dir, "alice/forged", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+def test_pull_detects_a_tampered_manifest_against_the_commit_tree(vector_dir: Path, unverified_url: str, root: Path, tmp_path: Path) -> None:
+    push(vector_dir, "alice/forged", "1.0.0", endpoint=unverified_url, token=ALICE, quiet=True)
     manifest_bytes = (vector_dir / "rvec.json").read_bytes()
     import hashlib
 
@@ -150,7 +150,7 @@ def test_pull_detects_a_tampered_manifest_against_the_commit_tree(vector_dir: Pa
     blob.write_bytes(manifest_bytes.replace(b'"default_alpha": 1.0', b'"default_alpha": 9.0'))
 
     with pytest.raises(IntegrityError, match="rvec.json differs from the commit's tree"):
-        pull("alice/forged@1.0.0", output=tmp_path / "out", endpoint=url)
+        pull("alice/forged@1.0.0", output=tmp_path / "out", endpoint=unverified_url)
     assert not (tmp_path / "out").exists()
 
 

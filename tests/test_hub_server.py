@@ -174,9 +174,10 @@ def test_tags_branches_and_revisions_by_tag_and_commit(alice: HfApi, url: str, t
     alice.upload_file(path_or_fileobj=b"on dev", path_in_repo="y.txt", repo_id="alice/rev", revision="dev")
     assert read("dev") == b"v1" and "y.txt" in alice.list_repo_files("alice/rev", revision="dev")
     assert "y.txt" not in alice.list_repo_files("alice/rev")
-    alice.delete_tag("alice/rev", tag="v1")
+    alice.create_tag("alice/rev", tag="reviewed", revision="dev")
+    alice.delete_tag("alice/rev", tag="reviewed")
     with pytest.raises(RevisionNotFoundError):
-        alice.model_info("alice/rev", revision="v1")
+        alice.model_info("alice/rev", revision="reviewed")
 
 
 def test_stale_parent_commit_is_refused(alice: HfApi) -> None:
@@ -306,9 +307,10 @@ def test_client_errors_map_to_hub_exceptions(alice: HfApi, url: str, tmp_path: P
 
 def test_load_tokens_reads_file_and_environment_without_echoing_tokens(tmp_path: Path) -> None:
     token_file = tmp_path / "tokens.txt"
-    token_file.write_text("# users\nalice tok-a\n\nbob tok-b\n")
-    assert load_tokens(token_file, {"RVEC_HUB_TOKEN": "tok-c"}) == {"alice": "tok-a", "bob": "tok-b", "admin": "tok-c"}
-    assert load_tokens(None, {"RVEC_HUB_TOKEN": "t", "RVEC_HUB_USER": "carol"}) == {"carol": "t"}
+    a, b, c = "tok-a-0123456789", "tok-b-0123456789", "tok-c-0123456789"
+    token_file.write_text(f"# users\nalice {a}\n\nbob {b}\n")
+    assert load_tokens(token_file, {"RVEC_HUB_TOKEN": c}) == {"alice": a, "bob": b, "admin": c}
+    assert load_tokens(None, {"RVEC_HUB_TOKEN": c, "RVEC_HUB_USER": "carol"}) == {"carol": c}
     token_file.write_text("alice secret-value extra\n")
     with pytest.raises(UsageError) as err:
         load_tokens(token_file, {})

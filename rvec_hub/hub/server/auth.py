@@ -23,6 +23,7 @@ from rvec_hub.errors import UsageError
 from rvec_hub.hub.server.api_errors import forbidden, invalid_token, repo_not_found, unauthorized
 from rvec_hub.hub.server.models import RepoRecord
 
+MIN_TOKEN_LENGTH = 16
 ENV_TOKEN = "RVEC_HUB_TOKEN"
 ENV_USER = "RVEC_HUB_USER"
 DEFAULT_ENV_USER = "admin"
@@ -39,8 +40,8 @@ def load_tokens(token_file: Path | None = None, environ: Mapping[str, str] | Non
         `{username: token}`.
 
     Example:
-        >>> load_tokens(None, {"RVEC_HUB_TOKEN": "s3cret"})
-        {'admin': 's3cret'}
+        >>> load_tokens(None, {"RVEC_HUB_TOKEN": "0123456789abcdef"})
+        {'admin': '0123456789abcdef'}
     """
     environ = os.environ if environ is None else environ
     tokens: dict[str, str] = {}
@@ -74,11 +75,16 @@ def load_tokens(token_file: Path | None = None, environ: Mapping[str, str] | Non
 
 
 def check_tokens(tokens: Mapping[str, str]) -> None:
-    """Refuse empty or shared tokens (a shared token would make the user ambiguous)."""
+    """Refuse empty, short or shared tokens (a shared token would make the user ambiguous)."""
     seen: set[str] = set()
     for user, token in tokens.items():
         if not token or not user:
             raise UsageError(f"user {user!r} has an empty name or token; give every user a non-empty token")
+        if len(token) < MIN_TOKEN_LENGTH:  # never echo the token itself
+            raise UsageError(
+                f"the token of user {user!r} has {len(token)} characters; tokens need at least {MIN_TOKEN_LENGTH} "
+                "(make one with `openssl rand -hex 16`)"
+            )
         if token in seen:
             raise UsageError("two users share one token; give every user their own token")
         seen.add(token)

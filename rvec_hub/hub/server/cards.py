@@ -9,6 +9,7 @@ import yaml
 
 _FRONT_MATTER = re.compile(r"\A\s*---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n|\Z)", re.DOTALL)
 MAX_CARD_BYTES = 1 << 20  # front matter lives at the top; a huge README is not parsed
+MAX_CARD_NODES = 100_000
 
 
 class CardError(ValueError):
@@ -28,11 +29,16 @@ def parse_card_data(text: str) -> dict[str, Any] | None:
         data = yaml.safe_load(match.group(1))
     except yaml.YAMLError as err:
         raise CardError(f"README.md front matter is not valid YAML: {err}") from None
+    except RecursionError:
+        raise CardError("README.md front matter is nested too deeply") from None
     if data is None:
         return None
     if not isinstance(data, dict):
         raise CardError("README.md front matter must be a YAML mapping (key: value lines)")
-    return _json_safe(data)
+    try:
+        return _json_safe(data, [MAX_CARD_NODES])
+    except RecursionError:
+        raise CardError("README.md front matter is nested too deeply") from None
 
 
 def card_data_or_none(raw: bytes) -> dict[str, Any] | None:
@@ -66,12 +72,19 @@ def _as_list(value: Any) -> list[Any]:
     return [value]
 
 
-def _json_safe(value: Any) -> Any:
-    """YAML dates and other scalars become JSON-friendly values."""
+def _json_safe(value: Any, budget: list[int]) -> Any:
+    """YAML dates and other scalars become JSON-friendly values; at most `budget[0]` nodes.
+
+    The budget stops YAML aliases from expanding a small document into a huge one ("billion laughs").
+    """
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise CardError(f"README.md front matter has more than {MAX_CARD_NODES} values (or expands to that many "
+                        "through YAML aliases)")
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): _json_safe(v, budget) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [_json_safe(v, budget) for v in value]
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)

@@ -50,9 +50,11 @@ def parse_commit_payload(lines: Iterable[bytes], store: ObjectStore, repo_id: st
         try:
             item = json.loads(raw)
             key, value = item["key"], item["value"]
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):
             raise bad_request(f"commit payload line {number} is not a JSON object with 'key' and 'value'") from None
         if key == "header":
+            if not isinstance(value, dict):
+                raise bad_request(f"commit payload line {number}: the header value must be a JSON object")
             header = value
             continue
         path = value.get("path") if isinstance(value, dict) else None
@@ -76,7 +78,7 @@ def parse_commit_payload(lines: Iterable[bytes], store: ObjectStore, repo_id: st
     if header is None:
         raise bad_request("commit payload has no header line")
     parent = header.get("parentCommit")
-    if parent is not None and not is_commit_id(str(parent)):
+    if parent is not None and not (isinstance(parent, str) and is_commit_id(parent)):
         raise bad_request(f"parentCommit {parent!r} is not a 40-hex commit id")
     summary = str(header.get("summary") or "").strip()
     if not summary:
@@ -104,7 +106,7 @@ def _lfs_file(value: dict, store: ObjectStore, path: str, repo_id: str) -> TreeE
     if not store.has_blob(oid):
         raise HubApiError(422, f"{path}: LFS object {oid} was not uploaded to {repo_id}; upload it first")
     size = store.blob_path(oid).stat().st_size
-    if value.get("size") is not None and value["size"] != size:
+    if value.get("size") is not None and (isinstance(value["size"], bool) or value["size"] != size):
         raise HubApiError(422, f"{path}: LFS object {oid} has {size} bytes, the commit says {value['size']}")
     return store.entry_for(oid, size, lfs=True)
 

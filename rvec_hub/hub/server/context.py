@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote
 
 from fastapi import Request
 
 from rvec_hub.hub.server.api_errors import bad_request
 from rvec_hub.hub.server.auth import TokenTable, require_read
+from rvec_hub.hub.server.guard import BodyLimits
 from rvec_hub.hub.server.models import RepoRecord
 from rvec_hub.hub.server.storage import HubStorage
+from rvec_hub.hub.server.throttle import AuthThrottle
 
 
 @dataclass(frozen=True)
@@ -21,6 +23,9 @@ class HubContext:
     tokens: TokenTable
     upload_secret: bytes
     page_size: int = 1000
+    limits: BodyLimits = field(default_factory=BodyLimits)
+    throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    allow_version_tag_rewrite: bool = False
 
 
 def hub(request: Request) -> HubContext:
@@ -29,7 +34,10 @@ def hub(request: Request) -> HubContext:
 
 
 def caller(request: Request) -> str | None:
-    """User making the request (None when anonymous; 401 for an unknown token)."""
+    """User making the request (None when anonymous); `RequestGuard` authenticated it before the route ran."""
+    state = request.scope.get("state") or {}
+    if "hub_user" in state:
+        return state["hub_user"]
     return hub(request).tokens.caller(request)
 
 
@@ -57,7 +65,10 @@ def raw_segments(request: Request, skip: int) -> list[str]:
     parts = raw.decode("latin-1").split("?", 1)[0].split("/")[1:]
     if len(parts) < skip:
         raise bad_request("malformed URL path")
-    return [unquote(p, encoding="utf-8", errors="strict") for p in parts[skip:]]
+    try:
+        return [unquote(p, encoding="utf-8", errors="strict") for p in parts[skip:]]
+    except UnicodeDecodeError:
+        raise bad_request("URL path has a percent-encoding that is not UTF-8") from None
 
 
 def truthy(value: str | None) -> bool:

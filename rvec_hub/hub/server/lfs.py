@@ -16,9 +16,10 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from rvec_hub.hub.server.api_errors import HubApiError, bad_request, forbidden
+from rvec_hub.hub.server.api_errors import HubApiError, bad_request, forbidden, repo_not_found
 from rvec_hub.hub.server.auth import require_write
-from rvec_hub.hub.server.context import base_url, caller, hub
+from rvec_hub.hub.server.context import HubContext, base_url, caller, hub
+from rvec_hub.hub.server.guard import too_large
 from rvec_hub.hub.server.models import LfsBatchRequest, LfsObject
 from rvec_hub.hub.server.paths import is_sha256
 
@@ -49,9 +50,14 @@ def batch(namespace: str, name_git: str, body: LfsBatchRequest, request: Request
     expires = int(time.time()) + UPLOAD_TTL_S
     base = base_url(request)
     objects = []
+    max_size = ctx.limits.max_lfs_bytes
     for obj in body.objects:
         if not is_sha256(obj.oid) or obj.size < 0:
             objects.append(_object_error(obj, 422, "oid must be 64 lowercase hex digits and size >= 0"))
+        elif obj.size > max_size:
+            objects.append(_object_error(
+                obj, 413, f"object of {obj.size} bytes is larger than this server's limit of {max_size} bytes "
+                "(`rvec hub serve --max-lfs-bytes`)"))
         elif store.has_blob(obj.oid, obj.size):
             objects.append({"oid": obj.oid, "size": obj.size})
         else:
@@ -74,7 +80,8 @@ def _object_error(obj: LfsObject, code: int, message: str) -> dict:
     return {"oid": obj.oid, "size": obj.size, "error": {"code": code, "message": message}}
 
 
-@router.put("/lfs-upload/{namespace}/{name}/{oid}")
+@router.put("/lfs-upload/{namespace}/{name}/{oid}", openapi_extra={"requestBody": {
+    "required": True, "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
 async def upload(namespace: str, name: str, oid: str, request: Request) -> JSONResponse:
     """Receive the bytes of one LFS object through a signed URL; refuse them unless sha256 and size match."""
     repo_id = f"{namespace}/{name}"
@@ -86,7 +93,10 @@ async def upload(namespace: str, name: str, oid: str, request: Request) -> JSONR
         raise forbidden("upload URL is not signed; ask the LFS batch endpoint for one") from None
     expected = _signature(ctx.upload_secret, repo_id, oid, size, expires)
     if not hmac.compare_digest(expected, sig) or expires < time.time():
+        _hide_unless_public(ctx, repo_id)
         raise forbidden("upload URL signature is invalid or expired; ask the LFS batch endpoint again")
+    if size > ctx.limits.max_lfs_bytes:
+        raise too_large(ctx.limits.max_lfs_bytes)
     store = ctx.storage.objects(repo_id)
     tmp = store.new_upload()
     digest, received = hashlib.sha256(), 0
@@ -107,6 +117,16 @@ async def upload(namespace: str, name: str, oid: str, request: Request) -> JSONR
     finally:
         tmp.unlink(missing_ok=True)
     return JSONResponse({}, headers={"ETag": f'"{oid}"'})
+
+
+def _hide_unless_public(ctx: HubContext, repo_id: str) -> None:
+    """404 RepoNotFound for a repo that is absent or private, so an unsigned upload learns nothing."""
+    try:
+        repo = ctx.storage.get_repo(repo_id)
+    except HubApiError:
+        raise repo_not_found(repo_id) from None
+    if repo.private:
+        raise repo_not_found(repo_id)
 
 
 @router.post("/lfs-verify/{namespace}/{name}")

@@ -162,7 +162,6 @@ def page_link(base_url: str, params: dict[str, Any], cursor: int, total: int, si
 
 def parse_cursor(value: str | None) -> int:
     """The offset a `cursor` query parameter carries (0 when absent or malformed)."""
-    try:
-        return max(0, int(value or 0))
-    except ValueError:
+    if not value or not value.isascii() or not value.isdigit() or len(value) > 18:
         return 0
+    return int(value)

@@ -14,7 +14,8 @@ import os
 import uuid
 from pathlib import Path
 
-from rvec_hub.hub.server.api_errors import HubApiError
+from rvec_hub.hub.server.api_errors import HubApiError, repo_not_found
+from rvec_hub.hub.server.integrity import BlobVerifier
 from rvec_hub.hub.server.models import CommitRecord, TreeEntry
 from rvec_hub.hub.server.paths import git_blob_sha1, is_commit_id, is_sha256, lfs_pointer
 
@@ -34,10 +35,16 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 class ObjectStore:
-    """Blobs and commits of one repository; never takes a path from a request."""
+    """Blobs and commits of one repository; never takes a path from a request.
 
-    def __init__(self, repo_dir: Path) -> None:
+    Args:
+        repo_dir: the repository's directory.
+        verifier: checks blobs against their sha256 before they are served or vouched for (None: trust disk).
+    """
+
+    def __init__(self, repo_dir: Path, verifier: BlobVerifier | None = None) -> None:
         self._dir = repo_dir
+        self._verifier = verifier
         self._blobs = repo_dir / "objects" / "blobs"
         self._commits = repo_dir / "objects" / "commits"
         self._tmp = repo_dir / "tmp"
@@ -46,6 +53,12 @@ class ObjectStore:
     def repo_dir(self) -> Path:
         """The repository directory this store belongs to."""
         return self._dir
+
+    def _make_dirs(self, folder: Path) -> None:
+        # Never recreate the directory of a repo deleted meanwhile: its name must stay free.
+        if not self._dir.is_dir():
+            raise repo_not_found(f"{self._dir.parent.name}/{self._dir.name}")
+        folder.mkdir(parents=True, exist_ok=True)
 
     # -- blobs -------------------------------------------------------------------------------------
 
@@ -56,17 +69,27 @@ class ObjectStore:
         return self._blobs / sha256[:2] / sha256
 
     def has_blob(self, sha256: str, size: int | None = None) -> bool:
-        """Whether the blob is stored (and, when `size` is given, has that size)."""
+        """Whether the blob is stored intact (and, when `size` is given, has that size).
+
+        A blob that no longer hashes to its name is quarantined and counts as absent, so clients are
+        asked to upload it again instead of being told it is there.
+        """
         path = self.blob_path(sha256)
-        if not path.is_file():
+        try:
+            if size is not None and path.stat().st_size != size:
+                return False
+        except FileNotFoundError:
             return False
-        return size is None or path.stat().st_size == size
+        if self._verifier is None:
+            return path.is_file()
+        return self._verifier.check(path, sha256)
 
     def put_bytes(self, data: bytes, *, lfs: bool) -> TreeEntry:
         """Store `data` as a blob and return the tree entry that points at it."""
         sha256 = hashlib.sha256(data).hexdigest()
         path = self.blob_path(sha256)
-        if not path.is_file():
+        if not self.has_blob(sha256, len(data)):
+            self._make_dirs(path.parent)
             atomic_write_bytes(path, data)
         return self.entry_for(sha256, len(data), lfs=lfs, data=None if lfs else data)
 
@@ -82,17 +105,22 @@ class ObjectStore:
 
     def new_upload(self) -> Path:
         """A fresh temporary file path for a streamed upload."""
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._make_dirs(self._tmp)
         return self._tmp / f"upload-{uuid.uuid4().hex}"
 
     def adopt_upload(self, tmp: Path, sha256: str) -> None:
-        """Move a finished, verified upload into the blob store (a no-op if the blob is already there)."""
+        """Move a finished, verified upload into the blob store (a no-op if an intact copy is there)."""
         path = self.blob_path(sha256)
-        if path.is_file():
+        if self.has_blob(sha256):
             tmp.unlink(missing_ok=True)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, path)
+        self._make_dirs(path.parent)
+        try:
+            os.replace(tmp, path)
+        except FileNotFoundError:  # the repo was deleted while the bytes streamed in
+            raise repo_not_found(f"{self._dir.parent.name}/{self._dir.name}") from None
+        if self._verifier is not None:
+            self._verifier.trust(path)  # hashed while it streamed in
 
     # -- commits -----------------------------------------------------------------------------------
 
@@ -100,6 +128,14 @@ class ObjectStore:
         if not is_commit_id(commit_id):
             raise HubApiError(400, f"{commit_id!r} is not a commit id (40 lowercase hex digits)")
         return self._commits / commit_id[:2] / f"{commit_id}.json"
+
+    def commits_with_prefix(self, prefix: str) -> list[str]:
+        """Ids of the stored commits starting with `prefix` (at least 2 lowercase hex digits)."""
+        folder = self._commits / prefix[:2]
+        if not folder.is_dir():
+            return []
+        return sorted(p.name.removesuffix(".json") for p in folder.iterdir()
+                      if p.name.startswith(prefix) and is_commit_id(p.name.removesuffix(".json")))
 
     def has_commit(self, commit_id: str) -> bool:
         """Whether this repo holds a commit with this id."""
@@ -122,6 +158,7 @@ class ObjectStore:
         commit_id = hashlib.sha1(data).hexdigest()
         path = self._commit_path(commit_id)
         if not path.is_file():
+            self._make_dirs(path.parent)
             atomic_write_bytes(path, data)
         return commit_id
 

@@ -14,6 +14,9 @@ from rvec_hub.hub.server.api_errors import bad_request
 _REPO_PART = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$")
 _REF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _COMMIT_ID = re.compile(r"^[0-9a-f]{40}$")
+_SHORT_COMMIT_ID = re.compile(r"^[0-9a-f]{7,39}$")
+# Published versions: `v1`, `v1.2`, `v1.2.3`, `v1.2.3-rc.1` ... (rvec tags releases `vX.Y.Z`).
+_VERSION_TAG = re.compile(r"^v\d+(\.\d+)*([-+][0-9A-Za-z.+-]*)?$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 # Namespaces that would shadow server routes.
@@ -46,6 +49,16 @@ def validate_ref_name(name: str) -> str:
 def is_commit_id(value: str) -> bool:
     """Whether `value` is a full 40-hex commit id."""
     return bool(_COMMIT_ID.match(value))
+
+
+def is_short_commit_id(value: str) -> bool:
+    """Whether `value` can abbreviate a commit id (7 to 39 lowercase hex digits)."""
+    return bool(_SHORT_COMMIT_ID.match(value))
+
+
+def is_version_tag(name: str) -> bool:
+    """Whether a tag names a published version (`v` then a version number), which is immutable."""
+    return bool(_VERSION_TAG.match(name))
 
 
 def is_sha256(value: str) -> bool:

@@ -32,6 +32,20 @@ LFS_SUFFIXES = (
 EXPAND_PAGE_SIZE = 50
 
 
+def json_body_doc(schema: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI `requestBody` for routes that read their JSON themselves (documents them; fuzzers use it)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+
+
+async def json_body(request: Request) -> Any:
+    """The request body parsed as JSON; 400 when it is not JSON."""
+    raw = await request.body()
+    try:
+        return json.loads(raw or b"null")
+    except (ValueError, RecursionError):
+        raise bad_request("request body is not valid JSON") from None
+
+
 def upload_mode(path: str, size: int, sample: bytes) -> str:
     """`lfs` for weights, archives, binary or large files; `regular` for small text files."""
     if size >= LFS_THRESHOLD or path.lower().endswith(LFS_SUFFIXES) or b"\x00" in sample:
@@ -47,45 +61,71 @@ def _branch_of(repo_id: str, revision: str) -> str:
     return branch
 
 
-@router.post("/api/models/{namespace}/{name}/preupload/{revision:path}")
+@router.post("/api/models/{namespace}/{name}/preupload/{revision:path}", openapi_extra=json_body_doc({
+    "type": "object", "required": ["files"],
+    "properties": {"files": {"type": "array", "items": {
+        "type": "object", "required": ["path"],
+        "properties": {"path": {"type": "string"}, "sample": {"type": "string"}, "size": {"type": "integer"}},
+    }}},
+}))
 async def preupload(namespace: str, name: str, revision: str, request: Request) -> JSONResponse:
     """Tell the client, file by file, whether to send it inline (`regular`) or through LFS."""
     repo_id = f"{namespace}/{name}"
     if truthy(request.query_params.get("create_pr")):
         raise bad_request("pull requests are not supported by this server; commit to a branch")
-    try:
-        files = (await request.json())["files"]
-        assert isinstance(files, list)
-    except (ValueError, KeyError, TypeError, AssertionError):
-        raise bad_request("preupload expects a JSON body {'files': [{'path', 'sample', 'size'}]}") from None
+    files = _preupload_files(await json_body(request))
     return await run_in_threadpool(_preupload, request, repo_id, revision, files)
 
 
-def _preupload(request: Request, repo_id: str, revision: str, files: list[dict[str, Any]]) -> JSONResponse:
+def _preupload_files(body: Any) -> list[tuple[str, int, bytes]]:
+    """(path, size, sample) of each file a preupload body lists; 400 naming what is malformed."""
+    usage = "preupload expects a JSON body {'files': [{'path': str, 'sample': base64 str, 'size': int}]}"
+    files = body.get("files") if isinstance(body, dict) else None
+    if not isinstance(files, list):
+        raise bad_request(usage)
+    out, problems = [], []
+    for index, item in enumerate(files):
+        path = item.get("path") if isinstance(item, dict) else None
+        size = item.get("size", 0) if isinstance(item, dict) else None
+        sample = item.get("sample") or "" if isinstance(item, dict) else None
+        if not isinstance(path, str) or (problem := path_problem(path)) is not None:
+            problems.append(f"files[{index}]: {path!r}: {problem if isinstance(path, str) else 'path must be a string'}")
+        elif isinstance(size, bool) or not isinstance(size, int) or size < 0:
+            problems.append(f"files[{index}]: size must be a non-negative integer")
+        elif not isinstance(sample, str):
+            problems.append(f"files[{index}]: sample must be a base64 string")
+        else:
+            try:
+                out.append((path, size, base64.b64decode(sample)))
+            except (binascii.Error, ValueError):
+                problems.append(f"files[{index}]: sample is not base64")
+    if problems:
+        raise bad_request("invalid preupload body: " + "; ".join(problems[:10]))
+    return out
+
+
+def _preupload(request: Request, repo_id: str, revision: str, files: list[tuple[str, int, bytes]]) -> JSONResponse:
     storage = hub(request).storage
     require_write(storage.get_repo(repo_id), caller(request))
     head = storage.resolve(repo_id, _branch_of(repo_id, revision))
-    tree = storage.objects(repo_id).read_commit(head).tree
-    problems = [f"{f.get('path')!r}: {p}" for f in files if (p := path_problem(f.get("path"))) is not None]
-    if problems:
-        raise bad_request("invalid paths: " + "; ".join(problems))
+    store = storage.objects(repo_id)
+    tree = store.read_commit(head).tree
     out = []
-    for item in files:
-        try:
-            sample = base64.b64decode(item.get("sample") or "")
-        except (binascii.Error, ValueError):
-            raise bad_request(f"{item['path']}: 'sample' is not base64") from None
-        existing = tree.get(item["path"])
+    for path, size, sample in files:
+        existing = tree.get(path)
+        # A blob lost to corruption is reported absent, so the client sends the file again.
+        intact = existing is not None and store.has_blob(existing.sha256, existing.size)
         out.append({
-            "path": item["path"],
-            "uploadMode": upload_mode(item["path"], int(item.get("size") or 0), sample),
+            "path": path,
+            "uploadMode": upload_mode(path, size, sample),
             "shouldIgnore": False,
-            "oid": existing.etag if existing else None,
+            "oid": existing.etag if intact else None,
         })
     return JSONResponse({"files": out, "commitOid": head})
 
 
-@router.post("/api/models/{namespace}/{name}/commit/{revision:path}")
+@router.post("/api/models/{namespace}/{name}/commit/{revision:path}", openapi_extra={"requestBody": {
+    "required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}})
 async def commit(namespace: str, name: str, revision: str, request: Request) -> JSONResponse:
     """Apply an NDJSON commit to a branch; 412 when `parentCommit` is not the branch head."""
     repo_id = f"{namespace}/{name}"
@@ -165,16 +205,22 @@ def list_tree(namespace: str, name: str, rest: str, request: Request) -> JSONRes
     return JSONResponse(page, headers=page_link(url, params, cursor, len(items), size))
 
 
-@router.post("/api/models/{namespace}/{name}/paths-info/{revision:path}")
+@router.post("/api/models/{namespace}/{name}/paths-info/{revision:path}", openapi_extra=json_body_doc({
+    "type": "object", "properties": {"paths": {"type": "array", "items": {"type": "string"}}, "expand": {"type": "boolean"}},
+}))
 async def paths_info(namespace: str, name: str, revision: str, request: Request) -> JSONResponse:
     """Info for the listed paths that exist (files and folders); absent paths are skipped."""
-    raw = await request.body()
     if request.headers.get("content-type", "").startswith("application/json"):
-        body = json.loads(raw or b"{}")
-        paths, expand = list(body.get("paths", [])), bool(body.get("expand"))
+        body = await json_body(request)
+        paths = body.get("paths", []) if isinstance(body, dict) else None
+        expand = bool(body.get("expand")) if isinstance(body, dict) else False
     else:
-        form = parse_qs(raw.decode("utf-8", errors="replace"))
+        form = parse_qs((await request.body()).decode("utf-8", errors="replace"))
         paths, expand = form.get("paths", []), truthy((form.get("expand") or [None])[0])
+    if isinstance(paths, str):
+        paths = [paths]
+    if not isinstance(paths, list) or not all(isinstance(p, str) for p in paths):
+        raise bad_request("paths-info expects 'paths' as a list of strings")
     return await run_in_threadpool(_paths_info, request, f"{namespace}/{name}", revision, paths, expand)
 
 
@@ -210,6 +256,11 @@ def resolve(namespace: str, name: str, rest: str, request: Request) -> FileRespo
     entry = store.read_commit(commit_id).tree.get(path)
     if entry is None:
         raise entry_not_found(repo_id, path, commit_id)
+    if not store.has_blob(entry.sha256, entry.size):  # hashed on first read and whenever the file changed
+        raise HubApiError(
+            410, f"the stored content of {path} in {repo_id} failed verification and was quarantined; "
+            "push the file again (the server's owner can run `rvec hub fsck`)",
+        )
     headers = {"ETag": f'"{entry.etag}"', "X-Repo-Commit": commit_id, "Cache-Control": "private, max-age=0"}
     if entry.lfs:
         headers.update({"X-Linked-Etag": f'"{entry.sha256}"', "X-Linked-Size": str(entry.size)})

@@ -5,12 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from rvec_hub.hub.server.api_errors import bad_request, conflict
+from rvec_hub.hub.server.api_errors import bad_request, conflict, forbidden
 from rvec_hub.hub.server.auth import require_write
 from rvec_hub.hub.server.context import base_url, caller, hub, readable_repo
 from rvec_hub.hub.server.listing import commit_json, page_link, parse_cursor
 from rvec_hub.hub.server.models import CreateBranchRequest, CreateTagRequest
-from rvec_hub.hub.server.paths import validate_ref_name
+from rvec_hub.hub.server.paths import is_version_tag, validate_ref_name
 from rvec_hub.hub.server.storage import DEFAULT_BRANCH
 
 router = APIRouter()
@@ -63,12 +63,23 @@ def create_tag(namespace: str, name: str, revision: str, body: CreateTagRequest,
 @router.delete("/api/models/{namespace}/{name}/tag/{tag:path}")
 def delete_tag(namespace: str, name: str, tag: str, request: Request) -> JSONResponse:
     """Remove a tag; 404 RevisionNotFound when it does not exist."""
-    repo_id = f"{namespace}/{name}"
-    storage = hub(request).storage
+    repo_id, tag = f"{namespace}/{name}", tag.removeprefix("refs/tags/")
+    ctx = hub(request)
+    storage = ctx.storage
     require_write(storage.get_repo(repo_id), caller(request))
+    if is_version_tag(tag) and not ctx.allow_version_tag_rewrite and storage.read_ref(repo_id, "tags", tag):
+        raise version_tag_immutable(repo_id, tag)
     with storage.ref_lock(repo_id):
-        storage.delete_ref(repo_id, "tags", tag.removeprefix("refs/tags/"))
+        storage.delete_ref(repo_id, "tags", tag)
     return JSONResponse({})
+
+
+def version_tag_immutable(repo_id: str, tag: str):
+    """403: a published version tag cannot be deleted or moved (or its repo deleted)."""
+    return forbidden(
+        f"{tag} of {repo_id} is a published version and cannot be deleted or moved; publish a new version "
+        "instead (the server's owner can allow it with `rvec hub serve --allow-version-tag-rewrite`)"
+    )
 
 
 @router.post("/api/models/{namespace}/{name}/branch/{branch:path}")

@@ -13,6 +13,9 @@ from rvec_hub.hub.server.cards import CardError, parse_card_data
 from rvec_hub.hub.server.context import base_url, caller, hub, readable_repo, truthy
 from rvec_hub.hub.server.listing import card_for, model_json, page_link, parse_cursor
 from rvec_hub.hub.server.models import CreateRepoRequest, DeleteRepoRequest, RepoSettingsRequest
+from rvec_hub.hub.server.paths import is_version_tag
+from rvec_hub.hub.server.routes_files import json_body_doc, json_body
+from rvec_hub.hub.server.routes_refs import version_tag_immutable
 from rvec_hub.hub.server.storage import DEFAULT_BRANCH, split_repo_id
 
 router = APIRouter()
@@ -49,8 +52,12 @@ def delete_repo(body: DeleteRepoRequest, request: Request) -> JSONResponse:
     user = caller(request)
     namespace = body.organization or require_user(user)
     repo_id = f"{namespace}/{body.name}"
-    storage = hub(request).storage
+    ctx = hub(request)
+    storage = ctx.storage
     require_write(storage.get_repo(repo_id), user)
+    versions = sorted(t for t in storage.refs(repo_id, "tags") if is_version_tag(t))
+    if versions and not ctx.allow_version_tag_rewrite:
+        raise version_tag_immutable(repo_id, ", ".join(versions[:5]))
     storage.delete_repo(repo_id)
     return JSONResponse({})
 
@@ -77,14 +84,15 @@ def whoami(request: Request) -> JSONResponse:
     })
 
 
-@router.post("/api/validate-yaml")
+@router.post("/api/validate-yaml", openapi_extra=json_body_doc({
+    "type": "object", "properties": {"content": {"type": "string"}, "repoType": {"type": "string"}},
+}))
 async def validate_yaml(request: Request) -> JSONResponse:
     """Check README.md front matter before a commit, as the client does for every README upload."""
-    try:
-        body = await request.json()
-        content = str(body.get("content", ""))
-    except (ValueError, AttributeError):
-        raise bad_request("expected a JSON body with 'content'") from None
+    body = await json_body(request)
+    content = body.get("content", "") if isinstance(body, dict) else None
+    if not isinstance(content, str):
+        raise bad_request("expected a JSON body with 'content' (the README text)")
     try:
         parse_card_data(content)
     except CardError as err:
@@ -147,8 +155,7 @@ def list_models(request: Request) -> JSONResponse:
     _sort(rows, q.get("sort"), q.get("direction"))
 
     cursor = parse_cursor(q.get("cursor"))
-    limit = q.get("limit")
-    size = min(int(limit), ctx.page_size) if limit and limit.isdigit() and int(limit) > 0 else ctx.page_size
+    size = min(parse_cursor(q.get("limit")) or ctx.page_size, ctx.page_size)
     params = {k: q.getlist(k) for k in q.keys() if k != "cursor"}
     headers = page_link(f"{base_url(request)}/api/models", params, cursor, len(rows), size)
     return JSONResponse(rows[cursor:cursor + size], headers=headers)

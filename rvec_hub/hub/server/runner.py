@@ -14,6 +14,7 @@ import uvicorn
 
 from rvec_hub.errors import HubError
 from rvec_hub.hub.server.app import create_app
+from rvec_hub.hub.server.guard import BodyLimits
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +26,8 @@ def serve(
     tokens: Mapping[str, str] | None = None,
     *,
     log_level: str = "info",
+    limits: BodyLimits | None = None,
+    allow_version_tag_rewrite: bool = False,
 ) -> None:
     """Serve the repos under `root` until interrupted.
 
@@ -34,6 +37,8 @@ def serve(
         port: TCP port.
         tokens: `{username: token}` (see `load_tokens`); None or empty serves read-only.
         log_level: uvicorn log level. Access logs show paths, never the Authorization header.
+        limits: body size limits (see `BodyLimits`).
+        allow_version_tag_rewrite: let owners delete version tags and repos that have them.
 
     Example:
         >>> serve(Path("/srv/hub"), port=8080, tokens=load_tokens(Path("tokens.txt")))  # doctest: +SKIP
@@ -41,7 +46,7 @@ def serve(
     tokens = dict(tokens or {})
     if not tokens:
         logger.warning("no tokens configured: the hub is read-only (pass --token-file or set RVEC_HUB_TOKEN)")
-    app = create_app(Path(root), tokens)
+    app = create_app(Path(root), tokens, limits=limits, allow_version_tag_rewrite=allow_version_tag_rewrite)
     uvicorn.run(app, host=host, port=port, log_level=log_level)
 
 
@@ -60,6 +65,7 @@ def running_server(
     host: str = "127.0.0.1",
     page_size: int = 1000,
     startup_timeout_s: float = 20.0,
+    **app_options: object,
 ) -> Iterator[str]:
     """Run the server on a free port in a background thread; yield its URL, stop it on exit.
 
@@ -69,12 +75,13 @@ def running_server(
         host: interface to bind.
         page_size: entries per listing page (small values exercise pagination).
         startup_timeout_s: how long to wait for the server to accept connections.
+        app_options: more `create_app` options (`limits`, `allow_version_tag_rewrite`, `throttle`).
 
     Example:
         >>> with running_server(tmp_path / "hub", {"alice": "tok"}) as url:  # doctest: +SKIP
         ...     HfApi(endpoint=url, token="tok").create_repo("alice/demo")
     """
-    app = create_app(Path(root), dict(tokens or {}), page_size=page_size)
+    app = create_app(Path(root), dict(tokens or {}), page_size=page_size, **app_options)  # type: ignore[arg-type]
     sock = _free_socket(host)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")

@@ -10,13 +10,20 @@ Layout::
 
 Refs are rewritten with temp file + `os.replace` while holding an exclusive `flock` on the repo's
 lock file, which serializes threads and processes alike.
+
+A repo appears by renaming a fully written staging directory (`.NAME.creating-*`, never listed)
+onto its name, so a crash mid-creation leaves no half repo and no duplicate listing; a directory
+under a repo's name without `repo.json` (what an upload racing a deletion can leave) does not
+exist as far as the server is concerned and is moved away when the name is created again.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
+import signal
 import threading
 import uuid
 from collections.abc import Iterator
@@ -31,12 +38,20 @@ from rvec_hub.hub.server.api_errors import (
     repo_not_found,
     revision_not_found,
 )
+from rvec_hub.hub.server.integrity import BlobVerifier
 from rvec_hub.hub.server.models import CommitRecord, RepoRecord, utc_now_iso
 from rvec_hub.hub.server.objects import ObjectStore, atomic_write_bytes
-from rvec_hub.hub.server.paths import is_commit_id, validate_ref_name, validate_repo_part
+from rvec_hub.hub.server.paths import is_commit_id, is_short_commit_id, validate_ref_name, validate_repo_part
 
 RefKind = Literal["heads", "tags"]
 DEFAULT_BRANCH = "main"
+# Fault injection for crash-safety tests: the server SIGKILLs itself at the named point.
+CRASH_AT_ENV = "RVEC_HUB_CRASH_AT"
+
+
+def _crash_point(name: str) -> None:
+    if os.environ.get(CRASH_AT_ENV) == name:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 # Written as the first commit of every repo, as the Hub does, so that binary files stay LFS for git users.
 GITATTRIBUTES = "".join(
@@ -57,11 +72,12 @@ def split_repo_id(repo_id: str) -> tuple[str, str]:
 class HubStorage:
     """All repositories under `root`; every method validates the names it is given."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, verify_blobs: bool = True) -> None:
         self.root = Path(root).resolve()
         self._repos = self.root / "repos"
         self._repos.mkdir(parents=True, exist_ok=True)
         self._thread_lock = threading.Lock()
+        self.verifier = BlobVerifier(self.root) if verify_blobs else None
 
     # -- repositories ------------------------------------------------------------------------------
 
@@ -75,7 +91,7 @@ class HubStorage:
     def objects(self, repo_id: str) -> ObjectStore:
         """The object store of an existing repo."""
         self.get_repo(repo_id)
-        return ObjectStore(self._repo_dir(repo_id))
+        return ObjectStore(self._repo_dir(repo_id), self.verifier)
 
     def get_repo(self, repo_id: str) -> RepoRecord:
         """The record of `repo_id`, or 404 RepoNotFound."""
@@ -86,12 +102,15 @@ class HubStorage:
             raise repo_not_found(repo_id) from None
 
     def list_repos(self) -> Iterator[RepoRecord]:
-        """Every repository, sorted by id."""
-        for ns_dir in sorted(p for p in self._repos.iterdir() if p.is_dir()):
-            for repo_dir in sorted(p for p in ns_dir.iterdir() if p.is_dir()):
-                meta = repo_dir / "repo.json"
-                if meta.is_file():
-                    yield RepoRecord.model_validate_json(meta.read_bytes())
+        """Every repository, sorted by id (staging directories and nameless remains are not repos)."""
+        for ns_dir in sorted(p for p in self._repos.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            for repo_dir in sorted(p for p in ns_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                try:
+                    record = RepoRecord.model_validate_json((repo_dir / "repo.json").read_bytes())
+                except (FileNotFoundError, ValueError):
+                    continue
+                if record.repo_id == f"{ns_dir.name}/{repo_dir.name}":
+                    yield record
 
     def create_repo(self, repo_id: str, *, private: bool, author: str) -> RepoRecord:
         """Create a repo with one initial commit on `main` holding `.gitattributes`; 409 if it exists."""
@@ -113,11 +132,34 @@ class HubStorage:
                 atomic_write_bytes(staging / "refs" / "heads" / DEFAULT_BRANCH, commit_id.encode())
                 repo = RepoRecord(namespace=namespace, name=name, private=private, created_at=record.date)
                 atomic_write_bytes(staging / "repo.json", repo.model_dump_json().encode())
-                os.replace(staging, repo_dir)
+                _crash_point("create_repo:staged")
+                self._move_into_place(staging, repo_dir)
+                _crash_point("create_repo:done")
             except BaseException:
                 shutil.rmtree(staging, ignore_errors=True)
                 raise
         return repo
+
+    def _move_into_place(self, staging: Path, repo_dir: Path) -> None:
+        """Rename `staging` onto `repo_dir`, moving away the remains of a deleted repo of that name."""
+        for _ in range(5):
+            try:
+                os.replace(staging, repo_dir)
+                return
+            except OSError as err:
+                if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                    raise
+            self._to_trash(repo_dir)  # no repo.json there (checked under the lock): an upload's leftovers
+        raise HubApiError(503, f"could not create {repo_dir.parent.name}/{repo_dir.name}: its name is busy; retry")
+
+    def _to_trash(self, path: Path) -> None:
+        trash = self.root / ".trash" / uuid.uuid4().hex
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.replace(path, trash)
+        except FileNotFoundError:
+            return
+        shutil.rmtree(trash, ignore_errors=True)
 
     def delete_repo(self, repo_id: str) -> None:
         """Remove a repo: renamed away first, so it disappears at once, then deleted."""
@@ -208,6 +250,13 @@ class HubStorage:
                 return found
         if is_commit_id(revision) and self.objects(repo_id).has_commit(revision):
             return revision
+        if is_short_commit_id(revision):
+            found = self.objects(repo_id).commits_with_prefix(revision)
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                raise bad_request(f"short commit id {revision} is ambiguous in {repo_id} ({len(found)} commits "
+                                  "start with it); give more hex digits")
         raise revision_not_found(repo_id, revision)
 
     def _safe_read_ref(self, repo_id: str, kind: RefKind, name: str) -> str | None:
