@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .arith import Survival, Workspace, add_rows, resolve_device, row_chunks, streaming_threads
+from .card import write_merged_card
 from .check import compatibility, dtype_name
 from .io.atomic import atomic_directory
 from .io.checkpoint import SIDECAR_FILES, Checkpoint
@@ -93,6 +94,8 @@ def apply_vectors(
         for vector, _ in vectors:
             vector.wait_verified()
         _copy_sidecars(base.path, tmp, out_dtype)
+        # A card naming the base, relation `merge` and each vector with its α; the base's license files come along.
+        write_merged_card(tmp, base.path, base.source, [(v.manifest, ref, a) for (v, a), ref in zip(vectors, refs)])
     return ApplyResult(out, dtype_name(out_dtype or base.dtype), [s.retained for s in survival], changed, len(shards))
 
 

@@ -12,6 +12,7 @@ import torch
 
 from ._version import __version__
 from .arith import row_chunks, streaming_threads
+from .card import license_id, require_hub_id
 from .check import dtype_name
 from .errors import CheckpointError
 from .io.atomic import atomic_directory
@@ -71,6 +72,7 @@ def extract(
     description: str = "",
     license: str = "apache-2.0",
     base_model: str | None = None,
+    datasets: list[str] | tuple[str, ...] = (),
     default_alpha: float = 1.0,
     force: bool = False,
     max_shard_bytes: int = DEFAULT_SHARD_BYTES,
@@ -86,7 +88,9 @@ def extract(
         out: the vector directory to create.
         dtype: storage dtype of the delta (default: the donors' dtype).
         name: vector name (default: the output directory's name).
+        license: Hub license id, or a common name for one ("Apache 2.0" → apache-2.0).
         base_model: Hub id of the instruction-tuned model users should apply it to.
+        datasets: Hub ids of the data the tuned donor was trained on, for the card.
         force: replace `out` if it exists.
 
     Returns:
@@ -95,6 +99,10 @@ def extract(
     Example:
         >>> extract("org/model-sft", "org/model-grpo", "reasoning-vec", base_model="org/model-instruct")
     """
+    license = license_id(license)
+    base_model = require_hub_id(base_model)
+    for dataset in datasets:
+        require_hub_id(dataset, "--dataset")
     ref = open_checkpoint(reference, endpoint=endpoint, token=token)
     tun = open_checkpoint(tuned, endpoint=endpoint, token=token)
     problems = donor_problems(ref, tun)
@@ -142,6 +150,7 @@ def extract(
                 "donor_dtype": dtype_name(ref.dtype),
                 "max_rounding_error": max_err,
                 "rel_rounding_error": math.sqrt(err_sq / norm_sq) if norm_sq else 0.0,
+                **({"datasets": list(datasets)} if datasets else {}),
             },
         )
         manifest = finalize_vector(tmp, manifest_fields, [p for p, _ in shards])

@@ -84,7 +84,8 @@ def test_write_card_records_model_index_and_keeps_the_vector_valid(family: dict[
     assert entry["name"] == "tiny-reasoning"
     (result,) = entry["results"]
     assert result["dataset"] == {"type": "builtin:arith@1234", "name": "arith"}
-    assert [m["name"].split(";")[0] for m in result["metrics"]] == ["accuracy (base, CoT", "accuracy (base +0.5·vector, CoT"]
+    assert [m["name"].split(";")[0] for m in result["metrics"]] == ["accuracy (base tiny/instruct, CoT", "accuracy (base tiny/instruct +0.5·vector, CoT"]
+    assert str(family["instruct"]) not in text and str(vec) not in text, "a card never publishes a local path"
     assert text.count("## Evaluation") == 1 and "# tiny-reasoning" in text
     assert load_manifest(vec) == load_manifest(vector_dir)
     Vector.open(vec).close()  # every checksum still holds
@@ -125,7 +126,7 @@ def test_write_card_names_a_default_alpha_by_the_manifest_value(family: dict[str
     write_card(vec, report)
     meta = yaml.safe_load((vec / "README.md").read_text().split("---\n")[1])
     names = [m["name"] for m in meta["model-index"][0]["results"][0]["metrics"]]
-    assert names[1].startswith("accuracy (base +1·vector, CoT")
+    assert names[1].startswith("accuracy (base tiny/instruct +1·vector, CoT")
 
 
 def test_card_rendered_for_push_keeps_the_recorded_evaluation(family: dict[str, Path], vector_dir: Path, tmp_path: Path) -> None:

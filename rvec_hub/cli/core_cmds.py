@@ -17,27 +17,32 @@ DTYPE_CHOICE = click.Choice(["fp32", "bf16", "fp16"])
 @click.option("--dtype", type=DTYPE_CHOICE, help="Storage dtype of the delta (default: the donors').")
 @click.option("--name", help="Vector name (default: the output directory's name).")
 @click.option("--description", default="", help="One paragraph for the model card.")
-@click.option("--base-model", help="Hub id of the model users should apply the vector to.")
-@click.option("--license", "license_", default="apache-2.0", show_default=True)
+@click.option("--base-model", help="Hub id of the model users should apply the vector to (the card's base_model).")
+@click.option("--dataset", "datasets", multiple=True, metavar="ID", help="Hub id of the tuned donor's training data, for the card; repeatable.")
+@click.option("--license", "license_", default="apache-2.0", show_default=True, help="Hub license id (common names like \"Apache 2.0\" are mapped).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @endpoint_option
 @quiet_option
 @json_option
-def extract_cmd(reference, tuned, out, dtype, name, description, base_model, license_, force, endpoint, quiet, as_json):
+def extract_cmd(reference, tuned, out, dtype, name, description, base_model, datasets, license_, force, endpoint, quiet, as_json):
     """Extract a reasoning vector: tuned − reference, computed in float32.
 
     \b
     Examples:
       rvec extract --reference Qwen/Qwen2.5-1.5B-SFT --tuned Qwen/Qwen2.5-1.5B-GRPO -o vec
-      rvec extract --reference ./sft --tuned ./grpo -o vec --dtype fp32 --base-model Qwen/Qwen2.5-1.5B-Instruct
+      rvec extract --reference ./sft --tuned ./grpo -o vec --dtype fp32 --base-model Qwen/Qwen2.5-1.5B-Instruct \\
+        --dataset openai/gsm8k --license "Apache 2.0"
     """
+    from ..card import card_warnings
     from ..check import dtype_from_name
     from ..extract import extract
 
     result = extract(
         reference, tuned, out, dtype=dtype_from_name(dtype), name=name, description=description,
-        license=license_, base_model=base_model, force=force, endpoint=endpoint, quiet=quiet,
+        license=license_, base_model=base_model, datasets=datasets, force=force, endpoint=endpoint, quiet=quiet,
     )
+    for warning in card_warnings(result.manifest):
+        click.echo(f"warning: {warning}", err=True)
     summary = {
         "path": str(result.path),
         "changed_tensors": result.changed_tensors,

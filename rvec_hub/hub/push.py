@@ -12,9 +12,8 @@ from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 from huggingface_hub.hf_api import RepoFile
 from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
-from ..card import render_card
+from ..card import carry_evaluation, render_card
 from ..errors import HubError
-from ..eval_card import carry_evaluation
 from ..manifest import MANIFEST_NAME
 from ..vector import Vector
 from ._errors import endpoint_of, hub_errors

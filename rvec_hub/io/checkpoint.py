@@ -25,7 +25,8 @@ SIDECAR_FILES = (
     "chat_template.jinja",
     "tokenizer.model",
 )
-HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", *SIDECAR_FILES]
+# The card and license files travel with what `rvec apply` derives from a base.
+HUB_PATTERNS = ["*.safetensors", "*.safetensors.index.json", *SIDECAR_FILES, "README.md", "LICENSE*", "NOTICE*", "USE_POLICY.md"]
 
 
 @dataclass
