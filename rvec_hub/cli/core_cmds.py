@@ -153,7 +153,7 @@ def info_cmd(vector, endpoint, as_json):
 
 @click.command("check")
 @click.argument("vector")
-@click.option("--base", required=True, help="The model to check against: a directory or Hub id.")
+@click.option("--base", help="The model to check against: a directory or Hub id (without it, the vector alone is verified).")
 @click.option("--alpha", type=float, help="Scale to measure precision at (default: the manifest's).")
 @click.option("--out-dtype", type=DTYPE_CHOICE, help="Dtype the merged weights would use (default: the base's).")
 @click.option("--no-precision", is_flag=True, help="Skip reading weights; compare names, shapes and config only.")
@@ -161,12 +161,15 @@ def info_cmd(vector, endpoint, as_json):
 @quiet_option
 @json_option
 def check_cmd(vector, base, alpha, out_dtype, no_precision, endpoint, quiet, as_json):
-    """Check a vector against a base: every mismatch, and the share of the vector the dtype keeps.
+    """Check a vector against a base, or on its own: every problem, exit 0 when sound, 1 when not.
 
-    Exits 0 when the vector fits, 1 when it does not.
+    With --base: every mismatch, and the share of the vector the output dtype keeps. Without: every
+    checksum, every stored shape and dtype against the manifest, and every value (NaN, Inf, corrupt
+    sparse indexes).
 
     \b
     Examples:
+      rvec check vec
       rvec check vec --base Qwen/Qwen2.5-1.5B-Instruct
       rvec check acme/reasoning@latest --base ./instruct --json
     """
@@ -174,6 +177,9 @@ def check_cmd(vector, base, alpha, out_dtype, no_precision, endpoint, quiet, as_
     from ..io.checkpoint import open_checkpoint
     from ..refs import open_vector
 
+    if base is None:
+        _verify_alone(vector, alpha, out_dtype, endpoint, quiet, as_json)
+        return
     report = check(
         open_vector(vector, endpoint=endpoint), open_checkpoint(base, endpoint=endpoint), alpha=alpha,
         out_dtype=dtype_from_name(out_dtype), precision=not no_precision, vector_ref=vector, quiet=quiet,
@@ -186,6 +192,30 @@ def check_cmd(vector, base, alpha, out_dtype, no_precision, endpoint, quiet, as_
             click.echo(f"{report.retained:.1%} of the vector's norm survives in {report.out_dtype} at alpha {report.alpha}")
     else:
         click.echo(f"incompatible: {report.details.get('headline')}", err=True)
+        for problem in report.problems:
+            click.echo(f"  - {problem}", err=True)
+    if not report.ok:
+        exit_with(1)
+
+
+def _verify_alone(vector, alpha, out_dtype, endpoint, quiet, as_json):
+    from pathlib import Path
+
+    from ..check import verify_vector
+    from ..errors import UsageError
+    from ..refs import open_vector
+
+    if alpha is not None or out_dtype is not None:
+        raise UsageError("--alpha and --out-dtype measure precision against a base; add --base MODEL")
+    # A Hub reference is pulled (and its checksums verified) first; a directory is read where it is.
+    path = vector if Path(vector).exists() else open_vector(vector, endpoint=endpoint, quiet=quiet).path
+    report = verify_vector(path, vector_ref=vector, quiet=quiet)
+    if as_json:
+        echo_json(report.to_dict())
+    elif report.ok:
+        click.echo(f"sound: {vector} ({report.tensors} tensors, {report.payload_bytes / 1e6:.2f} MB): checksums, structure and values verified")
+    else:
+        click.echo(f"corrupt: {vector} has {len(report.problems)} problem{'s' if len(report.problems) > 1 else ''}", err=True)
         for problem in report.problems:
             click.echo(f"  - {problem}", err=True)
     if not report.ok:
