@@ -17,9 +17,8 @@ from pathlib import Path
 
 from rvec_hub.check import dtype_name
 from rvec_hub.errors import UsageError
-from rvec_hub.io.checkpoint import open_checkpoint
 
-from .spec import OpenedVector, VectorSpec, check_all, extra_config, open_specs
+from .spec import OpenedVector, VectorSpec, base_env, base_model_args, check_all, extra_config, open_base, open_specs
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 # Flags rvec sets itself; passing them after `--` would contradict the launch.
@@ -92,7 +91,7 @@ def plan_merged(
     """
     vllm_args = list(vllm_args or [])
     _refuse_owned(vllm_args)
-    checkpoint = open_checkpoint(base, endpoint=endpoint)
+    checkpoint = open_base(base, endpoint=endpoint)
     vectors = open_specs(specs, endpoint=endpoint)
     check_all(vectors, checkpoint)
     # The server reads the vectors where this process found (and for Hub references pulled) them.
@@ -102,7 +101,7 @@ def plan_merged(
         name = default_model_name(base, vectors)
         vllm_args += ["--served-model-name", name]
     argv = [
-        python or sys.executable, "-m", SERVER_MODULE, "--model", str(checkpoint.path.resolve()),
+        python or sys.executable, "-m", SERVER_MODULE, *base_model_args(checkpoint),
         "--load-format", "rvec", "--model-loader-extra-config", json.dumps(extra_config(resolved, endpoint)),
         "--host", host, "--port", str(port), *vllm_args,
     ]
@@ -111,7 +110,7 @@ def plan_merged(
     if dtype in (None, "auto"):
         notes.append(f"serving dtype {dtype_name(checkpoint.dtype)} (the base's); pass `-- --dtype float32` to keep every bit of the vectors")
     checkpoint.close()
-    return ServePlan(argv, server_env(), f"http://{host}:{port}/v1", [name], notes)
+    return ServePlan(argv, {**server_env(), **base_env(checkpoint, endpoint)}, f"http://{host}:{port}/v1", [name], notes)
 
 
 def run(plan: ServePlan, *, echo=print) -> int:

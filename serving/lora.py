@@ -12,12 +12,11 @@ import re
 import sys
 from pathlib import Path
 
-from rvec_hub.io.checkpoint import open_checkpoint
 from rvec_hub.defaults import LORA_RANK
 from rvec_hub.peft_export import PeftExport, export_peft
 
 from .launch import SERVER_MODULE, ServePlan, _flag_value, _refuse_owned, server_env
-from .spec import OpenedVector, VectorSpec, check_all, open_specs
+from .spec import OpenedVector, VectorSpec, base_env, base_model_args, check_all, open_base, open_specs
 
 # vLLM accepts only these values for --max-lora-rank.
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -71,7 +70,7 @@ def plan_lora(
     """
     vllm_args = list(vllm_args or [])
     _refuse_owned(vllm_args)
-    checkpoint = open_checkpoint(base, endpoint=endpoint)
+    checkpoint = open_base(base, endpoint=endpoint)
     vectors = open_specs(specs, endpoint=endpoint)
     check_all(vectors, checkpoint)
     exports = [export_adapter(v, rank, cache) for v in vectors]
@@ -86,9 +85,9 @@ def plan_lora(
     if _flag_value(vllm_args, "--max-loras") is None:
         vllm_args += ["--max-loras", str(len(vectors))]
     argv = [
-        python or sys.executable, "-m", SERVER_MODULE, "--model", str(checkpoint.path.resolve()), "--host", host, "--port", str(port),
+        python or sys.executable, "-m", SERVER_MODULE, *base_model_args(checkpoint), "--host", host, "--port", str(port),
         "--enable-lora", "--lora-modules", *[f"{n}={e.path.resolve()}" for n, e in zip(names, exports)], *vllm_args,
     ]
     notes = [dropped_note(n, e) for n, e in zip(names, exports)]
     checkpoint.close()
-    return ServePlan(argv, server_env(), f"http://{host}:{port}/v1", [base_name, *names], notes), exports
+    return ServePlan(argv, {**server_env(), **base_env(checkpoint, endpoint)}, f"http://{host}:{port}/v1", [base_name, *names], notes), exports

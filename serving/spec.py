@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rvec_hub.check import compatibility
 from rvec_hub.errors import CompatibilityError, UsageError
-from rvec_hub.io.checkpoint import Checkpoint
+from rvec_hub.io.checkpoint import Checkpoint, open_checkpoint_headers
 from rvec_hub.refs import open_vector, split_alpha
 from rvec_hub.vector import Vector
 
@@ -112,6 +112,26 @@ def check_all(vectors: list[OpenedVector], base: Checkpoint) -> None:
             f"run `rvec check VECTOR --base {base.source}` for the full report",
             problems=problems,
         )
+
+
+def open_base(base: str, *, endpoint: str | None = None) -> Checkpoint:
+    """Open the base for the pre-start check: a Hub model's safetensors headers only, never its weights.
+
+    The server downloads (or finds in the Hub cache) the weights itself, at the commit checked here.
+    """
+    return open_checkpoint_headers(base, endpoint=endpoint)
+
+
+def base_model_args(base: Checkpoint) -> list[str]:
+    """vLLM's `--model`: a local directory as is; a Hub model by id, pinned to the commit that was checked."""
+    if base.repo_id and base.revision:
+        return ["--model", base.repo_id, "--revision", base.revision]
+    return ["--model", str(base.path.resolve())]
+
+
+def base_env(base: Checkpoint, endpoint: str | None) -> dict[str, str]:
+    """Environment that points the server's own download of a Hub base at the same Hub."""
+    return {"HF_ENDPOINT": endpoint} if base.repo_id and endpoint else {}
 
 
 def describe(vectors: list[OpenedVector]) -> str:

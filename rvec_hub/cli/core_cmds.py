@@ -156,7 +156,8 @@ def info_cmd(vector, endpoint, as_json):
 @click.option("--base", help="The model to check against: a directory or Hub id (without it, the vector alone is verified).")
 @click.option("--alpha", type=float, help="Scale to measure precision at (default: the manifest's).")
 @click.option("--out-dtype", type=DTYPE_CHOICE, help="Dtype the merged weights would use (default: the base's).")
-@click.option("--no-precision", is_flag=True, help="Skip reading weights; compare names, shapes and config only.")
+@click.option("--no-precision", is_flag=True,
+              help="Skip reading weights; compare names, shapes and config only (a Hub base's safetensors headers, not its weights).")
 @endpoint_option
 @quiet_option
 @json_option
@@ -174,14 +175,16 @@ def check_cmd(vector, base, alpha, out_dtype, no_precision, endpoint, quiet, as_
       rvec check acme/reasoning@latest --base ./instruct --json
     """
     from ..check import check, dtype_from_name
-    from ..io.checkpoint import open_checkpoint
+    from ..io.checkpoint import open_checkpoint, open_checkpoint_headers
     from ..refs import open_vector
 
     if base is None:
         _verify_alone(vector, alpha, out_dtype, endpoint, quiet, as_json)
         return
+    # Without the precision pass only names, shapes and config are compared: a Hub base's headers suffice.
+    open_base = open_checkpoint_headers if no_precision else open_checkpoint
     report = check(
-        open_vector(vector, endpoint=endpoint), open_checkpoint(base, endpoint=endpoint), alpha=alpha,
+        open_vector(vector, endpoint=endpoint), open_base(base, endpoint=endpoint), alpha=alpha,
         out_dtype=dtype_from_name(out_dtype), precision=not no_precision, vector_ref=vector, quiet=quiet,
     )
     if as_json:

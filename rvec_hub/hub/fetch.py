@@ -16,7 +16,9 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx2
 from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 from huggingface_hub.hf_api import RepoFile
 from tqdm.auto import tqdm
 
@@ -137,6 +139,11 @@ class Fetcher:
                 self.repo_id, name, revision=self.commit, endpoint=self.endpoint, token=self.token,
                 library_name="rvec", tqdm_class=self.bar,
             ))
+        except LocalEntryNotFoundError as exc:
+            # hf_hub_download hides why the Hub refused the file (e.g. a 410 for a quarantined blob): say it.
+            if isinstance(exc.__cause__, (HfHubHTTPError, httpx2.TransportError)):
+                raise exc.__cause__ from None
+            raise
         except OSError as exc:
             if "Consistency check failed" not in str(exc):
                 raise
