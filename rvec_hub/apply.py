@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import shutil
-from contextlib import closing
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .arith import Survival, Workspace, add_rows, resolve_device, row_chunks, streaming_threads
+from .arith import Survival, Workspace, add_rows, check_alpha, resolve_device, row_chunks, streaming_threads
 from .card import write_merged_card
 from .check import compatibility, dtype_name
+from .errors import RvecError
 from .io.atomic import atomic_directory
 from .io.checkpoint import SIDECAR_FILES, Checkpoint
 from .io.read_ahead import read_ahead
@@ -64,6 +66,7 @@ def apply_vectors(
         >>> apply_vectors([(Vector.open("vec"), 1.0)], open_checkpoint("Qwen/Qwen2.5-1.5B-Instruct"), "merged")
     """
     refs = vector_refs or [str(v.path) for v, _ in vectors]
+    vectors = [(vector, check_alpha(alpha, f"alpha of {ref}")) for (vector, alpha), ref in zip(vectors, refs)]
     for (vector, _), ref in zip(vectors, refs):
         compatibility(vector, base, vector_ref=ref).raise_if_incompatible()
     out = Path(out)
@@ -78,13 +81,15 @@ def apply_vectors(
     with atomic_directory(out, force=force) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
         chunks = read_ahead(_chunks(plan, base, vectors, device))
-        with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar, closing(chunks):
+        with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar, closing(chunks), _corruption_first(vectors):
             for name, shape, dtype, start, rows, terms in chunks:
                 if start == 0:
                     writer.begin(name, shape, dtype)
                     changed += bool(terms)
                 if terms:
-                    rows = add_rows(rows.to(device), [(d, a) for _, d, a in terms], dtype, [survival[i] for i, _, _ in terms], workspace=workspace).cpu()
+                    rows = add_rows(
+                        rows.to(device), [(d, a) for _, d, a in terms], dtype, [survival[i] for i, _, _ in terms], workspace=workspace, name=name
+                    ).cpu()
                 elif rows.dtype != dtype:
                     rows = rows.to(dtype)
                 writer.write(rows)
@@ -97,6 +102,20 @@ def apply_vectors(
         # A card naming the base, relation `merge` and each vector with its α; the base's license files come along.
         write_merged_card(tmp, base.path, base.source, [(v.manifest, ref, a) for (v, a), ref in zip(vectors, refs)])
     return ApplyResult(out, dtype_name(out_dtype or base.dtype), [s.retained for s in survival], changed, len(shards))
+
+
+@contextmanager
+def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
+    """On a bad value (NaN, a broken sparse index), report a payload that fails its checksum instead, if one does.
+
+    Flipped bytes are the likeliest cause, and their fix (fetch again) differs from a bad vector's.
+    """
+    try:
+        yield
+    except RvecError:
+        for vector, _ in vectors:
+            vector.wait_verified()
+        raise
 
 
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):

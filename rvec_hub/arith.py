@@ -9,10 +9,31 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import CheckpointError, FormatError, UsageError
+from .manifest import ALPHA_LIMIT
+
 # Rows per chunk are chosen so one float32 chunk stays near this many elements (4 MB). Chunks this small
 # stay in cache across the few passes made over them, and their buffers are reused from the heap
 # instead of being mapped and zeroed afresh by the kernel as 32 MB ones are: 5x less CPU per weight.
 CHUNK_ELEMENTS = 1024 * 1024
+# Below this |α|·‖Δ‖ of a chunk, base + α·Δ cannot overflow float32 weights of any trained model, so a
+# float32 output needs no finiteness pass of its own (a narrower output is checked through its rounding error).
+_OVERFLOW_GUARD = 1e30
+
+
+def check_alpha(alpha: object, source: str = "alpha") -> float:
+    """`alpha` as a float, refused when NaN, infinite or beyond what float32 weights can take.
+
+    Args:
+        alpha: the scale, from a flag, a `VEC:ALPHA` suffix or a manifest's `default_alpha`.
+        source: where it came from, for the message.
+
+    Raises:
+        UsageError: naming the source and the value.
+    """
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or abs(alpha) > ALPHA_LIMIT:
+        raise UsageError(f"{source} {alpha!r} is not a finite scale a float32 can hold (|alpha| ≤ {ALPHA_LIMIT:.4g}); use a value like 1.0 or -0.5")
+    return float(alpha)
 
 
 def row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -44,8 +65,6 @@ def streaming_threads(count: int = 1) -> Iterator[None]:
 
 def resolve_device(device: str | None) -> torch.device:
     """`cpu`, `cuda` or `cuda:N`; None picks cuda when available."""
-    from .errors import UsageError
-
     if device is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -92,17 +111,29 @@ class Survival:
 
     def add(
         self, exact: torch.Tensor, out: torch.Tensor, delta: torch.Tensor, alpha: float, scratch: torch.Tensor | None = None
-    ) -> None:
+    ) -> bool:
         """Account one chunk: `exact` is base + α·Δ in float32, `out` its cast.
 
         `scratch`, a float32 tensor shaped like `exact`, receives the rounding error instead of a new one.
+
+        Returns:
+            False when `out` holds NaN or Inf (the chunk is then not accounted). The norms this computes
+            anyway tell: a cast's error is finite exactly when both `exact` and `out` are.
         """
         # realised − α·Δ = cast(exact) − exact, so the base never needs a second conversion.
         # Widening into `scratch` first keeps both steps on torch's fast same-dtype kernels.
+        err_sq = 0.0
         if out.dtype != exact.dtype:
             err = scratch.copy_(out).sub_(exact) if scratch is not None else out.float().sub_(exact)
-            self.err_sq += torch.linalg.vector_norm(err).item() ** 2
-        self.norm_sq += (alpha * torch.linalg.vector_norm(delta).item()) ** 2
+            err_sq = torch.linalg.vector_norm(err).item() ** 2
+        scaled = abs(alpha) * torch.linalg.vector_norm(delta).item()
+        if not (math.isfinite(err_sq) and math.isfinite(scaled)):
+            return False
+        if out.dtype == exact.dtype and scaled >= _OVERFLOW_GUARD and not bool(torch.isfinite(out).all()):
+            return False
+        self.err_sq += err_sq
+        self.norm_sq += scaled**2
+        return True
 
     def merge(self, other: Survival) -> None:
         """Fold another accumulator into this one."""
@@ -124,8 +155,9 @@ def add_rows(
     survival: list[Survival] | None = None,
     *,
     workspace: Workspace | None = None,
+    name: str | None = None,
 ) -> torch.Tensor:
-    """base + Σ αᵢ·Δᵢ computed in float32 and cast once to `out_dtype`.
+    """base + Σ αᵢ·Δᵢ computed in float32 and cast once to `out_dtype`; a result with NaN or Inf is refused.
 
     Args:
         base: rows of the base tensor, any dtype.
@@ -134,9 +166,14 @@ def add_rows(
         survival: one accumulator per term; each records what a cast of base + that term alone keeps.
         workspace: scratch buffers to compute in; the result then lives in the workspace and stays
             valid only until its next use (streaming callers write it out at once).
+        name: the tensor, for the message when the result is not finite.
 
     Returns:
         The merged rows in `out_dtype`.
+
+    Raises:
+        FormatError: a delta holds NaN or Inf. CheckpointError: the base rows do.
+        UsageError: α·Δ overflows `out_dtype`.
     """
     ws = workspace if workspace is not None else _Fresh()
     shape, device = tuple(base.shape), base.device
@@ -146,17 +183,40 @@ def add_rows(
         delta, alpha = terms[0]
         acc.add_(delta, alpha=alpha)
         out = acc if out_dtype == torch.float32 else ws.get("out", shape, out_dtype, device).copy_(acc)
-        if survival is not None:
-            survival[0].add(acc, out, delta, alpha, scratch)
+        finite = survival[0].add(acc, out, delta, alpha, scratch) if survival is not None else bool(torch.isfinite(out).all())
+        if not finite:
+            raise non_finite_error(name, base, terms, out_dtype)
         return out
     base_f = ws.get("base", shape, torch.float32, device).copy_(acc) if survival is not None else None
     for i, (delta, alpha) in enumerate(terms):
         if survival is not None:
             alone = torch.add(base_f, delta, alpha=alpha, out=ws.get("alone", shape, torch.float32, device))
             cast = alone if out_dtype == torch.float32 else ws.get("out", shape, out_dtype, device).copy_(alone)
-            survival[i].add(alone, cast, delta, alpha, scratch)
+            if not survival[i].add(alone, cast, delta, alpha, scratch):
+                raise non_finite_error(name, base, terms, out_dtype)
         acc.add_(delta, alpha=alpha)
-    return acc if out_dtype == torch.float32 else ws.get("out", shape, out_dtype, device).copy_(acc)
+    out = acc if out_dtype == torch.float32 else ws.get("out", shape, out_dtype, device).copy_(acc)
+    # Every term alone was finite; their sum can still overflow.
+    if not bool(torch.isfinite(out).all()):
+        raise non_finite_error(name, base, terms, out_dtype)
+    return out
+
+
+def non_finite_error(name: str | None, base: torch.Tensor, terms: list[tuple[torch.Tensor, float]], out_dtype: torch.dtype) -> Exception:
+    """The error for a merged chunk holding NaN or Inf, naming its cause: the vector, the base, or α."""
+    where = name or "a tensor"
+    for delta, _ in terms:
+        if not bool(torch.isfinite(delta).all()):
+            return FormatError(f"the vector's delta for {where} holds NaN or Inf; the vector is corrupt: run `rvec check VEC`, then fetch or extract it again")
+    if base.is_floating_point() and not bool(torch.isfinite(base).all()):
+        return CheckpointError(f"base tensor {where} holds NaN or Inf; the base checkpoint is corrupt")
+    largest = max(abs(a) * float(d.abs().max()) if d.numel() else 0.0 for d, a in terms)
+    limit = float(torch.finfo(out_dtype).max) if out_dtype.is_floating_point else float("inf")
+    hint = "" if out_dtype == torch.float32 else " or --out-dtype fp32"
+    return UsageError(
+        f"alpha × the vector overflows {str(out_dtype).removeprefix('torch.')} in {where} "
+        f"(largest |alpha·v| {largest:.3g}, the dtype holds {limit:.3g}); use a smaller alpha{hint}"
+    )
 
 
 class _Fresh:

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 
-from .arith import Survival, add_rows, row_chunks
-from .errors import CompatibilityError
+from .arith import Survival, add_rows, check_alpha, row_chunks
+from .errors import CompatibilityError, FormatError, IntegrityError, RvecError
 from .io.checkpoint import Checkpoint
-from .manifest import config_signature, fingerprint, touched_shapes
+from .manifest import config_signature, fingerprint, load_manifest, touched_shapes
 from .progress import progress
-from .vector import Vector
+from .vector import Vector, refuse_unknown_encodings, verify_files
 
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -124,7 +126,7 @@ def measure_survival(
             info = base.tensors[name]
             for start, stop in row_chunks(info.shape):
                 rows = base.read_rows(name, start, stop) if info.shape else base.read_rows(name)
-                add_rows(rows, [(vector.decode_rows(name, start, stop), alpha)], out_dtype, [survival])
+                add_rows(rows, [(vector.decode_rows(name, start, stop), alpha)], out_dtype, [survival], name=name)
             bar.update(info.nbytes)
     return survival
 
@@ -155,10 +157,93 @@ def check(
     report = compatibility(vector, base, vector_ref=vector_ref)
     if not report.ok or not precision:
         return report
-    alpha = vector.manifest.default_alpha if alpha is None else alpha
+    alpha = vector.manifest.default_alpha if alpha is None else check_alpha(alpha)
     out_dtype = out_dtype or base.dtype
     survival = measure_survival(vector, base, alpha=alpha, out_dtype=out_dtype, quiet=quiet)
     return CompatReport(
         report.vector, report.base, [], report.fingerprint_match, report.touched,
         retained=survival.retained, out_dtype=dtype_name(out_dtype), alpha=alpha,
     )
+
+
+@dataclass(frozen=True)
+class VectorReport:
+    """The outcome of verifying a vector on its own: checksums, structure, and every value."""
+
+    vector: str
+    problems: list[str]
+    tensors: int
+    payload_bytes: int
+
+    @property
+    def ok(self) -> bool:
+        """True when the vector is intact and every value is finite."""
+        return not self.problems
+
+    def to_dict(self) -> dict:
+        """JSON-ready form, with `ok`."""
+        return {"ok": self.ok, **asdict(self)}
+
+
+def verify_vector(path: str | Path, *, vector_ref: str | None = None, quiet: bool = True) -> VectorReport:
+    """Verify a vector directory without a base: every checksum, every stored shape, every value.
+
+    Problems are collected rather than raised, so one report lists all of them: files whose size or
+    sha256 differ, stored tensors that break their manifest entry or encoding, and tensors whose decoded
+    values are corrupt (a sparse index out of range, a count that disagrees) or hold NaN or Inf.
+
+    Args:
+        path: the vector directory.
+        vector_ref: how the user named the vector, for messages.
+
+    Returns:
+        The report; empty problems means the vector is sound.
+
+    Raises:
+        FormatError: the manifest itself cannot be read (the report would have nothing to go on).
+
+    Example:
+        >>> verify_vector("vec").ok
+        True
+    """
+    path = Path(path)
+    manifest = load_manifest(path)
+    refuse_unknown_encodings(path, manifest)
+    ref = vector_ref or str(path)
+    problems: list[str] = []
+    try:
+        verify_files(path, manifest)
+    except IntegrityError as exc:
+        problems += exc.problems
+    vector = Vector(path, manifest)
+    try:
+        vector._index_payload()
+        structure = vector.structure_problems()
+        problems += structure
+        if not structure:
+            problems += _value_problems(vector, quiet)
+    except RvecError as exc:
+        problems.append(str(exc))
+    finally:
+        vector.close()
+    return VectorReport(ref, problems, len(manifest.tensors), vector.payload_bytes)
+
+
+def _value_problems(vector: Vector, quiet: bool) -> list[str]:
+    """Decode every tensor a chunk of rows at a time: encoding errors and non-finite values, one line per tensor."""
+    problems = []
+    entries = [e for e in vector.manifest.tensors if e.encoding != "zero"]
+    with progress(len(entries), "check", quiet=quiet, unit="tensor") as bar:
+        for entry in entries:
+            bad = 0
+            try:
+                for start, stop in row_chunks(tuple(entry.shape)):
+                    rows = vector.decode_rows(entry.name, start, stop)
+                    if not math.isfinite(torch.linalg.vector_norm(rows).item()):
+                        bad += int((~torch.isfinite(rows)).sum())
+            except FormatError as exc:
+                problems.append(str(exc))
+            if bad:
+                problems.append(f"tensor {entry.name}: {bad} NaN or Inf value{'s' if bad > 1 else ''}")
+            bar.update(1)
+    return problems

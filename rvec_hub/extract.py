@@ -190,6 +190,10 @@ def _extract_tensor(
         if storage != torch.float32 and delta.numel():
             diff = torch.sub(stored, delta)
             low, high = torch.aminmax(diff)
+            if not (math.isfinite(low.item()) and math.isfinite(high.item())):
+                raise CheckpointError(
+                    f"the delta of {name} overflows {dtype_name(storage)}, its storage dtype; pass --dtype fp32 to store it exactly"
+                )
             max_err = max(max_err, -low.item(), high.item())
             err_sq += torch.linalg.vector_norm(diff).item() ** 2
         norm_sq += delta_norm**2

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
@@ -12,6 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import FormatError
 
 FORMAT_VERSION = 1
+# Float dtypes a vector's tensors are stored and described in.
+STORAGE_DTYPES = ("float32", "bfloat16", "float16", "float64")
+# float32's largest value: a default_alpha beyond it can only write non-finite weights.
+ALPHA_LIMIT = 3.4028234663852886e38
 MANIFEST_NAME = "rvec.json"
 # Config fields that fix the shapes a vector touches; part of the base fingerprint.
 SIGNATURE_KEYS = (
@@ -64,6 +69,20 @@ class TensorEntry(_Frozen):
     params: dict[str, Any] = Field(default_factory=dict)
     stats: dict[str, float] = Field(default_factory=dict)
 
+    @field_validator("shape")
+    @classmethod
+    def _sizes(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        if any(d < 0 for d in value):
+            raise ValueError(f"shape {list(value)} has a negative dimension")
+        return value
+
+    @field_validator("dtype")
+    @classmethod
+    def _float_dtype(cls, value: str) -> str:
+        if value not in STORAGE_DTYPES:
+            raise ValueError(f"dtype {value!r} is not one of {', '.join(STORAGE_DTYPES)}")
+        return value
+
 
 class FileEntry(_Frozen):
     """A payload file with its checksum; its path never leaves the vector directory."""
@@ -98,6 +117,13 @@ class Manifest(_Frozen):
     extract: dict[str, Any] = Field(default_factory=dict)
     compression: dict[str, Any] | None = None
     probe: dict[str, Any] | None = None
+
+    @field_validator("default_alpha")
+    @classmethod
+    def _finite_alpha(cls, value: float) -> float:
+        if not math.isfinite(value) or abs(value) > ALPHA_LIMIT:
+            raise ValueError(f"{value!r} is not a finite scale a float32 can hold")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:

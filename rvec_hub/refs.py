@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from .arith import check_alpha
 from .errors import FormatError, UsageError
 from .vector import Vector
 
@@ -12,13 +13,18 @@ _REPO_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w.+-]+)?$")
 
 
 def split_alpha(spec: str) -> tuple[str, float | None]:
-    """`REF:ALPHA` → (REF, ALPHA); a spec without a numeric suffix has no alpha."""
+    """`REF:ALPHA` → (REF, ALPHA); a spec without a numeric suffix has no alpha.
+
+    Raises:
+        UsageError: a suffix that parses as a number but is NaN, infinite or beyond float32 (`vec:nan`, `vec:1e39`).
+    """
     head, sep, tail = spec.rpartition(":")
     if sep and head:
         try:
-            return head, float(tail)
+            value = float(tail)
         except ValueError:
-            pass
+            return spec, None
+        return head, check_alpha(value, f"alpha in {spec!r}:")
     return spec, None
 
 

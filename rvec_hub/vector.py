@@ -76,6 +76,16 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
         )
 
 
+def refuse_unknown_encodings(directory: Path, manifest: Manifest) -> None:
+    """Raise FormatError naming the rvec version needed when the manifest uses an encoding this one lacks."""
+    unknown = sorted({t.encoding for t in manifest.tensors} - set(ENCODINGS))
+    if unknown:
+        raise FormatError(
+            f"{directory} uses encoding {', '.join(unknown)}, which rvec {__version__} cannot read; "
+            f"it was written by rvec {manifest.rvec_version}: upgrade to rvec>={manifest.rvec_version}"
+        )
+
+
 class Vector:
     """A reasoning vector on disk.
 
@@ -110,12 +120,7 @@ class Vector:
         if not path.is_dir():
             raise FormatError(f"{path} is not a vector directory; pass the directory `rvec extract` wrote, or REPO_ID@VERSION")
         manifest = load_manifest(path)
-        unknown = sorted({t.encoding for t in manifest.tensors} - set(ENCODINGS))
-        if unknown:
-            raise FormatError(
-                f"{path} uses encoding {', '.join(unknown)}, which rvec {__version__} cannot read; "
-                f"it was written by rvec {manifest.rvec_version}: upgrade to rvec>={manifest.rvec_version}"
-            )
+        refuse_unknown_encodings(path, manifest)
         if verify is True:
             verify_files(path, manifest)
         vec = cls(path, manifest)

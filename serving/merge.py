@@ -41,15 +41,15 @@ def merge_tensor(
     shape = tuple(base.shape)
     if not shape:
         terms = [(vectors[i].vector.decode_rows(name, 0, 1).to(base.device), vectors[i].alpha) for i in active]
-        return add_rows(base, terms, out_dtype, [survival[i] for i in active])
+        return add_rows(base, terms, out_dtype, [survival[i] for i in active], name=name)
     chunks = row_chunks(shape)
     if len(chunks) == 1:
         terms = [(vectors[i].vector.decode_rows(name, 0, shape[0]).to(base.device), vectors[i].alpha) for i in active]
-        return add_rows(base, terms, out_dtype, [survival[i] for i in active])
+        return add_rows(base, terms, out_dtype, [survival[i] for i in active], name=name)
     out = torch.empty(shape, dtype=out_dtype, device=base.device)
     for start, stop in chunks:
         terms = [(vectors[i].vector.decode_rows(name, start, stop).to(base.device), vectors[i].alpha) for i in active]
-        out[start:stop] = add_rows(base[start:stop], terms, out_dtype, [survival[i] for i in active])
+        out[start:stop] = add_rows(base[start:stop], terms, out_dtype, [survival[i] for i in active], name=name)
     return out
 
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from rvec_hub.arith import check_alpha
 from rvec_hub.check import compatibility
 from rvec_hub.errors import CompatibilityError, UsageError
 from rvec_hub.io.checkpoint import Checkpoint, open_checkpoint_headers
@@ -71,7 +72,7 @@ def split_extra_config(extra: dict) -> tuple[list[VectorSpec], str | None, dict]
             specs.append(VectorSpec.parse(item))
         elif isinstance(item, dict) and isinstance(item.get("ref"), str) and set(item) <= {"ref", "alpha"}:
             alpha = item.get("alpha")
-            specs.append(VectorSpec(item["ref"], None if alpha is None else float(alpha)))
+            specs.append(VectorSpec(item["ref"], None if alpha is None else check_alpha(alpha, f"alpha of {item['ref']}")))
         else:
             raise UsageError(f'vector entry {item!r} is not {{"ref": REF, "alpha": ALPHA}} or "REF[:ALPHA]"')
     return specs, extra.get("endpoint"), rest
@@ -90,7 +91,8 @@ def open_specs(specs: list[VectorSpec], *, endpoint: str | None = None) -> list[
     opened = []
     for spec in specs:
         vec = open_vector(spec.ref, endpoint=endpoint)
-        opened.append(OpenedVector(spec.ref, vec, vec.manifest.default_alpha if spec.alpha is None else spec.alpha))
+        alpha = vec.manifest.default_alpha if spec.alpha is None else check_alpha(spec.alpha, f"alpha of {spec.ref}")
+        opened.append(OpenedVector(spec.ref, vec, alpha))
     return opened
 
 
@@ -112,6 +114,23 @@ def check_all(vectors: list[OpenedVector], base: Checkpoint) -> None:
             f"run `rvec check VECTOR --base {base.source}` for the full report",
             problems=problems,
         )
+
+
+def verify_values(item: OpenedVector) -> None:
+    """Decode every tensor of a vector once and refuse NaN or infinite values, naming the tensor.
+
+    Raises:
+        FormatError: at the first tensor holding a non-finite value.
+    """
+    import torch
+
+    from rvec_hub.errors import FormatError
+
+    for name, entry in item.vector.entries.items():
+        if entry.encoding == "zero":
+            continue
+        if not bool(torch.isfinite(item.vector.decode(name)).all()):
+            raise FormatError(f"{item.ref}: tensor {name} holds NaN or infinite values; the vector is corrupt")
 
 
 def open_base(base: str, *, endpoint: str | None = None) -> Checkpoint:
