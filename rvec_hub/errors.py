@@ -37,5 +37,9 @@ class HubError(RvecError):
     """A failure talking to a Hub, or a reference that does not resolve there."""
 
 
+class DataError(RvecError):
+    """Evaluation data that cannot be fetched or read: no network, a corrupt archive, a task file of another schema."""
+
+
 class UsageError(RvecError):
     """Arguments that contradict each other or are out of range."""

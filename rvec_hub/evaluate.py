@@ -21,10 +21,11 @@ from typing import Protocol
 
 from .answers import Accuracy, accuracy, is_correct
 from .errors import RvecError, UsageError
-from .tasks import TaskSet
+from .tasks import Task, TaskSet
 
 COT_SUFFIX = "Let's think step by step."
 STOP = ["\nQuestion:", "\n\n"]
+BBH_STOP = ["</s>", "Q:", "<|im_end|>"]
 ENGINES = ("vllm", "transformers")
 
 
@@ -64,23 +65,44 @@ class EvalOptions:
     batch_size: int = 32
 
 
-def prompt_for(question: str, options: EvalOptions) -> str:
-    """The prompt for one question (completions), GSM8K style: the answer follows `Answer:`."""
+def prompt_for(question: str, options: EvalOptions, tasks: TaskSet | None = None) -> str:
+    """The prompt for one question.
+
+    GSM8K style (`Question: …\nAnswer:`) for `gsm8k` task sets; for BIG-bench and BBH sets the harness's
+    `bbh_cot_zeroshot` prompt, `DESCRIPTION\n\nQ: …\nA: Let's think step by step.` (`bbh_zeroshot`'s
+    `Q: …\nA:` without `cot`), as a user message with `chat`.
+    """
+    if tasks is not None and tasks.answer_format != "gsm8k":
+        return f"{tasks.description}Q: {question}\nA:" + (f" {COT_SUFFIX}" if options.cot else "")
     if options.chat:
         return f"{question}\n{COT_SUFFIX}" if options.cot else question
     return f"Question: {question}\nAnswer:" + (f" {COT_SUFFIX}" if options.cot else "")
 
 
-def _cut(text: str) -> str:
-    for stop in STOP:
-        text = text.split(stop, 1)[0]
+def stop_for(tasks: TaskSet | None) -> list[str]:
+    """Stop sequences: GSM8K's, or the harness's for BBH (`</s>`, `Q:`, `<|im_end|>`)."""
+    return BBH_STOP if tasks is not None and tasks.answer_format != "gsm8k" else STOP
+
+
+def _cut(text: str, stop: list[str] = STOP) -> str:
+    for s in stop:
+        text = text.split(s, 1)[0]
     return text
+
+
+def is_correct_for(completion: str, task: Task, tasks: TaskSet, options: EvalOptions) -> bool:
+    """Whether a completion answers a task, by its set's convention (GSM8K, or the harness's BBH filters)."""
+    if tasks.answer_format == "gsm8k":
+        return any(is_correct(completion, a) for a in (task.answer, *task.accepted))
+    from .bbh_answers import is_correct as bbh_correct
+
+    return bbh_correct(completion, task.question, (task.answer, *task.accepted), tasks.answer_format, cot=options.cot)
 
 
 class Engine(Protocol):
     """Something that answers prompts greedily."""
 
-    def complete(self, prompts: list[str], options: EvalOptions) -> list[str]: ...
+    def complete(self, prompts: list[str], options: EvalOptions, stop: list[str] = STOP) -> list[str]: ...
 
 
 @dataclass(frozen=True)
@@ -129,11 +151,12 @@ class EvalReport:
 
 def score(engine: Engine, tasks: TaskSet, setting: Setting, options: EvalOptions) -> Score:
     """Ask every task of a set and count the correct final answers."""
-    prompts = [prompt_for(t.question, options) for t in tasks.tasks]
+    prompts = [prompt_for(t.question, options, tasks) for t in tasks.tasks]
+    stop = stop_for(tasks)
     completions: list[str] = []
     for start in range(0, len(prompts), options.batch_size):
-        completions += [_cut(c) for c in engine.complete(prompts[start:start + options.batch_size], options)]
-    correct = sum(is_correct(c, t.answer) for c, t in zip(completions, tasks.tasks))
+        completions += [_cut(c, stop) for c in engine.complete(prompts[start:start + options.batch_size], options, stop)]
+    correct = sum(is_correct_for(c, t, tasks, options) for c, t in zip(completions, tasks.tasks))
     return Score(tasks.name, tasks.source, setting, accuracy(correct, len(prompts), options.ci), tuple(completions))
 
 
@@ -158,10 +181,10 @@ class OpenAIEngine:
             raise UsageError(f"{url} does not serve {model!r}; it serves {', '.join(served) or 'nothing'}")
         self.model = model or served[0]
 
-    def complete(self, prompts: list[str], options: EvalOptions) -> list[str]:
+    def complete(self, prompts: list[str], options: EvalOptions, stop: list[str] = STOP) -> list[str]:
         """Greedy completions, in prompt order."""
         if not options.chat:
-            out = self.client.completions.create(model=self.model, prompt=prompts, max_tokens=options.max_tokens, temperature=0, stop=STOP)
+            out = self.client.completions.create(model=self.model, prompt=prompts, max_tokens=options.max_tokens, temperature=0, stop=stop)
             return [c.text for c in sorted(out.choices, key=lambda c: c.index)]
         from concurrent.futures import ThreadPoolExecutor
 
@@ -225,16 +248,17 @@ class TransformersEngine:
                     self.params[name].add_(vector.decode(name).reshape(self.params[name].shape).to(self.device), alpha=scale)
                 vector.close()
 
-    def complete(self, prompts: list[str], options: EvalOptions) -> list[str]:
-        """Greedy completions, in prompt order."""
+    def complete(self, prompts: list[str], options: EvalOptions, stop: list[str] = STOP) -> list[str]:
+        """Greedy completions, in prompt order (cut at the stop sequences by the caller)."""
         import torch
 
         if options.chat:
             prompts = [self.tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True) for p in prompts]
         batch = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
         with torch.no_grad():
+            # Stopping at the stop sequences changes no answer (the caller cuts there) but saves the tokens after.
             out = self.model.generate(
-                **batch, max_new_tokens=options.max_tokens, do_sample=False,
+                **batch, max_new_tokens=options.max_tokens, do_sample=False, stop_strings=stop, tokenizer=self.tokenizer,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.tokenizer.eos_token_id,
             )
         return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -308,12 +332,13 @@ def served(
 
 def settings_for(vectors: list[str], alphas: list[float] | None = None, *, include_base: bool = True) -> list[Setting]:
     """The settings to evaluate: the base, then each `REF[:ALPHA]` (a ref without α at every `alphas`)."""
+    from .arith import check_alpha
     from .refs import split_alpha
 
     out = [Setting()] if include_base else []
     for spec in vectors:
         ref, alpha = split_alpha(spec)
-        for a in [alpha] if alpha is not None or not alphas else alphas:
+        for a in [alpha] if alpha is not None or not alphas else [check_alpha(a, "--alpha") for a in alphas]:
             if a == 0.0 and include_base:
                 continue
             out.append(Setting(((ref, a),)))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .answers import MARKER, extract_answer
@@ -27,24 +27,38 @@ COLORS = ["red", "blue", "green", "white", "black", "pink"]
 
 @dataclass(frozen=True)
 class Task:
-    """One question with its reference answer and, where known, a worked solution ending in `#### answer`."""
+    """One question with its reference answer and, where known, a worked solution ending in `#### answer`.
+
+    `accepted` lists other answers that count as correct too (a BIG-bench example with two right choices).
+    """
 
     question: str
     answer: str
     solution: str | None = None
+    accepted: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class TaskSet:
-    """A named list of tasks and where it came from (a file path, or `builtin:NAME@SEED`)."""
+    """A named list of tasks, where it came from (a file path, `builtin:NAME@SEED`, `bigbench:TASK`), and how
+    its questions are asked and scored.
+
+    Attributes:
+        answer_format: `gsm8k` (`Question: …\nAnswer:`, the number after `####` or the last number), or the
+            name of a BIG-Bench Hard answer filter (`multiple_choice`, `number`, …; see `bbh_answers`), which
+            asks `Q: …\nA:` and scores as lm-evaluation-harness scores BBH.
+        description: text asked before every question (BBH's task description).
+    """
 
     name: str
     tasks: tuple[Task, ...]
     source: str
+    answer_format: str = "gsm8k"
+    description: str = ""
 
     def limit(self, n: int | None) -> TaskSet:
         """The first n tasks (all of them when n is None)."""
-        return self if n is None else TaskSet(self.name, self.tasks[:n], self.source)
+        return self if n is None else replace(self, tasks=self.tasks[:n])
 
 
 def _arith(rng: random.Random) -> Task:
@@ -111,7 +125,8 @@ def generate(name: str, n: int = DEFAULT_SIZE, seed: int = DEFAULT_SEED) -> Task
         >>> generate("arith", 3).tasks[0].answer
     """
     if name not in GENERATORS:
-        raise UsageError(f"unknown built-in task set {name!r}; built-in sets are {', '.join(GENERATORS)}, or pass a JSONL file")
+        raise UsageError(f"unknown built-in task set {name!r}; built-in sets are {', '.join(GENERATORS)}; "
+                         "or pass a JSONL file, bbh, bbh:NAME, bigbench:NAME or hf:DATASET")
     rng = random.Random(f"{name}/{seed}")
     seen: set[str] = set()
     tasks = []
@@ -162,10 +177,34 @@ def load_jsonl(path: str | Path) -> TaskSet:
     return TaskSet(path.stem, tuple(tasks), str(path))
 
 
+def load_task_sets(spec: str, *, seed: int = DEFAULT_SEED, size: int = DEFAULT_SIZE) -> list[TaskSet]:
+    """The task sets one `--tasks` value names: `bbh` is BBH's tasks in the BIG-bench archive, one set each;
+    anything else is the one set `load_tasks` reads."""
+    if spec == "bbh":
+        from .bbh import load_bbh_group, sample
+
+        return [sample(t, None, seed) for t in load_bbh_group()]
+    return [load_tasks(spec, seed=seed, size=size)]
+
+
 def load_tasks(spec: str, *, seed: int = DEFAULT_SEED, size: int = DEFAULT_SIZE) -> TaskSet:
-    """A task set from a JSONL path, or a built-in name (`arith`, `tracking`, or `NAME@SEED`)."""
+    """A task set from a JSONL path, a built-in name (`arith`, `tracking`, or `NAME@SEED`), a BIG-bench task
+    (`bigbench:NAME[/SUBTASK]`), a BBH task (`bbh:NAME`) or a Hugging Face dataset (`hf:DATASET[@CONFIG][:SPLIT]`).
+
+    BIG-bench and BBH questions come in a fixed shuffled order (`seed`), so that `limit` takes a fair sample.
+    """
     if Path(spec).is_file():
         return load_jsonl(spec)
+    scheme, _, rest = spec.partition(":")
+    if scheme in ("bigbench", "bbh") and rest:
+        from .bbh import load_bbh, sample
+        from .bigbench import load_bigbench
+
+        return sample(load_bigbench(rest) if scheme == "bigbench" else load_bbh(rest), None, seed)
+    if scheme == "hf" and rest:
+        from .hf_tasks import load_hf
+
+        return load_hf(rest)
     name, _, seed_text = spec.partition("@")
     if seed_text:
         try:
