@@ -322,3 +322,31 @@ def test_load_format_resolves_hub_vectors_from_the_cache_offline(vector_dir: Pat
     (opened,) = open_specs(specs, endpoint=endpoint)
     assert opened.alpha == 0.5 and opened.vector.path.name == pushed.commit
     assert open_specs([VectorSpec("alice/served@latest")], endpoint=DEAD)[0].vector.path == opened.vector.path
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_vllm_load_format_rvec_serves_a_hub_base_and_vector_from_the_cache_with_hf_hub_offline_set(
+    vector_dir: Path, family: dict[str, Path], url: str, tmp_path: Path
+) -> None:
+    pytest.importorskip("vllm")
+    push(vector_dir, "alice/served", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    commit = _push_base(url, family["instruct"], "alice/tiny-instruct")
+    pull("alice/served@1.0.0", endpoint=url)
+    open_checkpoint("alice/tiny-instruct", endpoint=url)
+    applied = apply_vectors([(Vector.open(vector_dir), 1.0)], open_checkpoint(family["instruct"]), tmp_path / "applied", quiet=True).path
+    engine = {"enforce_eager": True, "max_model_len": 256, "max_num_seqs": 8, "gpu_memory_utilization": 0.1,
+              "distributed_executor_backend": "uni"}
+    hub = {"model": "alice/tiny-instruct", "revision": commit, "load_format": "rvec",
+           "model_loader_extra_config": {"vectors": [{"ref": "alice/served@1.0.0"}], "endpoint": DEAD}}
+    spec = {"prompts": ["The quick brown fox", "Question: Tom has 3 apples"], "max_tokens": 6, "logprobs": 3, "engine": engine,
+            "runs": [{"name": "applied", "llm": {"model": str(applied), "load_format": "safetensors"}}, {"name": "hub", "llm": hub}]}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+
+    proc = subprocess.run([sys.executable, "-m", "rvec_serving.probe", str(tmp_path / "spec.json"), str(tmp_path / "out.json")],
+                          capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": DEAD})
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = {r["name"]: r for r in json.loads((tmp_path / "out.json").read_text())}
+    assert "error" not in results["hub"], results["hub"].get("error")
+    assert [o["tokens"] for o in results["hub"]["outputs"]["base"]] == [o["tokens"] for o in results["applied"]["outputs"]["base"]]

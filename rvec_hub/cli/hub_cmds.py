@@ -41,8 +41,8 @@ def push_cmd(directory, repo_id, version, private, message, endpoint, quiet, as_
 
 @click.command("pull")
 @click.argument("ref")
-@click.option("-o", "--output", type=click.Path(), help="Directory to create (default: the Hub cache).")
-@click.option("--force", is_flag=True, help="Replace the output directory once the download is verified.")
+@click.option("-o", "--output", type=click.Path(), help="Also copy the vector into this plain directory (it always lands in the Hub cache).")
+@click.option("--force", is_flag=True, help="Replace the output directory once the new copy is complete.")
 @endpoint_option
 @quiet_option
 @json_option
@@ -50,7 +50,8 @@ def pull_cmd(ref, output, force, endpoint, quiet, as_json):
     """Download a vector version and verify every file against its manifest.
 
     REF is REPO_ID[@VERSION]: @1.0.0, @latest (highest release), @<commit sha>; without @ the latest
-    version. Nothing is moved into place unless every sha256 matches; an interrupted pull resumes.
+    version. Files land in the standard Hugging Face cache (`hf cache ls` lists them); one whose sha256
+    differs from the manifest is removed again. With HF_HUB_OFFLINE=1 the reference resolves from the cache.
 
     \b
     Examples:
