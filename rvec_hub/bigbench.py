@@ -9,8 +9,8 @@ Hard sources, 36 MB) are written out. The archive stays in the cache, so a later
 Cache: `$HF_HOME/rvec/bigbench-1.0.0/` (`HF_HOME` defaults to `$XDG_CACHE_HOME/huggingface`, that is
 `~/.cache/huggingface`). Every file appears there whole or not at all (written beside, then renamed).
 
-Why not `pip download`: it builds the package's metadata (about 45 s), and recent pip (≥ 25) then refuses
-`bigbench` 1.0.0 because its metadata declares a `file://` dependency, deleting the download. rvec asks the
+Why not `pip download`: it builds the package's metadata (about 45 s), and recent pip (26.3 here) then
+refuses `bigbench` 1.0.0 because its metadata declares a `file://` dependency, deleting the download. rvec asks the
 same index (PEP 691 JSON, `PIP_INDEX_URL` if set) for the same file and pins its sha256.
 """
 
@@ -133,7 +133,7 @@ class Archive:
 
     Args:
         root: the cache directory (default: `cache_dir()`).
-        sdist: an sdist already on disk to read instead of the cached download (e.g. from `pip download`).
+        sdist: an sdist already on disk to read instead of the cached download (e.g. copied from another machine).
         index: the package index to download from (default: `PIP_INDEX_URL`, else PyPI).
         quiet: no progress messages.
     """
@@ -207,9 +207,13 @@ class Archive:
 
         self.root.mkdir(parents=True, exist_ok=True)
         with FileLock(str(self.root / ".lock")):
+            index = self.root / "index.json"
+            known = set(json.loads(index.read_text())["tasks"]) if index.is_file() else set(SOURCES)
+            take = {n for n in wanted | (set(SOURCES) & known) if not (self.root / "tasks" / n / "task.json").is_file()}
+            if not take and index.is_file():
+                return  # another run took them out while this one waited
             self._ensure_archive()
-            take = {n for n in wanted | set(SOURCES) if not (self.root / "tasks" / n / "task.json").is_file()}
-            self._echo(f"reading {len(wanted) or 'the list of'} task(s) out of {self.archive.name}")
+            self._echo(f"reading {', '.join(sorted(wanted)) or 'the task list'} out of {self.archive.name} (one pass, about 30 s)")
             sizes: dict[str, int] = {}
             try:
                 with tarfile.open(self.archive, "r|gz") as tar:
@@ -219,16 +223,28 @@ class Archive:
                             continue
                         sizes[name] = member.size
                         if name in take:
-                            source = tar.extractfile(member)
-                            with _atomic(self.root / "tasks" / name / "task.json") as out:
-                                while chunk := source.read(_CHUNK):
-                                    out.write(chunk)
+                            self._write(tar, member, self.root / "tasks" / name / "task.json")
             except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
                 raise DataError(f"{self.archive} cannot be read ({exc}); delete it and run again to fetch it anew") from None
             if not sizes:
                 raise DataError(f"{self.archive} holds no BIG-bench task files; delete it and run again to fetch it anew")
             with _atomic(self.root / "index.json", "w") as out:
                 json.dump({"version": VERSION, "tasks": sizes}, out, indent=0, sort_keys=True)
+
+
+    @staticmethod
+    def _write(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> None:
+        """Copy one member to `path`; a failed write is the cache's problem, not the archive's."""
+        source = tar.extractfile(member)
+        try:
+            with _atomic(path) as out:
+                while chunk := source.read(_CHUNK):
+                    try:
+                        out.write(chunk)
+                    except OSError as exc:
+                        raise DataError(f"cannot write {path} ({exc.strerror or exc}); free space or set HF_HOME elsewhere") from None
+        finally:
+            source.close()
 
 
 def _unknown(name: str, known: set[str]) -> str:
