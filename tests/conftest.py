@@ -9,7 +9,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_DISABLE_XET", "1")  # huggingface_hub reads it once, at import
 
-pytest_plugins = ["hubtest_common"]  # the Hub server fixtures
+pytest_plugins = ["hubtest_common", "realmodel_common"]  # Hub server; real SmolLM2 model and donor pair
 
 from rvec_hub import extract
 from rvec_hub.synthetic import TINY, shapes_with, write_family
