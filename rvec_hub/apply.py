@@ -19,6 +19,7 @@ from .io.checkpoint import SIDECAR_FILES, Checkpoint
 from .io.read_ahead import read_ahead
 from .io.safetensors_io import ShardWriter, tensor_bytes
 from .progress import progress
+from .tied import delta_source
 from .vector import Vector
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
@@ -121,15 +122,11 @@ def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):
     """Per chunk of rows, in plan order: the tensor, the first row, the base rows, and each vector's delta rows."""
     for name, shape, dtype in plan:
-        active = [(i, v, a) for i, (v, a) in enumerate(vectors) if _touches(v, name) and a != 0.0]
+        # A tied-donor vector's embedding delta also reaches a base's separate output head (rvec_hub.tied).
+        active = [(i, v, a, src) for i, (v, a) in enumerate(vectors) if (src := delta_source(v, name)) and a != 0.0]
         for start, stop in row_chunks(shape):
             rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
-            yield name, shape, dtype, start, rows, [(i, v.decode_rows(name, start, stop).to(device), a) for i, v, a in active]
-
-
-def _touches(vector: Vector, name: str) -> bool:
-    entry = vector.entries.get(name)
-    return entry is not None and entry.encoding != "zero"
+            yield name, shape, dtype, start, rows, [(i, v.decode_rows(src, start, stop).to(device), a) for i, v, a, src in active]
 
 
 def _copy_sidecars(source: Path, target: Path, out_dtype: torch.dtype | None) -> None:

@@ -13,6 +13,7 @@ from .errors import CompatibilityError, FormatError, IntegrityError, RvecError
 from .io.checkpoint import Checkpoint
 from .manifest import config_signature, fingerprint, load_manifest, touched_shapes
 from .progress import progress
+from .tied import missing_tensor_problem
 from .vector import Vector, refuse_unknown_encodings, verify_files
 
 DTYPE_NAMES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
@@ -98,7 +99,7 @@ def compatibility(vector: Vector, base: Checkpoint, *, vector_ref: str | None = 
     for name, shape in shapes.items():
         info = base.tensors.get(name)
         if info is None:
-            problems.append(f"tensor {name}: in the vector, missing from the base")
+            problems.append(missing_tensor_problem(name, base.tensors))
             continue
         base_shapes[name] = info.shape
         if tuple(info.shape) != tuple(shape):

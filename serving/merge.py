@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 import torch
 
 from rvec_hub.arith import Survival, add_rows, row_chunks
+from rvec_hub.tied import delta_source
 
 from .spec import OpenedVector
 
@@ -14,8 +15,8 @@ from .spec import OpenedVector
 def _active(vectors: list[OpenedVector], name: str) -> list[int]:
     out = []
     for i, item in enumerate(vectors):
-        entry = item.vector.entries.get(name)
-        if entry is not None and entry.encoding != "zero" and item.alpha != 0.0:
+        # delta_source: an untied base head also takes a tied-donor vector's embedding delta (rvec_hub.tied).
+        if delta_source(item.vector, name) is not None and item.alpha != 0.0:
             out.append(i)
     return out
 
@@ -36,19 +37,20 @@ def merge_tensor(
     active = _active(vectors, name)
     if not active or not base.dtype.is_floating_point:
         return base
+    src = {i: delta_source(vectors[i].vector, name) for i in active}
     if device is not None and base.device != device:
         base = base.to(device, non_blocking=True)
     shape = tuple(base.shape)
     if not shape:
-        terms = [(vectors[i].vector.decode_rows(name, 0, 1).to(base.device), vectors[i].alpha) for i in active]
+        terms = [(vectors[i].vector.decode_rows(src[i], 0, 1).to(base.device), vectors[i].alpha) for i in active]
         return add_rows(base, terms, out_dtype, [survival[i] for i in active], name=name)
     chunks = row_chunks(shape)
     if len(chunks) == 1:
-        terms = [(vectors[i].vector.decode_rows(name, 0, shape[0]).to(base.device), vectors[i].alpha) for i in active]
+        terms = [(vectors[i].vector.decode_rows(src[i], 0, shape[0]).to(base.device), vectors[i].alpha) for i in active]
         return add_rows(base, terms, out_dtype, [survival[i] for i in active], name=name)
     out = torch.empty(shape, dtype=out_dtype, device=base.device)
     for start, stop in chunks:
-        terms = [(vectors[i].vector.decode_rows(name, start, stop).to(base.device), vectors[i].alpha) for i in active]
+        terms = [(vectors[i].vector.decode_rows(src[i], start, stop).to(base.device), vectors[i].alpha) for i in active]
         out[start:stop] = add_rows(base[start:stop], terms, out_dtype, [survival[i] for i in active], name=name)
     return out
 
