@@ -37,7 +37,8 @@ def export_adapter(item: OpenedVector, rank: int, cache: Path | None = None) -> 
     """Export (or reuse) the adapter for one vector at its alpha and rank."""
     digest = hashlib.sha256(item.vector.manifest.to_json().encode()).hexdigest()[:16]
     path = (cache or adapter_cache()) / f"{digest}-r{rank}-a{item.alpha:g}"
-    return export_peft(item.vector, path, rank=rank, alpha=item.alpha, force=True)
+    # vLLM's LoRA covers linear layers of most architectures only (no embedding LoRA for Qwen2, for one).
+    return export_peft(item.vector, path, rank=rank, alpha=item.alpha, embeddings=False, force=True)
 
 
 def dropped_note(name: str, export: PeftExport) -> str:

@@ -8,7 +8,7 @@ import click
 
 from ..defaults import LORA_RANK
 from ._errors import echo_json, exit_with
-from ._options import endpoint_option, json_option
+from ._options import endpoint_option, json_option, quiet_option
 
 
 @click.command("serve")
@@ -62,12 +62,14 @@ def export_group() -> None:
 @click.option("--base-model", help="Recorded as base_model_name_or_path (default: the vector's suggested base).")
 @click.option("--force", is_flag=True, help="Replace the output directory if it exists.")
 @endpoint_option
+@quiet_option
 @json_option
-def export_peft_cmd(vector, out, rank, alpha, base_model, force, endpoint, as_json):
+def export_peft_cmd(vector, out, rank, alpha, base_model, force, endpoint, quiet, as_json):
     """Write a vector as a PEFT LoRA adapter (peft and vLLM --enable-lora load it).
 
-    Linear-layer deltas become rank-R factors by SVD. What LoRA cannot carry (biases, norms, embeddings)
-    is reported with its share of the vector's norm and left out, never written as full weights.
+    Linear-layer and embedding deltas become rank-R factors by SVD; a tied output head gets the embedding's
+    factors too. What LoRA cannot carry (biases, norms) is reported with its share of the vector's norm
+    and left out, never written as full weights. `rvec import peft` reads the adapter back.
 
     \b
     Examples:
@@ -77,7 +79,8 @@ def export_peft_cmd(vector, out, rank, alpha, base_model, force, endpoint, as_js
     from ..peft_export import export_peft
     from ..refs import open_vector
 
-    result = export_peft(open_vector(vector, endpoint=endpoint), out, rank=rank, alpha=alpha, base_model=base_model, force=force)
+    result = export_peft(open_vector(vector, endpoint=endpoint), out, rank=rank, alpha=alpha, base_model=base_model,
+                         vector_ref=vector, force=force, quiet=quiet)
     if as_json:
         echo_json({"path": str(result.path), "ranks": result.ranks, "dropped": result.dropped,
                    "dropped_share": result.dropped_share, "truncation_share": result.truncation_share,
