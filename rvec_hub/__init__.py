@@ -45,6 +45,7 @@ _WHERE = {
     "vector_info": ".info",
     "Checkpoint": ".io.checkpoint",
     "open_checkpoint": ".io.checkpoint",
+    "open_checkpoint_headers": ".io.checkpoint",
     "Manifest": ".manifest",
     "TensorEntry": ".manifest",
     "load_manifest": ".manifest",
@@ -108,7 +109,7 @@ if TYPE_CHECKING:
     from .evaluate import EvalOptions, EvalReport, evaluate, settings_for
     from .extract import ExtractResult, extract
     from .info import vector_info
-    from .io.checkpoint import Checkpoint, open_checkpoint
+    from .io.checkpoint import Checkpoint, open_checkpoint, open_checkpoint_headers
     from .manifest import Manifest, TensorEntry, load_manifest
     from .peft_export import PeftExport, export_peft
     from .probe import ProbeResult, probe
