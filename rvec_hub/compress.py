@@ -1,8 +1,8 @@
-"""`rvec compress`: re-encode a vector tensor by tensor (sparse, low-rank, dense), within a target.
+"""`rvec compress`: re-encode a vector tensor by tensor (packed, low-rank, dense), within a target.
 
 Two streaming passes over the input, one tensor in memory at a time. The survey pass measures what each
-encoding would cost (non-zeros for `sparse`, the singular spectrum when an energy or byte budget needs
-it); the plan fixes every tensor's encoding and payload shapes; the write pass encodes and streams the
+encoding would cost (the exact `packed` size, by encoding the tensor, and the singular spectrum when an
+energy or byte budget needs it); the plan fixes every tensor's encoding and payload shapes; the write pass encodes and streams the
 payload through `ShardWriter`. Any input encoding works: tensors are decoded to float32 first.
 """
 
@@ -16,12 +16,12 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .arith import resolve_device, row_chunks
+from .arith import resolve_device
 from .budget import RankCandidate, allocate_ranks, minimum_bytes, parse_size
 from .check import dtype_from_name, dtype_name
 from .defaults import COMPRESS_METHODS
-from .encodings import ENCODINGS, lowrank, sparse
-from .errors import UsageError
+from .encodings import ENCODINGS, lowrank, packed
+from .errors import FormatError, UsageError
 from .io.atomic import atomic_directory
 from .io.safetensors_io import DTYPES, ShardWriter
 from .manifest import Manifest, TensorEntry
@@ -41,7 +41,8 @@ class Target:
 
     Attributes:
         method: `auto` (smallest encoding that meets the target; lossless unless a rank, energy or
-            budget is given), `sparse`, `lowrank` or `dense`.
+            budget is given), `sparse` (the lossless `packed` encoding for every changed tensor),
+            `lowrank` or `dense`.
         rank: one rank for every matrix.
         energy: the share of each matrix's squared singular values to keep, in (0, 1].
         budget: total payload bytes.
@@ -88,16 +89,12 @@ class Survey:
     shape: tuple[int, ...]
     dtype: torch.dtype
     nnz: int | None = None  # None: not measured, the tensor can only stay dense
-    gap_entries: int | None = None  # None: not counted, the bitmask layout is smaller anyway
+    packed: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None  # stored shapes of the `packed` encoding, by role
     energies: torch.Tensor | None = None
 
     @property
     def dense_bytes(self) -> int:
         return math.prod(self.shape) * self.dtype.itemsize if self.shape else self.dtype.itemsize
-
-    @property
-    def sparse_bytes(self) -> dict[str, int]:
-        return sparse.layout_bytes(self.shape, self.nnz, self.gap_entries, self.dtype.itemsize)
 
     @property
     def is_matrix(self) -> bool:
@@ -169,7 +166,7 @@ def compress(
 
     Example:
         >>> compress(Vector.open("vec"), "vec-r64", rank=64)
-        >>> compress(Vector.open("vec"), "vec-lossless")  # sparse where it pays, bit-exact
+        >>> compress(Vector.open("vec"), "vec-lossless")  # packed where it pays, bit-exact
     """
     if isinstance(factor_dtype, str):
         factor_dtype = dtype_from_name(factor_dtype)
@@ -216,31 +213,28 @@ def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[st
         for entry in changed:
             shape, dtype = tuple(entry.shape), _TORCH_DTYPES[entry.dtype]
             matrix = len(shape) >= 2
-            # A fixed-rank low-rank run needs sparse sizes only where factors would not pay.
+            # A fixed-rank low-rank run needs packed sizes only where factors would not pay.
             factored = target.method == "lowrank" and target.rank is not None and matrix and _factors_pay(shape, dtype, target)
             measure = target.method != "dense" and not factored
             if not measure and not (want_spectrum and matrix):
                 out[entry.name] = Survey(entry.name, shape, dtype)
                 bar.update(1)
                 continue
-            nnz, entries = _count_nonzeros(vector, entry, dtype) if measure else (None, None)
-            energies = lowrank.spectrum(vector.decode(entry.name), device=device) if want_spectrum and matrix else None
-            out[entry.name] = Survey(entry.name, shape, dtype, nnz, entries, energies)
+            delta = vector.decode(entry.name)
+            _check_finite(entry.name, delta)
+            nnz, stored = _packed_size(delta, dtype) if measure else (None, None)
+            energies = lowrank.spectrum(delta, device=device) if want_spectrum and matrix else None
+            del delta
+            out[entry.name] = Survey(entry.name, shape, dtype, nnz, stored, energies)
             bar.update(1)
     return out
 
 
-def _count_nonzeros(vector: Vector, entry: TensorEntry, dtype: torch.dtype) -> tuple[int, int | None]:
-    """Non-zeros and gap entries of a tensor in its storage dtype, decoded a chunk of rows at a time."""
-    shape = tuple(entry.shape)
-    if len(shape) < 2:  # a vector is one sparse row
-        return sparse.measure(vector.decode(entry.name).reshape(1, -1).to(dtype))
-    nnz, entries = 0, 0
-    for start, stop in row_chunks(shape):
-        n, g = sparse.measure(vector.decode_rows(entry.name, start, stop).reshape(stop - start, -1).to(dtype))
-        nnz += n
-        entries = None if entries is None or g is None else entries + g
-    return nnz, entries
+def _packed_size(delta: torch.Tensor, dtype: torch.dtype) -> tuple[int, dict[str, tuple[tuple[int, ...], torch.dtype]]]:
+    """Non-zeros and stored shapes of the `packed` encoding, found by encoding (the write pass encodes again)."""
+    encoded = packed.CODEC.encode(delta, dtype=dtype)
+    nnz = int(encoded.stored["index"][:, 1].sum())
+    return nnz, {role: (tuple(t.shape), t.dtype) for role, t in encoded.stored.items()}
 
 
 def _factors_pay(shape: tuple[int, ...], dtype: torch.dtype, target: Target) -> bool:
@@ -272,21 +266,12 @@ def make_plans(surveys: dict[str, Survey], target: Target) -> dict[str, Plan]:
 
 def _lossless_plan(s: Survey, method: str) -> Plan:
     dense = Plan(s.name, "dense", {}, {s.name: (s.shape, s.dtype)})
-    if method == "dense" or s.nnz is None:
+    if method == "dense" or s.packed is None:
         return dense
-    sizes = s.sparse_bytes
-    layout = min(sizes, key=sizes.get)
-    if method != "sparse" and sizes[layout] >= s.dense_bytes:
+    plan = Plan(s.name, "packed", {}, {f"{s.name}.{role}": stored for role, stored in s.packed.items()})
+    if method != "sparse" and plan.nbytes >= s.dense_bytes:
         return dense
-    rows, _ = sparse.as_rows(s.shape)
-    count = s.nnz if layout == "bitmask" else s.gap_entries
-    pointer = torch.int32 if max(s.nnz, s.gap_entries or 0) < 2**31 else torch.int64
-    stored = {f"{s.name}.rowptr": ((rows + 1,), pointer), f"{s.name}.values": ((count,), s.dtype)}
-    if layout == "bitmask":
-        stored[f"{s.name}.mask"] = ((rows, (sparse.as_rows(s.shape)[1] + 7) // 8), torch.uint8)
-    else:
-        stored[f"{s.name}.gaps"] = ((count,), torch.uint8)
-    return Plan(s.name, "sparse", {"layout": layout}, stored)
+    return plan
 
 
 def _lowrank_plan(s: Survey, rank: int, dtype: torch.dtype) -> Plan | None:
@@ -369,6 +354,7 @@ def _write_tensor(
     if plan is None:
         return TensorEntry(name=entry.name, shape=entry.shape, dtype=entry.dtype, encoding="zero")
     delta = vector.decode(entry.name)
+    norm = _check_finite(entry.name, delta)
     codec = ENCODINGS[plan.encoding]
     encoded = codec.encode(delta, dtype=survey.dtype if plan.encoding != "lowrank" else target.factor_dtype, device=device, **plan.options)
     keys = {}
@@ -379,11 +365,19 @@ def _write_tensor(
             raise AssertionError(f"{key}: planned {shape} {dtype}, encoded {tuple(tensor.shape)} {tensor.dtype}")
         writer.add(key, tensor)
         keys[role] = key
-    stats = {"norm": torch.linalg.vector_norm(delta).item(), **encoded.stats}
+    stats = {"norm": norm, **encoded.stats}
     stats.setdefault("energy", 1.0 - stats.get("rel_error", 0.0) ** 2)
     if survey.nnz is not None:
         stats.setdefault("density", survey.nnz / max(1, math.prod(entry.shape) if entry.shape else 1))
     return TensorEntry(name=entry.name, shape=entry.shape, dtype=entry.dtype, encoding=plan.encoding, keys=keys, params=dict(encoded.params), stats=stats)
+
+
+def _check_finite(name: str, delta: torch.Tensor) -> float:
+    """The delta's norm, which the manifest records anyway; a finite one proves every element finite in the same pass."""
+    norm = torch.linalg.vector_norm(delta).item()
+    if not math.isfinite(norm) and not bool(torch.isfinite(delta).all()):
+        raise FormatError(f"the vector's delta for {name} holds NaN or Inf; the vector is corrupt: run `rvec check VEC`, then fetch or extract it again")
+    return norm
 
 
 def _summary(entries: list[TensorEntry], target: Target, source: Vector, payload_bytes: int) -> dict[str, Any]:

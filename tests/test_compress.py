@@ -1,4 +1,4 @@
-"""`compress`: lossless sparse, low-rank by rank, energy and byte budget, apply equivalence, the probe, bad input."""
+"""`compress`: lossless packed, low-rank by rank, energy and byte budget, apply equivalence, the probe, bad input."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_lossless_compress_is_bit_exact_and_smaller(vector_dir: Path, tmp_path: 
     assert result.payload_bytes < 0.5 * _payload(vector_dir)
     assert result.manifest.compression["lossless"] is True
     encodings = {t.encoding for t in result.manifest.tensors}
-    assert "sparse" in encodings and "lowrank" not in encodings
+    assert "packed" in encodings and "lowrank" not in encodings
 
 
 def test_every_entry_records_keys_params_and_stats(vector_dir: Path, tmp_path: Path) -> None:
@@ -43,8 +43,8 @@ def test_every_entry_records_keys_params_and_stats(vector_dir: Path, tmp_path: P
         if t.encoding == "lowrank":
             assert set(t.keys) == {"A", "B"} and t.params["rank"] == 8
             assert 0 < t.stats["rel_error"] < 1 and 0 < t.stats["energy"] <= 1 and t.stats["norm"] > 0
-        elif t.encoding == "sparse":
-            assert set(t.keys) >= {"values", "rowptr"} and t.params["layout"] in ("bitmask", "gaps")
+        elif t.encoding == "packed":
+            assert set(t.keys) == {"index", "table", "data"} and 0 < t.params["density"] <= 1
     summary = result.manifest.compression
     assert summary["payload_bytes"] < summary["dense_bytes"] and 0 < summary["ratio_to_dense"] < 1
     assert summary["encodings"]["lowrank"] > 0 and summary["mean_rank"] == 8

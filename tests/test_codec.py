@@ -1,0 +1,206 @@
+"""The `packed` encoding: exact round trips by row range, its decoders, corrupt payloads, and 0.1.0 vectors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rvec_hub import FormatError, Vector, apply_vectors, compress, open_checkpoint
+from rvec_hub.encodings import ENCODINGS, packed
+from rvec_hub.io.safetensors_io import ShardWriter
+from rvec_hub.manifest import TensorEntry
+from rvec_hub.package import PAYLOAD_METADATA, finalize_vector
+
+CODEC = ENCODINGS["packed"]
+_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+class _Stored:
+    """The Payload protocol over encoded tensors held in memory."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        return self.tensors[key][start:stop]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensors[key].dtype
+
+
+def _round_trip(delta: torch.Tensor, dtype: torch.dtype = torch.bfloat16, **options) -> tuple[TensorEntry, _Stored]:
+    encoded = CODEC.encode(delta, dtype=dtype, **options)
+    entry = TensorEntry(
+        name="w", shape=tuple(delta.shape), dtype=_DTYPE_NAMES[dtype], encoding="packed",
+        keys={role: role for role in encoded.stored}, params=encoded.params, stats=encoded.stats,
+    )
+    stored = _Stored(dict(encoded.stored))
+    assert CODEC.validate(entry, stored) == []
+    return entry, stored
+
+
+def _rl_delta(rows: int, cols: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """An RL-like delta: bf16 weights moved by far less than a step, rounded back; most entries stay zero."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(rows, cols, generator=g) * 0.02).to(dtype).float()
+    tuned = (w + torch.randn(rows, cols, generator=g) * 1.5e-5).to(dtype).float()
+    return (tuned - w).to(dtype).float()
+
+
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape == b.shape and torch.equal(a.float().view(torch.int32), b.float().view(torch.int32))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_packed_round_trips_bit_exactly_by_row_range_across_blocks(dtype: torch.dtype) -> None:
+    delta = _rl_delta(50, 300, dtype=dtype)
+    entry, stored = _round_trip(delta, dtype, rows_per_block=7)
+    assert stored.shape("index")[0] == 8
+    for start, stop in [(0, 50), (0, 7), (7, 14), (3, 5), (6, 22), (49, 50)]:
+        assert _same_bits(CODEC.decode_rows(entry, stored, start, stop), delta[start:stop])
+
+
+def test_packed_keeps_values_beyond_its_codebook_and_negative_zero() -> None:
+    g = torch.Generator().manual_seed(3)
+    delta = (torch.randn(40, 64, generator=g) * 1e-3).to(torch.bfloat16).float()  # thousands of distinct values
+    delta[0, :5] = -0.0
+    entry, stored = _round_trip(delta)
+    assert stored.shape("table")[0] == packed.ESCAPE
+    assert _same_bits(CODEC.decode_rows(entry, stored, 0, 40), delta)
+
+
+def test_packed_bridges_runs_of_zeros_longer_than_a_byte() -> None:
+    delta = torch.zeros(3, 2000)
+    delta[0, 0], delta[0, 1999], delta[2, 700] = 1e-3, -2e-3, 5e-4
+    delta = delta.to(torch.bfloat16).float()
+    entry, stored = _round_trip(delta)
+    assert _same_bits(CODEC.decode_rows(entry, stored, 0, 3), delta)
+    assert _same_bits(CODEC.decode_rows(entry, stored, 1, 3), delta[1:3])
+
+
+def test_packed_decodes_vectors_by_element_range_scalars_and_zeros() -> None:
+    vector = _rl_delta(1, 1000).reshape(1000)
+    entry, stored = _round_trip(vector)
+    assert _same_bits(CODEC.decode_rows(entry, stored, 100, 350), vector[100:350])
+    scalar = torch.tensor(3e-4).to(torch.bfloat16).float()
+    entry, stored = _round_trip(scalar)
+    assert _same_bits(CODEC.decode_rows(entry, stored, 0, 1), scalar)
+    entry, stored = _round_trip(torch.zeros(4, 9))
+    assert _same_bits(CODEC.decode_rows(entry, stored, 0, 4), torch.zeros(4, 9))
+
+
+def test_packed_is_far_smaller_than_sparse_on_an_rl_delta() -> None:
+    delta = _rl_delta(256, 512)
+    packed_bytes = CODEC.encode(delta, dtype=torch.bfloat16).nbytes
+    sparse_bytes = ENCODINGS["sparse"].encode(delta, dtype=torch.bfloat16).nbytes
+    assert packed_bytes < 0.5 * sparse_bytes
+
+
+def _block_streams(delta: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
+    """The decompressed gaps and codes of a one-block bf16 tensor, with its codebook and escaped values."""
+    import zstandard
+
+    stored = CODEC.encode(delta, dtype=torch.bfloat16).stored
+    _, count, escapes, gap_bytes, end_gaps, end_codes, end = stored["index"][0].tolist()
+    data = stored["data"].numpy().tobytes()
+    frames = [zstandard.ZstdDecompressor().decompress(data[a:b]) for a, b in [(0, end_gaps), (end_gaps, end_codes), (end_codes, end)]]
+    gaps, codes, planes = (np.frombuffer(f, dtype=np.uint8) for f in frames)
+    assert escapes > 0 and len(gaps) == gap_bytes and len(codes) == count
+    escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
+    return gaps, codes, stored["table"].float(), escaped
+
+
+def test_compiled_and_torch_decoders_agree_and_refuse_the_same_corruptions() -> None:
+    if packed._numba_kernel() is None:
+        pytest.skip("numba is not installed")
+    delta = _rl_delta(16, 64)
+    gaps, codes, table, escaped = _block_streams(delta)
+    kernel = packed._numba_kernel()
+
+    def both(g: np.ndarray, c: np.ndarray, e: torch.Tensor) -> tuple[str | None, str | None, torch.Tensor, torch.Tensor]:
+        a, b = torch.full((delta.numel(),), 7.0), torch.full((delta.numel(),), 7.0)  # both fill every element
+        fast = packed._STATUS.get(int(kernel(g, c, table.numpy(), e.numpy(), a.numpy())))
+        slow = packed.scatter_torch(g, c, table, e, b)
+        return fast, slow, a, b
+
+    fast, slow, a, b = both(gaps, codes, escaped)
+    assert fast is None and slow is None
+    assert _same_bits(a, delta.reshape(-1)) and _same_bits(b, delta.reshape(-1))
+    past_the_end = gaps.copy()
+    past_the_end[-1] = 255
+    bad_code = codes.copy()
+    bad_code[0] = table.numel()  # neither in the codebook nor the escape code
+    for g, c, e in [(past_the_end, codes, escaped), (gaps, codes[:-1], escaped), (gaps[:-1], codes, escaped), (gaps, bad_code, escaped), (gaps, codes, escaped[:-1])]:
+        fast, slow, _, _ = both(g, c, e)
+        assert fast is not None and fast == slow
+
+
+def test_decoding_refuses_an_index_that_does_not_cover_the_tensor() -> None:
+    entry, stored = _round_trip(_rl_delta(20, 30), rows_per_block=5)
+    index = stored.tensors["index"].clone()
+    index[-1, 0] = 19
+    broken = _Stored({**stored.tensors, "index": index})
+    with pytest.raises(FormatError, match="packed index covers 19 of 20 rows"):
+        CODEC.decode_rows(entry, broken, 0, 20)
+
+
+def test_decoding_refuses_a_frame_that_does_not_decompress() -> None:
+    entry, stored = _round_trip(_rl_delta(20, 30))
+    data = stored.tensors["data"].clone()
+    data[:8] = 0
+    with pytest.raises(FormatError, match="does not decompress|holds .* bytes"):
+        CODEC.decode_rows(entry, _Stored({**stored.tensors, "data": data}), 0, 20)
+
+
+def test_validate_names_a_codebook_in_the_wrong_dtype() -> None:
+    entry, stored = _round_trip(_rl_delta(4, 30))
+    wrong = _Stored({**stored.tensors, "table": stored.tensors["table"].float()})
+    problems = CODEC.validate(entry, wrong)
+    assert len(problems) == 1 and "stored table 'table' has dtype float32, expected bfloat16" in problems[0]
+
+
+def _old_sparse_vector(vector_dir: Path, out: Path) -> Path:
+    """The vector as rvec 0.1.0 wrote it after `rvec compress`: every changed tensor in its `sparse` encoding."""
+    source = Vector.open(vector_dir)
+    encoded = {}
+    for t in source.manifest.tensors:
+        if t.encoding != "zero":
+            encoded[t.name] = ENCODINGS["sparse"].encode(source.decode(t.name), dtype=torch.bfloat16)
+    out.mkdir()
+    expected = [(f"{n}.{role}", tuple(v.shape), v.dtype) for n, e in encoded.items() for role, v in e.stored.items()]
+    writer = ShardWriter(out, "vector", 2**30, PAYLOAD_METADATA, expected)
+    for name, e in encoded.items():
+        for role, v in e.stored.items():
+            writer.add(f"{name}.{role}", v)
+    shards = writer.finish()
+    tensors = [
+        t.model_copy(update={"encoding": "sparse", "keys": {r: f"{t.name}.{r}" for r in encoded[t.name].stored}, "params": encoded[t.name].params})
+        if t.name in encoded else t
+        for t in source.manifest.tensors
+    ]
+    fields = source.manifest.model_dump(exclude={"files", "tensors"})
+    finalize_vector(out, {**fields, "rvec_version": "0.1.0", "tensors": tensors}, [p for p, _ in shards])
+    return out
+
+
+def test_a_sparse_vector_from_rvec_0_1_0_still_applies_and_recompresses_to_packed(
+    vector_dir: Path, family: dict[str, Path], tmp_path: Path
+) -> None:
+    old = _old_sparse_vector(vector_dir, tmp_path / "old")
+    dense = Vector.open(vector_dir)
+    assert all(_same_bits(Vector.open(old).decode(n), dense.decode(n)) for n in dense.entries)
+    new = compress(Vector.open(old), tmp_path / "new", device="cpu", quiet=True)
+    assert {t.encoding for t in new.manifest.tensors} <= {"packed", "dense", "zero"}
+    assert all(_same_bits(Vector.open(new.path).decode(n), dense.decode(n)) for n in dense.entries)
+    merged = {}
+    for name, vec in (("old", old), ("new", new.path)):
+        out = apply_vectors([(Vector.open(vec), 1.0)], open_checkpoint(family["instruct"]), tmp_path / f"m-{name}", quiet=True)
+        ckpt = open_checkpoint(out.path)
+        merged[name] = {n: ckpt.read_rows(n) for n in ckpt.tensors}
+    assert all(torch.equal(merged["old"][n], merged["new"][n]) for n in merged["old"])
