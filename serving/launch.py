@@ -21,6 +21,12 @@ from rvec_hub.errors import UsageError
 from .spec import OpenedVector, VectorSpec, base_env, base_model_args, check_all, extra_config, open_base, open_specs
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+# Mirrors of rvec_serving.admin's names, so planning a launch does not import starlette.
+ADMIN_MIDDLEWARE = "rvec_serving.admin.AdminMiddleware"
+ADMIN_PATH = "/rvec/vectors"
+ADMIN_TOKEN_ENV = "RVEC_ADMIN_TOKEN"
+ADMIN_TOKEN_FILE_ENV = "RVEC_ADMIN_TOKEN_FILE"
+ADMIN_MIN_TOKEN = 16
 # Flags rvec sets itself; passing them after `--` would contradict the launch.
 _OWNED_FLAGS = ("--model", "--load-format", "--model-loader-extra-config", "--host", "--port", "--enable-lora", "--lora-modules")
 
@@ -83,14 +89,21 @@ def plan_merged(
     vllm_args: list[str] | None = None,
     endpoint: str | None = None,
     python: str | None = None,
+    admin_token_file: str | None = None,
 ) -> ServePlan:
     """Check the vectors against the base, then plan a server that merges them at load time.
 
+    Args:
+        admin_token_file: a file holding the admin token; with it (or `RVEC_ADMIN_TOKEN` set) the server
+            also answers `/rvec/vectors`, which swaps the served vectors live (`rvec swap`).
+
     Raises:
         CompatibilityError: before anything starts, when a vector does not fit the base.
+        UsageError: when the admin token file is unreadable or the token is shorter than 16 characters.
     """
     vllm_args = list(vllm_args or [])
     _refuse_owned(vllm_args)
+    admin_env = admin_environment(admin_token_file)
     checkpoint = open_base(base, endpoint=endpoint)
     vectors = open_specs(specs, endpoint=endpoint)
     check_all(vectors, checkpoint)
@@ -109,8 +122,30 @@ def plan_merged(
     notes = [f"merging {v.ref} at alpha {v.alpha:g} into {base} at load time" for v in vectors]
     if dtype in (None, "auto"):
         notes.append(f"serving dtype {dtype_name(checkpoint.dtype)} (the base's); pass `-- --dtype float32` to keep every bit of the vectors")
+    if admin_env is not None:
+        argv += ["--middleware", ADMIN_MIDDLEWARE]
+        notes.append(f"live swap on: POST http://{host}:{port}{ADMIN_PATH} with the admin token (`rvec swap`)")
     checkpoint.close()
-    return ServePlan(argv, {**server_env(), **base_env(checkpoint, endpoint)}, f"http://{host}:{port}/v1", [name], notes)
+    return ServePlan(argv, {**server_env(), **base_env(checkpoint, endpoint), **(admin_env or {})}, f"http://{host}:{port}/v1", [name], notes)
+
+
+def admin_environment(token_file: str | None) -> dict[str, str] | None:
+    """What the server process needs to answer the admin endpoint, or None when no token was given.
+
+    The token itself never goes on a command line: the server reads the file, or inherits `RVEC_ADMIN_TOKEN`.
+    """
+    if token_file is None:
+        token = os.environ.get(ADMIN_TOKEN_ENV)
+        env = {} if token else None
+    else:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise UsageError(f"cannot read the admin token file {token_file}: {exc.strerror}") from None
+        env = {ADMIN_TOKEN_FILE_ENV: str(Path(token_file).resolve())}
+    if env is not None and len(token) < ADMIN_MIN_TOKEN:
+        raise UsageError(f"the admin token must be at least {ADMIN_MIN_TOKEN} characters; make one with `openssl rand -hex 24`")
+    return env
 
 
 def run(plan: ServePlan, *, echo=print) -> int:

@@ -85,6 +85,8 @@ class RvecModelLoader(DefaultModelLoader):
         self._report(model_config.dtype)
 
     def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Generator[tuple[str, torch.Tensor], None, None]:
+        # vLLM's in-place reload (a live swap) builds a fresh loader and calls only this.
+        self.prepare(model_config)
         seen: set[str] = set()
 
         def base_weights() -> Generator[tuple[str, torch.Tensor], None, None]:

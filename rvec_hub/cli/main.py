@@ -16,7 +16,7 @@ from .hub_cmds import pull_cmd, push_cmd, search_cmd, versions_cmd
 from .hub_server_cmd import hub_group
 from .import_cmds import import_group
 from .model_cmd import model_group
-from .serve_cmds import export_group, serve_cmd
+from .serve_cmds import export_group, serve_cmd, swap_cmd
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -36,7 +36,7 @@ def cli() -> None:
 for command in (
     extract_cmd, compress_cmd, apply_cmd, info_cmd, check_cmd,
     push_cmd, pull_cmd, versions_cmd, search_cmd, hub_group,
-    serve_cmd, export_group, import_group, eval_cmd, demo_cmd, model_group,
+    serve_cmd, swap_cmd, export_group, import_group, eval_cmd, demo_cmd, model_group,
 ):
     cli.add_command(command)
 

@@ -17,12 +17,17 @@ from ._options import endpoint_option, json_option, quiet_option
 @click.option("--mode", type=click.Choice(["merged", "lora"]), default="merged", show_default=True,
               help="merged: vectors added at load time; lora: the base plus one adapter per vector.")
 @click.option("--rank", type=int, default=LORA_RANK, show_default=True, help="LoRA mode: the largest adapter rank.")
+@click.option("--lora-min-kept", type=click.FloatRange(0.0, 1.0), default=None, metavar="SHARE",
+              help="LoRA mode: refuse a vector whose adapter keeps less than this share of its norm (e.g. 0.9).")
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", type=int, default=8000, show_default=True)
 @click.option("--dry-run", is_flag=True, help="Check the vectors and print the vLLM command without starting it.")
+@click.option("--admin-token-file", type=click.Path(dir_okay=False),
+              help="Merged mode: turn on live swap (`rvec swap`), authenticated by the token in this file "
+                   "(RVEC_ADMIN_TOKEN works too; at least 16 characters).")
 @endpoint_option
 @click.argument("vllm_args", nargs=-1, type=click.UNPROCESSED)
-def serve_cmd(base, vectors, mode, rank, host, port, dry_run, endpoint, vllm_args):
+def serve_cmd(base, vectors, mode, rank, lora_min_kept, host, port, dry_run, admin_token_file, endpoint, vllm_args):
     """Serve a base model with reasoning vectors behind vLLM's OpenAI-compatible API.
 
     Every vector is checked against the base before anything starts. Arguments after `--` go to vLLM.
@@ -31,7 +36,8 @@ def serve_cmd(base, vectors, mode, rank, host, port, dry_run, endpoint, vllm_arg
     Examples:
       rvec serve --base Qwen/Qwen2.5-1.5B-Instruct --vector acme/reasoning@1.0.0
       rvec serve --base ./instruct --vector ./vec:0.5 --port 8001 -- --dtype float32
-      rvec serve --base ./instruct --vector ./vec-a --vector ./vec-b --mode lora
+      rvec serve --base ./instruct --vector ./vec-a --vector ./vec-b --mode lora --lora-min-kept 0.9
+      rvec serve --base ./instruct --vector ./vec-a --admin-token-file admin.token
     """
     from rvec_serving.launch import plan_merged, run
     from rvec_serving.lora import plan_lora
@@ -39,7 +45,14 @@ def serve_cmd(base, vectors, mode, rank, host, port, dry_run, endpoint, vllm_arg
 
     specs = [VectorSpec.parse(v) for v in vectors]
     common = {"host": host, "port": port, "vllm_args": list(vllm_args), "endpoint": endpoint}
-    plan = plan_lora(base, specs, rank=rank, **common)[0] if mode == "lora" else plan_merged(base, specs, **common)
+    if mode == "lora":
+        if admin_token_file:
+            raise click.UsageError("--admin-token-file swaps merged vectors; LoRA mode picks a vector per request already")
+        plan = plan_lora(base, specs, rank=rank, min_kept=lora_min_kept, **common)[0]
+    else:
+        if lora_min_kept is not None:
+            raise click.UsageError("--lora-min-kept applies to --mode lora; merged mode serves all of every vector")
+        plan = plan_merged(base, specs, admin_token_file=admin_token_file, **common)
     if dry_run:
         for note in plan.notes:
             click.echo(note)
@@ -47,6 +60,34 @@ def serve_cmd(base, vectors, mode, rank, host, port, dry_run, endpoint, vllm_arg
         click.echo(shlex.join(plan.argv))
         return
     exit_with(run(plan, echo=click.echo))
+
+
+@click.command("swap")
+@click.option("--server", required=True, help="The running `rvec serve`, e.g. http://127.0.0.1:8000.")
+@click.option("--vector", "vectors", multiple=True, required=True, help="REF[:ALPHA] to serve from now on; repeatable.")
+@click.option("--token-file", type=click.Path(dir_okay=False), help="File holding the admin token (else RVEC_ADMIN_TOKEN).")
+@json_option
+def swap_cmd(server, vectors, token_file, as_json):
+    """Change a running server's vectors or their alphas without restarting it.
+
+    The server checks and verifies the new vectors first and refuses any that do not fit, while the old
+    weights keep serving; then requests in flight finish on the old weights and later ones get the new ones.
+
+    \b
+    Examples:
+      rvec serve --base ./instruct --vector ./vec-a --admin-token-file admin.token &
+      rvec swap --server http://127.0.0.1:8000 --vector ./vec-b:0.5 --token-file admin.token
+      rvec swap --server http://127.0.0.1:8000 --vector acme/reasoning@1.1.0 --json
+    """
+    from rvec_serving.spec import VectorSpec
+    from rvec_serving.swap import admin_token, swap
+
+    answer = swap(server, [VectorSpec.parse(v) for v in vectors], admin_token(token_file))
+    if as_json:
+        echo_json(answer)
+        return
+    served = " + ".join(f"{v['ref']}×{v.get('alpha', 'default')}" for v in answer["vectors"])
+    click.echo(f"now serving {served} (swapped in {answer['seconds']['total']:.2f} s)")
 
 
 @click.group("export")
