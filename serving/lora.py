@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from rvec_hub.defaults import LORA_RANK
+from rvec_hub.errors import CompatibilityError
 from rvec_hub.peft_export import PeftExport, export_peft
 
 from .launch import SERVER_MODULE, ServePlan, _flag_value, _refuse_owned, server_env
@@ -52,6 +53,22 @@ def dropped_note(name: str, export: PeftExport) -> str:
     )
 
 
+def refuse_below(min_kept: float, names: list[str], exports: list[PeftExport]) -> None:
+    """Refuse the vectors whose adapters serve less than `min_kept` of their norm.
+
+    Raises:
+        CompatibilityError: naming every such vector with the share it keeps.
+    """
+    low = [f"{n} keeps {e.carried_share:.1%}" for n, e in zip(names, exports) if e.carried_share < min_kept]
+    if low:
+        raise CompatibilityError(
+            f"LoRA mode would serve too little of {len(low)} vector{'s' if len(low) > 1 else ''} "
+            f"({'; '.join(low)}; --lora-min-kept is {min_kept:.1%}); serve it merged (--mode merged), raise --rank, "
+            "or lower --lora-min-kept",
+            problems=low,
+        )
+
+
 def plan_lora(
     base: str,
     specs: list[VectorSpec],
@@ -63,11 +80,18 @@ def plan_lora(
     endpoint: str | None = None,
     cache: Path | None = None,
     python: str | None = None,
+    min_kept: float | None = None,
 ) -> tuple[ServePlan, list[PeftExport]]:
     """Check the vectors, export each as an adapter, and plan a multi-LoRA server over the plain base.
 
+    Args:
+        min_kept: refuse any vector whose adapter keeps less than this share of its norm (0 to 1).
+
     Returns:
         The plan (models: the base name, then one adapter name per vector) and each vector's export.
+
+    Raises:
+        CompatibilityError: when a vector does not fit the base, or its adapter keeps less than `min_kept`.
     """
     vllm_args = list(vllm_args or [])
     _refuse_owned(vllm_args)
@@ -76,6 +100,8 @@ def plan_lora(
     check_all(vectors, checkpoint)
     exports = [export_adapter(v, rank, cache) for v in vectors]
     names = [adapter_name(v) for v in vectors]
+    if min_kept is not None:
+        refuse_below(min_kept, names, exports)
     base_name = _flag_value(vllm_args, "--served-model-name")
     if base_name is None:
         base_name = Path(base.rstrip("/")).name
