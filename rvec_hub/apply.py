@@ -79,7 +79,7 @@ def apply_vectors(
         plan.append((name, info.shape, dtype))
     changed = 0
     workspace = Workspace()
-    with atomic_directory(out, force=force) as tmp, streaming_threads():
+    with atomic_directory(out, force=force, inputs=[base.path, *(v.path for v, _ in vectors)]) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
         chunks = read_ahead(_chunks(plan, base, vectors, device))
         with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar, closing(chunks), _corruption_first(vectors):

@@ -178,7 +178,7 @@ def compress(
     surveys = _survey(vector, target, device, quiet)
     plans = make_plans(surveys, target)
     out = Path(out)
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs=[vector.path, probe_base if probe_base is not None and Path(probe_base).exists() else None]) as tmp:
         expected = [(key, shape, dtype) for p in plans.values() for key, (shape, dtype) in p.stored.items()]
         writer = ShardWriter(tmp, "vector", max_shard_bytes, PAYLOAD_METADATA, expected)
         entries = []

@@ -117,7 +117,7 @@ def extract(
     entries: list[TensorEntry] = []
     max_err, err_sq, norm_sq = 0.0, 0.0, 0.0
     out = Path(out)
-    with atomic_directory(out, force=force) as tmp, streaming_threads():
+    with atomic_directory(out, force=force, inputs=[ref.path, tun.path]) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "vector", max_shard_bytes, PAYLOAD_METADATA, [(n, ref.tensors[n].shape, storage) for n in floats])
         # The next chunk of both donors is read on a thread while the current one is subtracted and written.
         pairs = ((tun.read_rows(n, a, b), ref.read_rows(n, a, b)) for n in floats for a, b in row_chunks(ref.tensors[n].shape))

@@ -3,14 +3,37 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 import click
 
 from ..errors import RvecError
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C, so every output in progress is cleaned up the same way."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def run_cli(group: click.Group, args: list[str] | None = None) -> int:
-    """Run the CLI group; user mistakes print one line, RVEC_DEBUG=1 shows tracebacks."""
+    """Run the CLI group; user mistakes print one line, RVEC_DEBUG=1 shows tracebacks.
+
+    SIGINT exits 130 and SIGTERM 143, after outputs in progress are removed.
+    """
+    on_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    try:
+        return _run(group, args)
+    finally:
+        if on_main:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(group: click.Group, args: list[str] | None) -> int:
     debug = os.environ.get("RVEC_DEBUG") == "1"
     try:
         # Without standalone mode click hands back the code of an `Exit` instead of raising it.
@@ -21,11 +44,13 @@ def run_cli(group: click.Group, args: list[str] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
-    except click.exceptions.Abort:
-        click.echo("error: aborted", err=True)
-        return 130
-    except KeyboardInterrupt:
-        click.echo("error: interrupted; no partial output was left behind", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt) as exc:
+        # click turns an interrupt inside a command into Abort, keeping the interrupt as its cause.
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc
+        if isinstance(cause, Terminated):
+            click.echo("error: terminated; no partial output was left behind", err=True)
+            return 143
+        click.echo("error: interrupted; no partial output was left behind" if cause is not None else "error: aborted", err=True)
         return 130
     except RvecError as exc:
         if debug:

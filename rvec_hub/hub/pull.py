@@ -22,7 +22,7 @@ from huggingface_hub.errors import OfflineModeIsEnabled
 from huggingface_hub.hf_api import RepoFile
 
 from ..errors import HubError, IntegrityError, OutputExistsError
-from ..io.atomic import replace_directory
+from ..io.atomic import refuse_overlap, replace_directory, signals_held
 from ..manifest import MANIFEST_NAME
 from ._errors import endpoint_of, hub_errors
 from .cache import hub_cache, snapshot_folder, storage_folder, write_ref
@@ -88,6 +88,8 @@ def pull(
     repo_id, spec = split_ref(ref)
     endpoint = endpoint_of(endpoint)
     target = Path(output) if output is not None else None
+    if target is not None:
+        refuse_overlap(target, [hub_cache()])  # the copy comes out of the cache; replacing it must not touch the cache
     if target is not None and target.exists() and (not target.is_dir() or any(target.iterdir())) and not force:
         raise OutputExistsError(f"{target} already exists; choose another -o or pass --force to replace it")
     resolved, unreachable = _resolve_online(repo_id, spec, endpoint, token)
@@ -175,5 +177,6 @@ def _copy_out(repo_id: str, commit: str, target: Path) -> None:
             shutil.copyfile(folder.joinpath(*name.split("/")), dest)
         replace_directory(staging, target)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        with signals_held():
+            shutil.rmtree(staging, ignore_errors=True)
         raise
