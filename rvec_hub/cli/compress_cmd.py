@@ -13,7 +13,8 @@ from ._options import endpoint_option, json_option, quiet_option
 @click.argument("vector")
 @click.option("-o", "--output", "out", required=True, type=click.Path(), help="Vector directory to create.")
 @click.option("--method", type=click.Choice(COMPRESS_METHODS), default="auto", show_default=True,
-              help="auto: smallest encoding per tensor that meets the target (lossless unless --rank/--energy/--budget).")
+              help="auto: smallest encoding per tensor that meets the target (lossless unless --rank/--energy/--budget); "
+                   "sparse: every changed tensor packed (lossless).")
 @click.option("--rank", type=int, help="Low-rank factors of this rank for every matrix.")
 @click.option("--energy", type=float, help="Per matrix, keep this share of the squared singular values (0 < E ≤ 1).")
 @click.option("--budget", help="Total payload size, e.g. 200MB: ranks go where they capture the most energy.")
@@ -26,13 +27,13 @@ from ._options import endpoint_option, json_option, quiet_option
 @quiet_option
 @json_option
 def compress_cmd(vector, out, method, rank, energy, budget, factor_dtype, probe_base, device, name, force, endpoint, quiet, as_json):
-    """Compress a vector: lossless sparse, SVD low-rank, or a byte budget.
+    """Compress a vector: lossless packed (entropy-coded non-zeros), SVD low-rank, or a byte budget.
 
     VECTOR is a directory or REPO_ID[@VERSION] in any encoding.
 
     \b
     Examples:
-      rvec compress vec -o vec-lossless                 # sparse where it pays, bit-exact
+      rvec compress vec -o vec-lossless                 # packed where it pays, bit-exact
       rvec compress vec -o vec-r64 --method lowrank --rank 64
       rvec compress vec -o vec-200mb --budget 200MB --probe Qwen/Qwen2.5-1.5B-Instruct
     """

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..arith import row_chunks
+from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored, storage_dtype
@@ -66,19 +66,45 @@ def _bits(values: torch.Tensor) -> torch.Tensor:
 
 def _codebook(flat: torch.Tensor, dtype: torch.dtype, chunks: list[tuple[int, int]]) -> torch.Tensor:
     """Up to 255 values (as storage bits) that occur at least twice, most frequent first."""
-    counts: dict[int, int] = {}
+    if dtype.itemsize == 2:  # every 16-bit pattern has a counter
+        counts = torch.zeros(1 << 16, dtype=torch.long)
+        for a, b in chunks:
+            counts += torch.bincount(_bits(flat[a:b].to(dtype)).reshape(-1).int() & 0xFFFF, minlength=1 << 16)
+        counts[0] = 0
+        top = torch.argsort(-counts, stable=True)[:ESCAPE]
+        top = top[counts[top] >= 2]
+        return torch.where(top >= 1 << 15, top - (1 << 16), top).to(torch.int16)
+    tally: dict[int, int] = {}
     for a, b in chunks:
         bits = _bits(flat[a:b].to(dtype)).reshape(-1)
         uniq, n = torch.unique(bits[bits != 0], return_counts=True)
         for value, count in zip(uniq.tolist(), n.tolist()):
-            counts[value] = counts.get(value, 0) + count
-        if len(counts) > 1 << 16:  # keep the most frequent; any codebook decodes, this one only codes worse
-            counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[: 1 << 15])
-    ranked = sorted(((v, c) for v, c in counts.items() if c >= 2), key=lambda kv: (-kv[1], kv[0]))[:ESCAPE]
+            tally[value] = tally.get(value, 0) + count
+        if len(tally) > 1 << 16:  # keep the most frequent; any codebook decodes, this one only codes worse
+            tally = dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[: 1 << 15])
+    ranked = sorted(((v, c) for v, c in tally.items() if c >= 2), key=lambda kv: (-kv[1], kv[0]))[:ESCAPE]
     return torch.tensor([v for v, _ in ranked], dtype=_INT[dtype.itemsize])
 
 
-def _block_streams(bits: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def _coder(table: torch.Tensor) -> Any:
+    """A function from storage bits to codes: a 64 K lookup table for 16-bit values, a search otherwise."""
+    if table.element_size() == 2:
+        lookup = torch.full((1 << 16,), ESCAPE, dtype=torch.uint8)
+        lookup[table.int() & 0xFFFF] = torch.arange(table.numel(), dtype=torch.uint8)
+        return lambda values: lookup[values.int() & 0xFFFF]
+    sorted_table, order = torch.sort(table.long())
+
+    def search(values: torch.Tensor) -> torch.Tensor:
+        if not sorted_table.numel():
+            return torch.full(values.shape, ESCAPE, dtype=torch.uint8)
+        wide = values.long()
+        slot = torch.searchsorted(sorted_table, wide).clamp_(max=sorted_table.numel() - 1)
+        return torch.where(sorted_table[slot] == wide, order[slot], ESCAPE).to(torch.uint8)
+
+    return search
+
+
+def _block_streams(bits: torch.Tensor, coder: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """(gap bytes, codes, escaped values' byte planes, entry count) of one block's flattened storage bits."""
     where = torch.nonzero(bits).reshape(-1)
     values = bits[where]
@@ -91,17 +117,19 @@ def _block_streams(bits: torch.Tensor, table: torch.Tensor) -> tuple[torch.Tenso
         out = torch.zeros(int(per.sum()), dtype=torch.long)
         out[last] = rest
         gaps = out
-    sorted_table, order = torch.sort(table.long())
-    wide = values.long()
-    slot = torch.searchsorted(sorted_table, wide).clamp_(max=max(0, sorted_table.numel() - 1))
-    hit = sorted_table[slot] == wide if sorted_table.numel() else torch.zeros_like(wide, dtype=torch.bool)
-    codes = torch.where(hit, order[slot] if order.numel() else slot, torch.full_like(slot, ESCAPE)).to(torch.uint8)
-    escaped = values[~hit].contiguous()
+    codes = coder(values)
+    escaped = values[codes == ESCAPE].contiguous()
     planes = escaped.view(torch.uint8).reshape(-1, escaped.element_size()).t().contiguous()
     return gaps.to(torch.uint8), codes, planes.reshape(-1), where.numel()
 
 
 def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, rows_per_block: int | None = None, **_: object) -> Encoded:
+    # Every step is a memory-bound pass over a block; more threads only wait on each other (see streaming_threads).
+    with streaming_threads():
+        return _encode_blocks(delta, dtype, rows_per_block)
+
+
+def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int | None) -> Encoded:
     shape = tuple(delta.shape)
     rows, cols = as_rows(shape)
     flat = delta.reshape(rows, cols)
@@ -109,11 +137,12 @@ def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, rows_pe
     step = rows_per_block or max(1, row_chunks((rows, cols))[0][1])
     chunks = [(a, min(rows, a + step)) for a in range(0, rows, step)]
     table = _codebook(flat, dtype, chunks)
+    coder = _coder(table)
     index, frames, err_sq, nnz, offset = [], [], 0.0, 0, 0
     for a, b in chunks:
         values = flat[a:b].to(dtype)
         err_sq += torch.linalg.vector_norm(flat[a:b] - values.float()).item() ** 2
-        gaps, codes, planes, count = _block_streams(_bits(values).reshape(-1), table)
+        gaps, codes, planes, count = _block_streams(_bits(values).reshape(-1), coder)
         ends = []
         for stream in (gaps, codes, planes):
             frame = _zstd(stream)
