@@ -20,6 +20,9 @@ from ._version import __version__
 _WHERE = {
     "Accuracy": ".answers",
     "extract_answer": ".answers",
+    "demo_tasks": ".bbh",
+    "load_bbh": ".bbh",
+    "load_bigbench": ".bigbench",
     "ApplyResult": ".apply",
     "apply_vectors": ".apply",
     "CompatReport": ".check",
@@ -29,6 +32,7 @@ _WHERE = {
     "compress": ".compress",
     "CheckpointError": ".errors",
     "CompatibilityError": ".errors",
+    "DataError": ".errors",
     "FormatError": ".errors",
     "HubError": ".errors",
     "IntegrityError": ".errors",
