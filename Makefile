@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet "torch==2.13.0"
-	$(PIP) install --quiet -e ".[cpu,dev]"
+	$(PIP) install --quiet -e ".[cpu,server,dev,demo]"
 	$(PIP) uninstall --quiet --yes $(UNWANTED) || true
 	$(PY) -c "import transformers, vllm, rvec_hub, rvec_serving"
 	touch $(STAMP)

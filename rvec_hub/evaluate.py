@@ -153,9 +153,13 @@ def score(engine: Engine, tasks: TaskSet, setting: Setting, options: EvalOptions
     """Ask every task of a set and count the correct final answers."""
     prompts = [prompt_for(t.question, options, tasks) for t in tasks.tasks]
     stop = stop_for(tasks)
+    from .progress import progress
+
     completions: list[str] = []
-    for start in range(0, len(prompts), options.batch_size):
-        completions += [_cut(c, stop) for c in engine.complete(prompts[start:start + options.batch_size], options, stop)]
+    with progress(len(prompts), f"{tasks.name}: {setting.label}", unit="question") as bar:
+        for start in range(0, len(prompts), options.batch_size):
+            completions += [_cut(c, stop) for c in engine.complete(prompts[start:start + options.batch_size], options, stop)]
+            bar.update(len(prompts[start:start + options.batch_size]))
     correct = sum(is_correct_for(c, t, tasks, options) for c, t in zip(completions, tasks.tasks))
     return Score(tasks.name, tasks.source, setting, accuracy(correct, len(prompts), options.ci), tuple(completions))
 

@@ -14,9 +14,7 @@ factors as safetensors under the names `PeftModel.from_pretrained` loads.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from .arith import check_alpha, non_finite_error
 from .defaults import LORA_RANK
 from .errors import UsageError
 from .io.atomic import atomic_directory
+from .io.permissions import make_readable
 from .progress import progress
 from .vector import Vector
 
@@ -204,7 +203,7 @@ def export_peft(
             vector.manifest, vector_ref=vector_ref or vector.manifest.name, alpha=alpha, base_model=config["base_model_name_or_path"],
             ranks=sorted(set(ranks.values()), reverse=True), dropped_share=math.sqrt(sum(dropped_sq.values()) / total),
         ))
-        readable(tmp)
+        make_readable(tmp)
     return PeftExport(
         result_path, ranks,
         dropped=dropped,
@@ -213,18 +212,6 @@ def export_peft(
         carried_share=max(0.0, 1.0 - math.sqrt(lost_sq / total)),
         tied_head=tied is not None,
     )
-
-
-def readable(directory: Path) -> None:
-    """Give a finished output directory normal permissions (0755 / 0644 less the umask).
-
-    safetensors creates its files 0600; an adapter or vector is meant to be shared like a model download.
-    """
-    umask = os.umask(0)
-    os.umask(umask)
-    directory.chmod(0o777 & ~umask)
-    for path in directory.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def lora_config(ranks: dict[str, int], base_model: str | None) -> dict:

@@ -206,7 +206,7 @@ def import_peft(
     from .io.safetensors_io import ShardWriter
     from .manifest import BaseSpec, Donors, ModelRef, TensorEntry, config_signature, fingerprint
     from .package import PAYLOAD_METADATA, finalize_vector
-    from .peft_export import readable
+    from .io.permissions import make_readable
     from .progress import progress
 
     lora = read_adapter(adapter)
@@ -308,6 +308,6 @@ def import_peft(
             },
         )
         finalize_vector(tmp, fields, [p for p, _ in shards])
-        readable(tmp)
+        make_readable(tmp)
     ckpt.close()
     return ImportResult(out, sum(e.encoding == "lowrank" for e in entries), sum(e.encoding == "dense" for e in entries), tied_head is not None, base_id)

@@ -104,3 +104,4 @@ def test_apply_card_names_a_hub_vector_with_its_version(family: dict[str, Path],
     assert "| acme/reasoning | 1.2.0 | 1 |" in text
     assert ModelCard(text).data.base_model is None, "a local base has no Hub id to name"
     _no_local_path(text, family["instruct"])
+

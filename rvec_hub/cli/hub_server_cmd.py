@@ -8,6 +8,9 @@ import click
 
 from ._options import json_option
 
+# What the `server` extra installs; `pip install rvec` alone leaves them out.
+SERVER_MODULES = {"fastapi", "uvicorn", "starlette", "yaml"}
+
 _SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
@@ -62,8 +65,15 @@ def serve_cmd(root: Path, host: str, port: int, token_file: Path | None, max_inl
       HF_HUB_DISABLE_XET=1 HF_ENDPOINT=http://127.0.0.1:8080 HF_TOKEN=... \\
         hf upload alice/my-vector ./my-vector
     """
-    from rvec_hub.hub.server import load_tokens, serve
-    from rvec_hub.hub.server.guard import BodyLimits
+    try:
+        from rvec_hub.hub.server import load_tokens, serve
+        from rvec_hub.hub.server.guard import BodyLimits
+    except ModuleNotFoundError as exc:
+        if exc.name not in SERVER_MODULES:
+            raise
+        from ..errors import UsageError
+
+        raise UsageError(f"`rvec hub serve` needs {exc.name}: pip install 'rvec[server]' (from a checkout: pip install '.[server]')") from None
 
     tokens = load_tokens(token_file)
     limits = BodyLimits(max_inline_bytes=max_inline_bytes, max_lfs_bytes=max_lfs_bytes)

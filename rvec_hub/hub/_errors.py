@@ -18,6 +18,9 @@ from huggingface_hub.errors import (
 from ..errors import HubError
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
+# A push refused for want of a token may meet an `rvec hub serve` that was given none, which is read-only.
+READ_ONLY_HINT = ("; an `rvec hub serve` started without tokens is read-only: restart it with --token-file FILE "
+                  "(one `user token` line each) or RVEC_HUB_TOKEN=TOKEN, and push with that token in HF_TOKEN")
 
 
 def endpoint_of(endpoint: str | None) -> str:
@@ -50,7 +53,8 @@ def hub_errors(repo_id: str | None, endpoint: str, *, token: str | None = None, 
         yield
     except RepositoryNotFoundError as exc:
         if exc.response is not None and exc.response.status_code == 401 and "credentials" in str(exc).lower():
-            raise HubError(f"the Hub at {endpoint} rejected the token; check HF_TOKEN or run `hf auth login`") from None
+            raise HubError(f"the Hub at {endpoint} rejected the token; check HF_TOKEN or run `hf auth login`"
+                           + (READ_ONLY_HINT if writing else "")) from None
         raise HubError(
             f"repository {repo_id} not found on {endpoint}; check the name, and if it is private set HF_TOKEN "
             "or run `hf auth login`"
@@ -65,7 +69,8 @@ def hub_errors(repo_id: str | None, endpoint: str, *, token: str | None = None, 
         said = _scrub(_server_says(exc), token)
         if status == 401:
             action = "pushing" if writing else "this"
-            raise HubError(f"{where}: {action} needs a valid token ({said}); set HF_TOKEN or run `hf auth login`") from None
+            raise HubError(f"{where}: {action} needs a valid token ({said}); set HF_TOKEN or run `hf auth login`"
+                           + (READ_ONLY_HINT if writing else "")) from None
         if status == 403:
             raise HubError(f"{where}: not allowed ({said}); push under a namespace your token may write to") from None
         if status == 412:

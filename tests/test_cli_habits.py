@@ -1,0 +1,45 @@
+"""What users of the Hugging Face tools expect from a command line: messages that say the next step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def test_push_to_a_read_only_hub_says_how_to_give_it_a_token(vector_dir: Path, tmp_path: Path) -> None:
+    from rvec_hub.errors import HubError
+    from rvec_hub.hub.client import push
+    from rvec_hub.hub.server import running_server
+
+    with running_server(tmp_path / "hub", None) as url:
+        with pytest.raises(HubError, match=r"read-only: restart it with --token-file FILE .* or RVEC_HUB_TOKEN"):
+            push(vector_dir, "alice/tiny", "1.0.0", endpoint=url, quiet=True)
+
+
+class _Constant:
+    """An engine (the `Engine` protocol users implement) that answers every question with 0."""
+
+    def complete(self, prompts: list[str], options, stop=None) -> list[str]:
+        return ["#### 0"] * len(prompts)
+
+
+def test_eval_shows_progress_per_setting_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+    import os
+    import pty
+    import struct
+    import sys
+    import termios
+
+    from rvec_hub.evaluate import EvalOptions, Setting, score
+    from rvec_hub.tasks import generate
+
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    os.set_blocking(main, False)
+    monkeypatch.setattr(sys, "stderr", os.fdopen(child, "w", buffering=1))
+    result = score(_Constant(), generate("arith", 4), Setting(), EvalOptions(batch_size=2))
+    sys.stderr.flush()
+    assert result.result.n == 4
+    assert "arith: base" in os.read(main, 65536).decode(errors="replace")
