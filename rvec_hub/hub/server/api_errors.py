@@ -36,8 +36,8 @@ class HubApiError(HubError):
     def to_response(self) -> JSONResponse:
         """The JSON response for this error, with the headers the client inspects."""
         headers = dict(self.headers)
-        # Header values must be latin-1; messages are ASCII except for user-supplied names.
-        headers["X-Error-Message"] = str(self).encode("ascii", "replace").decode("ascii")
+        # Header values must be printable ASCII here; user-supplied names may carry anything else.
+        headers["X-Error-Message"] = "".join(c if " " <= c <= "~" else "?" for c in str(self))
         if self.error_code is not None:
             headers["X-Error-Code"] = self.error_code
         return JSONResponse({**self.extra, "error": str(self)}, status_code=self.status_code, headers=headers)

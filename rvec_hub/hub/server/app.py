@@ -74,7 +74,7 @@ def create_app(
         upload_secret=secrets.token_bytes(32),
         page_size=page_size,
         limits=limits or BodyLimits(),
-        throttle=throttle or AuthThrottle(),
+        throttle=throttle if throttle is not None else AuthThrottle(),
         allow_version_tag_rewrite=allow_version_tag_rewrite,
     )
     app.state.hub = ctx

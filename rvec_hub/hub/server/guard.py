@@ -126,7 +126,9 @@ class RequestGuard:
             await err.to_response()(scope, receive, send)
             return
         scope.setdefault("state", {})["hub_user"] = user
-        await self.app(scope, _counting(receive, limit), send)
+        expects_body = _header(scope, b"content-length") not in (None, "0") or _header(scope, b"transfer-encoding")
+        body = _Body(receive, limit)
+        await self.app(scope, body.receive, _closing_if_unread(send, body) if expects_body else send)
 
     def _authenticate(self, scope: Scope, repo_id: str | None) -> str | None:
         header = _header(scope, b"authorization")
@@ -167,17 +169,35 @@ class RequestGuard:
         return MAX_JSON_BYTES
 
 
-def _counting(receive: Receive, limit: int) -> Receive:
-    """`receive` that raises `BodyTooLarge` as soon as the body passes `limit` bytes."""
-    received = 0
+class _Body:
+    """Wraps `receive`: counts body bytes, raises `BodyTooLarge` past the limit, knows when the body ended."""
 
-    async def wrapped() -> Message:
-        nonlocal received
-        message = await receive()
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive = receive
+        self.limit = limit
+        self.received = 0
+        self.done = False
+
+    async def receive(self) -> Message:
+        message = await self._receive()
         if message["type"] == "http.request":
-            received += len(message.get("body", b""))
-            if received > limit:
-                raise BodyTooLarge(limit)
+            self.received += len(message.get("body", b""))
+            self.done = not message.get("more_body", False)
+            if self.received > self.limit:
+                raise BodyTooLarge(self.limit)
         return message
+
+
+def _closing_if_unread(send: Send, body: _Body) -> Send:
+    """`send` that asks to close the connection when answering before the body was read to its end.
+
+    Otherwise the server would keep reading (and discarding) whatever the client still sends.
+    """
+
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start" and not body.done:
+            headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"]
+            message = {**message, "headers": [*headers, (b"connection", b"close")]}
+        await send(message)
 
     return wrapped

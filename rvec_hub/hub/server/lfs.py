@@ -90,6 +90,7 @@ async def upload(namespace: str, name: str, oid: str, request: Request) -> JSONR
         size, expires = int(q["size"]), int(q["expires"])
         sig = q["sig"]
     except (KeyError, ValueError):
+        _hide_unless_public(ctx, repo_id)
         raise forbidden("upload URL is not signed; ask the LFS batch endpoint for one") from None
     expected = _signature(ctx.upload_secret, repo_id, oid, size, expires)
     if not hmac.compare_digest(expected, sig) or expires < time.time():

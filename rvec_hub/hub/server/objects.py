@@ -150,8 +150,13 @@ class ObjectStore:
             raise HubApiError(500, f"commit {commit_id} is referenced but missing from the store") from None
 
     def write_commit(self, record: CommitRecord) -> str:
-        """Store a commit and return its id; every blob it names must already be stored."""
-        missing = [p for p, e in record.tree.items() if not self.has_blob(e.sha256, e.size)]
+        """Store a commit and return its id; every blob it adds must already be stored.
+
+        Files carried over from the parent are not rechecked: one whose blob was quarantined must not
+        block the commit that uploads it again.
+        """
+        inherited = self.read_commit(record.parent).tree if record.parent else {}
+        missing = [p for p, e in record.tree.items() if inherited.get(p) != e and not self.has_blob(e.sha256, e.size)]
         if missing:
             raise HubApiError(500, f"commit refers to blobs that are not stored: {', '.join(missing[:5])}")
         data = record.canonical_bytes()

@@ -96,7 +96,7 @@ def _preupload_files(body: Any) -> list[tuple[str, int, bytes]]:
             problems.append(f"files[{index}]: sample must be a base64 string")
         else:
             try:
-                out.append((path, size, base64.b64decode(sample)))
+                out.append((path, size, base64.b64decode(sample, validate=True)))
             except (binascii.Error, ValueError):
                 problems.append(f"files[{index}]: sample is not base64")
     if problems:
@@ -124,8 +124,21 @@ def _preupload(request: Request, repo_id: str, revision: str, files: list[tuple[
     return JSONResponse({"files": out, "commitOid": head})
 
 
+_COMMIT_LINE = {
+    "type": "object", "required": ["key", "value"],
+    "properties": {
+        "key": {"enum": ["header", "file", "lfsFile", "deletedFile", "deletedFolder"]},
+        "value": {"type": "object", "properties": {
+            **{k: {"type": "string"} for k in ("summary", "description", "parentCommit", "path", "content",
+                                               "encoding", "oid", "algo")},
+            "size": {"type": "integer"},
+        }},
+    },
+}
+
+
 @router.post("/api/models/{namespace}/{name}/commit/{revision:path}", openapi_extra={"requestBody": {
-    "required": True, "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}})
+    "required": True, "content": {"application/x-ndjson": {"schema": {"type": "array", "items": _COMMIT_LINE}}}}})
 async def commit(namespace: str, name: str, revision: str, request: Request) -> JSONResponse:
     """Apply an NDJSON commit to a branch; 412 when `parentCommit` is not the branch head."""
     repo_id = f"{namespace}/{name}"
