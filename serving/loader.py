@@ -23,6 +23,7 @@ from rvec_hub.errors import CompatibilityError
 from rvec_hub.io.checkpoint import open_checkpoint
 
 from .merge import merged_weights, untouched
+from .sharded import lazily_merged_weights
 from .spec import OpenedVector, check_all, describe, open_specs, split_extra_config
 
 # A child of vLLM's logger, so its handlers and format (and VLLM_LOGGING_LEVEL) apply.
@@ -94,7 +95,15 @@ class RvecModelLoader(DefaultModelLoader):
                 seen.add(name)
                 yield name, tensor
 
-        yield from merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, self.merge_device)
+        ranks = _tensor_parallel()
+        merging = [0.0]
+        if ranks[1] > 1 and self.merge_device is None:
+            # On CPU each rank adds the vectors only to the slice of each tensor its weight loaders keep;
+            # an accelerator merges whole tensors faster than its host could slice them.
+            yield from lazily_merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, merging)
+        else:
+            yield from _timed(merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, self.merge_device), merging)
+        logger.info("rvec: tensor-parallel rank %d of %d spent %.2f s adding vectors", ranks[0], ranks[1], merging[0])
         missing = untouched(self.vectors, seen)
         if missing:
             raise CompatibilityError(
@@ -109,6 +118,28 @@ class RvecModelLoader(DefaultModelLoader):
                 "rvec: %s at alpha %g: %.1f%% of the vector's norm survives in %s%s",
                 item.ref, item.alpha, 100 * kept.retained, dtype_name(dtype), hint,
             )
+
+
+def _tensor_parallel() -> tuple[int, int]:
+    """(this worker's tensor-parallel rank, the tensor-parallel size)."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    try:
+        return get_tensor_model_parallel_rank(), get_tensor_model_parallel_world_size()
+    except AssertionError:  # no parallel groups: a plain single-process load
+        return 0, 1
+
+
+def _timed(items: Generator, seconds: list[float]) -> Generator:
+    """Pass `items` through, adding the time spent producing each to `seconds[0]`."""
+    while True:
+        began = time.perf_counter()
+        try:
+            item = next(items)
+        except StopIteration:
+            return
+        seconds[0] += time.perf_counter() - began
+        yield item
 
 
 def register() -> None:

@@ -1,0 +1,54 @@
+"""Tensor-parallel loading: a rank's slice of a lazily merged tensor equals that slice of the whole merge."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rvec_hub import Vector, compress, open_checkpoint
+from rvec_hub.arith import Survival
+from rvec_serving.merge import merge_tensor
+from rvec_serving.sharded import MergeOnNarrow, lazily_merged_weights
+from rvec_serving.spec import OpenedVector
+
+
+@pytest.fixture(scope="module")
+def opened(vector_dir, tmp_path_factory) -> list[OpenedVector]:
+    lowrank = tmp_path_factory.mktemp("sharded") / "lowrank"
+    compress(Vector.open(vector_dir), lowrank, method="lowrank", rank=4, quiet=True)
+    return [OpenedVector("dense", Vector.open(vector_dir), 0.7), OpenedVector("lowrank", Vector.open(lowrank), -1.5)]
+
+
+def _base_weights(family):
+    base = open_checkpoint(family["instruct"])
+    return [(name, base.read_rows(name)) for name in base.tensors]
+
+
+@pytest.mark.parametrize("dim", [0, 1])
+def test_each_rank_slice_equals_the_same_slice_of_the_whole_merge(family, opened, dim) -> None:
+    seconds = [0.0]
+    checked = 0
+    for name, lazy in lazily_merged_weights(_base_weights(family), opened, torch.bfloat16, [Survival(), Survival()], seconds):
+        if not isinstance(lazy, MergeOnNarrow) or lazy.dim() <= dim:
+            continue
+        whole = merge_tensor(name, lazy.as_subclass(torch.Tensor), opened, torch.bfloat16, [Survival(), Survival()])
+        size = lazy.shape[dim] // 2
+        for rank in range(2):
+            part = lazy.narrow(dim, rank * size, size)
+            assert type(part) is torch.Tensor
+            assert torch.equal(part, whole.narrow(dim, rank * size, size)), (name, rank)
+        checked += 1
+    assert checked >= 8 and seconds[0] > 0
+
+
+def test_any_other_use_sees_the_whole_merged_tensor(family, opened) -> None:
+    weights = dict(_base_weights(family))
+    for name, lazy in lazily_merged_weights(list(weights.items()), opened, torch.bfloat16, [Survival(), Survival()], [0.0]):
+        if isinstance(lazy, MergeOnNarrow):
+            target = torch.empty(lazy.shape, dtype=torch.bfloat16)
+            target.copy_(lazy)
+            assert lazy.shape == weights[name].shape and lazy.dtype == weights[name].dtype
+            assert torch.equal(target, merge_tensor(name, weights[name], opened, torch.bfloat16, [Survival(), Survival()]))
+            assert not torch.equal(target, weights[name].to(torch.bfloat16))
+            return
+    pytest.fail("no tensor was touched by the vectors")
