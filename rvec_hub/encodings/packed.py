@@ -55,29 +55,23 @@ def _compressor() -> Any:
     return zstandard.ZstdCompressor(compression_params=params)
 
 
-def _zstd(data: torch.Tensor) -> bytes:
-    return _compressor().compress(data.contiguous().numpy().tobytes()) if data.numel() else b""
-
-
 def _bits(values: torch.Tensor) -> torch.Tensor:
     """The storage bits of each value, as a signed integer of the same width."""
     return values.view(_INT[values.element_size()])
 
 
-def _codebook(flat: torch.Tensor, dtype: torch.dtype, chunks: list[tuple[int, int]]) -> torch.Tensor:
+def _codebook(blocks: list[tuple[np.ndarray, np.ndarray]], dtype: torch.dtype) -> torch.Tensor:
     """Up to 255 values (as storage bits) that occur at least twice, most frequent first."""
     if dtype.itemsize == 2:  # every 16-bit pattern has a counter
-        counts = torch.zeros(1 << 16, dtype=torch.long)
-        for a, b in chunks:
-            counts += torch.bincount(_bits(flat[a:b].to(dtype)).reshape(-1).int() & 0xFFFF, minlength=1 << 16)
-        counts[0] = 0
-        top = torch.argsort(-counts, stable=True)[:ESCAPE]
+        counts = np.zeros(1 << 16, dtype=np.int64)
+        for _, values in blocks:
+            counts += np.bincount(values.view(np.uint16), minlength=1 << 16)
+        top = np.argsort(-counts, kind="stable")[:ESCAPE]
         top = top[counts[top] >= 2]
-        return torch.where(top >= 1 << 15, top - (1 << 16), top).to(torch.int16)
+        return torch.from_numpy(top.astype(np.uint16).view(np.int16).copy())
     tally: dict[int, int] = {}
-    for a, b in chunks:
-        bits = _bits(flat[a:b].to(dtype)).reshape(-1)
-        uniq, n = torch.unique(bits[bits != 0], return_counts=True)
+    for _, values in blocks:
+        uniq, n = np.unique(values, return_counts=True)
         for value, count in zip(uniq.tolist(), n.tolist()):
             tally[value] = tally.get(value, 0) + count
         if len(tally) > 1 << 16:  # keep the most frequent; any codebook decodes, this one only codes worse
@@ -89,38 +83,30 @@ def _codebook(flat: torch.Tensor, dtype: torch.dtype, chunks: list[tuple[int, in
 def _coder(table: torch.Tensor) -> Any:
     """A function from storage bits to codes: a 64 K lookup table for 16-bit values, a search otherwise."""
     if table.element_size() == 2:
-        lookup = torch.full((1 << 16,), ESCAPE, dtype=torch.uint8)
-        lookup[table.int() & 0xFFFF] = torch.arange(table.numel(), dtype=torch.uint8)
-        return lambda values: lookup[values.int() & 0xFFFF]
-    sorted_table, order = torch.sort(table.long())
+        lookup = np.full(1 << 16, ESCAPE, dtype=np.uint8)
+        lookup[table.numpy().view(np.uint16)] = np.arange(table.numel(), dtype=np.uint8)
+        return lambda values: lookup[values.view(np.uint16)]
+    sorted_table, order = np.sort(table.numpy()), np.argsort(table.numpy(), kind="stable").astype(np.uint8)
 
-    def search(values: torch.Tensor) -> torch.Tensor:
-        if not sorted_table.numel():
-            return torch.full(values.shape, ESCAPE, dtype=torch.uint8)
-        wide = values.long()
-        slot = torch.searchsorted(sorted_table, wide).clamp_(max=sorted_table.numel() - 1)
-        return torch.where(sorted_table[slot] == wide, order[slot], ESCAPE).to(torch.uint8)
+    def search(values: np.ndarray) -> np.ndarray:
+        if not sorted_table.size:
+            return np.full(values.shape, ESCAPE, dtype=np.uint8)
+        slot = np.minimum(np.searchsorted(sorted_table, values), sorted_table.size - 1)
+        return np.where(sorted_table[slot] == values, order[slot], np.uint8(ESCAPE)).astype(np.uint8)
 
     return search
 
 
-def _block_streams(bits: torch.Tensor, coder: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-    """(gap bytes, codes, escaped values' byte planes, entry count) of one block's flattened storage bits."""
-    where = torch.nonzero(bits).reshape(-1)
-    values = bits[where]
-    gaps = torch.diff(where, prepend=torch.tensor([-1]))
-    if gaps.numel() and int(gaps.max()) > _FILLER:
+def _entries(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(gap bytes, values) of one block's flattened storage bits: every entry whose bits are not all zero."""
+    where = np.flatnonzero(bits)
+    gaps = np.diff(where, prepend=-1)
+    if gaps.size and int(gaps.max()) > _FILLER:
         fillers = (gaps - 1) // _FILLER
-        rest = gaps - _FILLER * fillers
-        per = fillers + 1
-        last = torch.cumsum(per, 0) - 1
-        out = torch.zeros(int(per.sum()), dtype=torch.long)
-        out[last] = rest
+        out = np.zeros(int(fillers.sum()) + gaps.size, dtype=np.int64)
+        out[np.cumsum(fillers + 1) - 1] = gaps - _FILLER * fillers
         gaps = out
-    codes = coder(values)
-    escaped = values[codes == ESCAPE].contiguous()
-    planes = escaped.view(torch.uint8).reshape(-1, escaped.element_size()).t().contiguous()
-    return gaps.to(torch.uint8), codes, planes.reshape(-1), where.numel()
+    return gaps.astype(np.uint8), bits[where]
 
 
 def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, rows_per_block: int | None = None, **_: object) -> Encoded:
@@ -136,22 +122,26 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
     # By default a block is one chunk of the streaming passes, so each of their reads decodes one block.
     step = rows_per_block or max(1, row_chunks((rows, cols))[0][1])
     chunks = [(a, min(rows, a + step)) for a in range(0, rows, step)]
-    table = _codebook(flat, dtype, chunks)
-    coder = _coder(table)
-    index, frames, err_sq, nnz, offset = [], [], 0.0, 0, 0
-    for a, b in chunks:
+    blocks, err_sq = [], 0.0
+    for a, b in chunks:  # entries of every block (about 3 bytes per non-zero), then one codebook for all
         values = flat[a:b].to(dtype)
-        err_sq += torch.linalg.vector_norm(flat[a:b] - values.float()).item() ** 2
-        gaps, codes, planes, count = _block_streams(_bits(values).reshape(-1), coder)
+        err_sq += _rounding_error_sq(flat[a:b], values)
+        blocks.append(_entries(_bits(values).reshape(-1).numpy()))
+    table = _codebook(blocks, dtype)
+    coder = _coder(table)
+    index, frames, nnz, offset = [], [], 0, 0
+    for (_, b), (gaps, values) in zip(chunks, blocks):
+        codes = coder(values)
+        escaped = values[codes == ESCAPE]
+        planes = escaped.view(np.uint8).reshape(-1, dtype.itemsize).T
         ends = []
         for stream in (gaps, codes, planes):
-            frame = _zstd(stream)
+            frame = _compressor().compress(np.ascontiguousarray(stream).tobytes()) if stream.size else b""
             frames.append(frame)
             offset += len(frame)
             ends.append(offset)
-        escapes = planes.numel() // dtype.itemsize
-        index.append([b, count, escapes, gaps.numel(), *ends])
-        nnz += count
+        index.append([b, values.size, escaped.size, gaps.size, *ends])
+        nnz += values.size
     data = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if offset else torch.zeros(0, dtype=torch.uint8)
     stored = {
         "index": torch.tensor(index, dtype=torch.int64).reshape(-1, _INDEX_COLUMNS),
@@ -162,6 +152,13 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
     rel = math.sqrt(err_sq) / norm if norm else 0.0
     density = nnz / max(1, rows * cols)
     return Encoded("packed", stored, params={"density": density}, stats={"rel_error": rel, "density": density, "energy": 1.0 - rel**2})
+
+
+def _rounding_error_sq(exact: torch.Tensor, stored: torch.Tensor) -> float:
+    """‖exact − stored‖², skipped when the float32 values hold no bits below the storage precision."""
+    if stored.dtype == torch.float32 or (stored.dtype == torch.bfloat16 and not bool((exact.view(torch.int32) & 0xFFFF).any())):
+        return 0.0
+    return torch.linalg.vector_norm(exact - stored.float()).item() ** 2
 
 
 def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
