@@ -191,7 +191,7 @@ def export_peft(
             del delta
     if not tensors:
         raise UsageError(f"{vector.path} changes no linear layer, so there is nothing a LoRA adapter can carry")
-    config = lora_config(ranks, base_model or vector.manifest.base.model_id)
+    config = lora_config(ranks, base_model or vector.manifest.base.model_id, tied=tied is not None)
     total = total_sq or 1.0
     lost_sq = sum(dropped_sq.values()) + trunc_sq
     result_path = Path(out)
@@ -214,9 +214,19 @@ def export_peft(
     )
 
 
-def lora_config(ranks: dict[str, int], base_model: str | None) -> dict:
-    """Arguments of PEFT's LoraConfig: r = the most common rank, exceptions in rank_pattern, alpha = rank."""
+def lora_config(ranks: dict[str, int], base_model: str | None, *, tied: bool = False) -> dict:
+    """Arguments of PEFT's LoraConfig: r = the most common rank, exceptions in rank_pattern, alpha = rank.
+
+    With `tied`, the embedding's and the head's adapters are declared tied (`ensure_weight_tying`, where the
+    installed PEFT has it), as they are in the model.
+    """
+    import dataclasses
+
+    from peft import LoraConfig
+
     from .card import hub_id_or_none
+
+    tying = {"ensure_weight_tying": True} if tied and "ensure_weight_tying" in {f.name for f in dataclasses.fields(LoraConfig)} else {}
 
     counts: dict[int, int] = {}
     for r in ranks.values():
@@ -241,6 +251,7 @@ def lora_config(ranks: dict[str, int], base_model: str | None) -> dict:
         "init_lora_weights": True,
         "modules_to_save": None,
         "inference_mode": True,
+        **tying,
     }
 
 

@@ -229,6 +229,12 @@ def import_peft(
         tied_head = embed
     dense: dict[str, torch.Tensor] = {}
     for saved_name, weight in lora.saved.items():
+        if saved_name.endswith("lm_head.weight") and saved_name not in tensors:
+            # mergekit saves a tied head whole beside the embedding; it is the same tensor, and the head follows.
+            embed = next((lora.saved[n] for n in lora.saved if n.endswith("embed_tokens.weight")), None)
+            if embed is not None and torch.equal(embed, weight):
+                tied_head = tied_head or saved_name
+                continue
         if saved_name not in tensors:
             problems.append(f"saved module weight {saved_name}: not a tensor of {base_ref}")
         elif tuple(weight.shape) != tensors[saved_name].shape:

@@ -169,6 +169,7 @@ def test_peft_model_of_a_tied_model_matches_transformers_base_plus_alpha_v(famil
     vec = extract(family["instruct"], tuned, tmp_path / "vec", dtype=torch.float32, quiet=True).path
     result = export_peft(Vector.open(vec), tmp_path / "lora", rank=512, alpha=0.5)
     assert result.tied_head and result.dropped_share == 0.0 and result.truncation_share < 1e-5
+    assert json.loads((tmp_path / "lora" / "adapter_config.json").read_text())["ensure_weight_tying"] is True
     ids = torch.tensor([[1, 5, 9, 42, 7, 300, 12, 511]])
     with torch.no_grad():
         reference = AutoModelForCausalLM.from_pretrained(family["instruct"], dtype=torch.float32)

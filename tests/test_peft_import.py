@@ -80,10 +80,12 @@ def test_imported_vector_applies_like_peft_with_alpha_and_rslora_scaling(adapter
 
 
 def _mergekit_style(sft: Path, grpo: Path, out: Path, rank: int = 8) -> Path:
-    """The files mergekit-extract-lora (0.1.x) writes for a Qwen2 model without --embed-lora.
+    """The files `mergekit-extract-lora --model GRPO --base-model SFT --max-rank 8` (mergekit 0.1.5) writes for
+    a tied Qwen2 model, without needing mergekit: the same names, shapes, dtypes and config keys.
 
-    Linear deltas tuned − base as lora_A (√S·Vh) / lora_B (U·√S), bias deltas as `lora_B.bias`, and every
-    module that is not a Linear (embeddings, norms) saved whole from the tuned model under `modules_to_save`.
+    Linear deltas tuned − base as lora_A (√S·Vh) / lora_B (U·√S), bias deltas as `lora_B.bias`, every module
+    that is not a Linear (embedding, norms) saved whole from the tuned model under `modules_to_save`, and the
+    tied head saved whole too, as a copy of the embedding.
     """
     out.mkdir()
     base, tuned = _weights(sft), _weights(grpo)
@@ -104,6 +106,8 @@ def _mergekit_style(sft: Path, grpo: Path, out: Path, rank: int = 8) -> Path:
         else:
             tensors[f"base_model.model.{name}"] = weight
             to_save.add(short)
+    tensors["base_model.model.lm_head.weight"] = tuned["model.embed_tokens.weight"].clone()
+    to_save.add("lm_head")
     save_file(tensors, str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
     max_rank = max(ranks.values())
     different = {k: v for k, v in ranks.items() if v != max_rank}
@@ -126,6 +130,7 @@ def test_mergekit_extract_lora_output_imports_with_saved_modules_as_dense_deltas
     assert vec.entries["model.embed_tokens.weight"].encoding == "dense" and vec.entries["model.norm.weight"].encoding == "dense"
     assert vec.entries["model.layers.0.self_attn.q_proj.bias"].encoding == "dense"
     assert result.base_model is None, "a local base path is never recorded as the base model"
+    assert result.tied_head and "lm_head.weight" not in vec.entries
     merged = _apply(tmp_path / "vec", family["sft"], tmp_path / "merged")
     grpo = _weights(family["grpo"])
     for name in ("model.embed_tokens.weight", "model.norm.weight", "model.layers.1.self_attn.k_proj.bias"):
@@ -161,3 +166,28 @@ def test_import_cli_writes_a_vector_that_rvec_checks(adapter: Path, family: dict
     data = json.loads(capsys.readouterr().out)
     assert data["lowrank"] == 15 and data["tied_head"] is True
     assert run_cli(cli, ["check", str(tmp_path / "vec"), "--base", str(family["instruct"]), "--no-precision"]) == 0
+
+
+def test_an_adapter_peft_saved_imports_to_what_peft_computes(family: dict[str, Path], tmp_path: Path) -> None:
+    """A LoRA saved by PEFT itself (nonzero B, alpha ≠ r, a module saved whole) applies as PEFT runs it."""
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(family["instruct"], dtype=torch.float32)
+    config = LoraConfig(r=4, lora_alpha=12, target_modules=["q_proj", "up_proj"], rank_pattern={"up_proj": 2},
+                        modules_to_save=["model.norm"], init_lora_weights=False)
+    peft_model = get_peft_model(model, config)
+    with torch.no_grad():
+        peft_model.base_model.model.model.norm.modules_to_save["default"].weight.mul_(1.5)
+    peft_model.save_pretrained(tmp_path / "saved")
+    result = import_peft(tmp_path / "saved", tmp_path / "vec", base=family["instruct"])
+    assert result.lowrank == 4 and result.dense == 1
+    assert Vector.open(tmp_path / "vec").entries["model.layers.0.mlp.up_proj.weight"].params == {"rank": 2}
+    _apply(tmp_path / "vec", family["instruct"], tmp_path / "merged")
+    ids = torch.tensor([[3, 14, 15, 92, 65, 35]])
+    with torch.no_grad():
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(family["instruct"], dtype=torch.float32), tmp_path / "saved")
+        expected = loaded.eval()(ids).logits
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)(ids).logits
+    assert torch.allclose(merged, expected, atol=1e-4), (merged - expected).abs().max()
