@@ -66,6 +66,24 @@ def test_packed_round_trips_bit_exactly_by_row_range_across_blocks(dtype: torch.
         assert _same_bits(CODEC.decode_rows(entry, stored, start, stop), delta[start:stop])
 
 
+def test_packed_codes_every_element_of_a_mostly_nonzero_tensor_with_either_decoder() -> None:
+    g = torch.Generator().manual_seed(5)
+    delta = (_rl_delta(30, 200) + torch.randn(30, 200, generator=g) * 1e-3).to(torch.bfloat16).float()
+    entry, stored = _round_trip(delta, rows_per_block=8)
+    assert torch.equal(stored.tensors["index"][:, 3], torch.zeros(4, dtype=torch.long))  # no gap bytes: a code per element
+    assert _same_bits(CODEC.decode_rows(entry, stored, 5, 27), delta[5:27])
+    import zstandard
+
+    _, count, escapes, _, end_gaps, end_codes, end = stored.tensors["index"][0].tolist()
+    data = stored.tensors["data"].numpy().tobytes()
+    codes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[end_gaps:end_codes]), dtype=np.uint8)
+    planes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[end_codes:end]), dtype=np.uint8)
+    escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
+    out = torch.full((count,), 7.0)
+    assert packed.scatter_torch(np.zeros(0, dtype=np.uint8), codes, stored.tensors["table"].float(), escaped, out) is None
+    assert _same_bits(out, delta[:8].reshape(-1))
+
+
 def test_packed_keeps_values_beyond_its_codebook_and_negative_zero() -> None:
     g = torch.Generator().manual_seed(3)
     delta = (torch.randn(40, 64, generator=g) * 1e-3).to(torch.bfloat16).float()  # thousands of distinct values

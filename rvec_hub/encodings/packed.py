@@ -122,11 +122,15 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
     # By default a block is one chunk of the streaming passes, so each of their reads decodes one block.
     step = rows_per_block or max(1, row_chunks((rows, cols))[0][1])
     chunks = [(a, min(rows, a + step)) for a in range(0, rows, step)]
-    blocks, err_sq = [], 0.0
-    for a, b in chunks:  # entries of every block (about 3 bytes per non-zero), then one codebook for all
+    stored_bits, err_sq = [], 0.0
+    for a, b in chunks:
         values = flat[a:b].to(dtype)
         err_sq += _rounding_error_sq(flat[a:b], values)
-        blocks.append(_entries(_bits(values).reshape(-1).numpy()))
+        stored_bits.append(_bits(values).reshape(-1).numpy())
+    # Above half non-zero, a code per element (zero is then one of the values) costs less than gaps and codes.
+    every = sum(int(np.count_nonzero(bits)) for bits in stored_bits) * 2 > rows * cols
+    blocks = [(np.zeros(0, dtype=np.uint8), bits) if every else _entries(bits) for bits in stored_bits]
+    del stored_bits
     table = _codebook(blocks, dtype)
     coder = _coder(table)
     index, frames, nnz, offset = [], [], 0, 0
@@ -141,7 +145,7 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
             offset += len(frame)
             ends.append(offset)
         index.append([b, values.size, escaped.size, gaps.size, *ends])
-        nnz += values.size
+        nnz += int(np.count_nonzero(values)) if every else values.size
     data = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if offset else torch.zeros(0, dtype=torch.uint8)
     stored = {
         "index": torch.tensor(index, dtype=torch.int64).reshape(-1, _INDEX_COLUMNS),
@@ -192,7 +196,7 @@ def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -
     for last, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes in blocks:
         if not first < last <= rows:
             problem = f"lists rows {first}-{last} of a tensor with {rows}"
-        elif min(count, escapes, gap_bytes) < 0 or escapes > count or count > (last - first) * cols or count > gap_bytes:
+        elif min(count, escapes, gap_bytes) < 0 or escapes > count or count > (last - first) * cols or (count > gap_bytes and gap_bytes):
             problem = f"counts {count} entries, {escapes} escapes and {gap_bytes} gap bytes in rows {first}-{last}"
         elif not offset <= end_gaps <= end_codes <= end_escapes <= size:
             problem = f"places the frames of rows {first}-{last} outside the {size} stored bytes"
@@ -245,6 +249,9 @@ def scatter(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: t
     Compiled by numba when it is installed (one pass, about a nanosecond per element); otherwise the
     same in torch operations (`scatter_torch`).
     """
+    if not gaps.size and codes.size:  # a code for every element
+        if codes.size != out.numel():
+            return _STATUS[7]
     kernel = _numba_kernel()
     if kernel is None:
         return scatter_torch(gaps, codes, table, escaped, out)
@@ -259,12 +266,15 @@ _STATUS = {
     4: "has more escaped codes than escaped values",
     5: "leaves codes unused",
     6: "leaves escaped values unused",
+    7: "codes every element but holds another number of codes",
 }
 
 
 def scatter_torch(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor, out: torch.Tensor) -> str | None:
     """`scatter` in torch operations, for an installation without numba."""
     out.zero_()
+    if not gaps.size and codes.size:  # a code for every element
+        return _gather_torch(torch.from_numpy(codes.astype(np.int64)), table, escaped, out)
     steps = torch.from_numpy(gaps.astype(np.int64))
     filler = steps == 0
     position = torch.cumsum(torch.where(filler, _FILLER, steps), 0) - 1
@@ -276,6 +286,15 @@ def scatter_torch(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, esca
         return _STATUS[5]
     if position.numel() and int(position[-1]) >= out.numel():
         return _STATUS[1]
+    values = torch.empty(code.numel(), dtype=torch.float32)
+    problem = _gather_torch(code, table, escaped, values)
+    if problem is None:
+        out[position] = values
+    return problem
+
+
+def _gather_torch(code: torch.Tensor, table: torch.Tensor, escaped: torch.Tensor, out: torch.Tensor) -> str | None:
+    """Each code's value (an escaped one for code 255) into `out`, which has one element per code."""
     escape = code == ESCAPE
     if bool((code[~escape] >= table.numel()).any()):
         return _STATUS[3]
@@ -284,10 +303,8 @@ def scatter_torch(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, esca
         return _STATUS[4]
     if n_escaped < escaped.numel():
         return _STATUS[6]
-    values = torch.empty(code.numel(), dtype=torch.float32)
-    values[~escape] = table[code[~escape]]
-    values[escape] = escaped
-    out[position] = values
+    out[~escape] = table[code[~escape]]
+    out[escape] = escaped
     return None
 
 
@@ -302,8 +319,21 @@ def _numba_kernel() -> Any:
     @numba.njit(nogil=True, cache=True, boundscheck=False)
     def kernel(gaps, codes, table, escaped, out):  # pragma: no cover - compiled
         n, n_codes, n_table, n_escaped = out.size, codes.size, table.size, escaped.size
-        out[:] = 0.0  # a memset, while the block is about to be in cache anyway
         p, k, e = -1, 0, 0
+        if gaps.size == 0 and n_codes == n:  # a code for every element
+            for i in range(n):
+                c = codes[i]
+                if c < n_table:
+                    out[i] = table[c]
+                elif c == 255:
+                    if e >= n_escaped:
+                        return 4
+                    out[i] = escaped[e]
+                    e += 1
+                else:
+                    return 3
+            return 0 if e == n_escaped else 6
+        out[:] = 0.0  # a memset, while the block is about to be in cache anyway
         for i in range(gaps.size):
             g = gaps[i]
             if g == 0:
