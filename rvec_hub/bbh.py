@@ -85,7 +85,7 @@ def _best(scores: dict[str, float]) -> list[str]:
 def _lettered(text: str, choices: list[str], correct: list[str]) -> tuple[str, list[str]]:
     """`text\\nOptions:\\n(A) …` and the letters of the correct choices."""
     if len(choices) > 26:
-        raise DataError(f"a question has {len(choices)} choices; at most 26 can be lettered")
+        raise DataError(f"a question has {len(choices)} choices, and options are lettered (A) to (Z)")
     letters = [f"({chr(ord('A') + i)})" for i in range(len(choices))]
     lines = "\n".join(f"{letter} {choice}" for letter, choice in zip(letters, choices))
     return f"{text}\nOptions:\n{lines}", [letters[choices.index(c)] for c in correct]

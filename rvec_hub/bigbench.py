@@ -298,7 +298,7 @@ def _schema_problem(data: Any) -> str | None:
     return None
 
 
-def _generic_question(task: dict, ex: dict, key: str) -> tuple[str, list[str]]:
+def _generic_question(task: dict, ex: dict, key: str, lettered: bool) -> tuple[str, list[str]]:
     """Any BIG-bench example as one question and its accepted answers, in BBH's style."""
     from .bbh import _best, _lettered
 
@@ -310,7 +310,9 @@ def _generic_question(task: dict, ex: dict, key: str) -> tuple[str, list[str]]:
         choices = list(scores)
         # Some tasks list the right answer first; asked by letter, the order must not give it away.
         random.Random(key).shuffle(choices)
-        return _lettered(text, choices, _best(scores))
+        if lettered:
+            return _lettered(text, choices, _best(scores))
+        return text + "\nOptions:\n" + "\n".join(f"- {c}" for c in choices), _best(scores)
     target = ex["target"]
     return text, [target] if isinstance(target, str) else list(target)
 
@@ -319,12 +321,15 @@ def bigbench_taskset(name: str, task: dict, source: str) -> TaskSet:
     """A BIG-bench task file (read and checked) as a task set scored like BBH.
 
     Multiple-choice examples (`target_scores`) are asked with lettered options and scored with the harness's
-    multiple-choice filter; generative ones (`target`) with its number filter when every target is an
+    multiple-choice filter (a task with more than 26 choices to a question: options as a list, answered
+    with the choice's text); generative ones (`target`) with its number filter when every target is an
     integer, else with its "the answer is …" filter.
     """
+    examples = task["examples"]
+    lettered = max((len(ex.get("target_scores") or ()) for ex in examples), default=0) <= 26
     tasks = [Task(q, a[0], accepted=tuple(a[1:])) for q, a in
-             (_generic_question(task, ex, f"{name}/{i}") for i, ex in enumerate(task["examples"]))]
-    if any(ex.get("target_scores") for ex in task["examples"]):
+             (_generic_question(task, ex, f"{name}/{i}", lettered) for i, ex in enumerate(examples))]
+    if lettered and any(ex.get("target_scores") for ex in examples):
         extractor = "multiple_choice"
     elif all(re.fullmatch(r"-?\d+", t.answer) for t in tasks):
         extractor = "number"

@@ -53,6 +53,8 @@ def write_sdist(path: Path, extra: dict[str, object] | None = None) -> Path:
         _add(tar, ROOT + "object_counting/task.json", json.dumps({"examples": [
             {"input": "I have a flute, a piano, and a trombone. How many musical instruments do I have?", "target": ["three", "3"]}]}).encode())
         _add(tar, ROOT + "broken/task.json", json.dumps({"examples": [{"input": "x", "answer": "y"}]}).encode())
+        _add(tar, ROOT + "many_choices/task.json", json.dumps({"examples": [
+            {"input": "Which shelf holds the atlas?", "target_scores": {f"shelf {i}": int(i == 8) for i in range(30)}}]}).encode())
         _add(tar, ROOT + "../escape/task.json", b"{}")
         for name, value in (extra or {}).items():
             _add(tar, ROOT + name + "/task.json", json.dumps(value).encode())
@@ -197,6 +199,13 @@ def test_generic_multiple_choice_letters_the_choices_in_a_fixed_shuffled_order(a
     assert right == "The black book is the leftmost."
     assert {t.answer for t in tasks.tasks} != {"(A)"}  # BIG-bench's order is not kept, so (A) is not always right
     assert load_bigbench("logical_deduction/three_objects", archive=archive) == tasks
+
+
+def test_more_choices_than_letters_are_listed_and_answered_by_their_text(archive: Archive) -> None:
+    tasks = load_bigbench("many_choices", archive=archive)
+    (task,) = tasks.tasks
+    assert tasks.answer_format == "answer_is" and task.answer == "shelf 8"
+    assert task.question.startswith("Which shelf holds the atlas?\nOptions:\n- ") and task.question.count("\n- ") == 30
 
 
 def test_generative_targets_are_answers_and_integer_targets_use_the_number_filter(archive: Archive) -> None:
