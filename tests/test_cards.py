@@ -105,3 +105,24 @@ def test_apply_card_names_a_hub_vector_with_its_version(family: dict[str, Path],
     assert ModelCard(text).data.base_model is None, "a local base has no Hub id to name"
     _no_local_path(text, family["instruct"])
 
+
+
+def test_eval_card_names_the_base_by_hub_id_or_refuses(family: dict[str, Path], vector_fp32: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from rvec_hub.answers import accuracy
+    from rvec_hub.eval_card import write_card
+    from rvec_hub.evaluate import EvalOptions, EvalReport, Score, Setting
+
+    vec = shutil.copytree(vector_fp32, tmp_path / "vec")  # extracted without --base-model
+    scores = [Score("arith", "builtin:arith@1", Setting(), accuracy(1, 2)),
+              Score("arith", "builtin:arith@1", Setting(((str(vec), 1.0),)), accuracy(2, 2))]
+    report = EvalReport(str(family["instruct"]), EvalOptions(), scores)
+    with pytest.raises(UsageError, match="--base-id"):
+        write_card(vec, report)
+    write_card(vec, report, base_id="acme/tiny-instruct")
+    text = (vec / "README.md").read_text()
+    (entry,) = ModelCard(text).data.to_dict()["model-index"]
+    assert [m["name"].split(";")[0] for m in entry["results"][0]["metrics"]] == [
+        "accuracy (base acme/tiny-instruct", "accuracy (base acme/tiny-instruct +1·vector"]
+    _no_local_path(text, family["instruct"], vec, tmp_path)

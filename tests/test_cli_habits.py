@@ -43,3 +43,17 @@ def test_eval_shows_progress_per_setting_on_a_terminal(monkeypatch: pytest.Monke
     sys.stderr.flush()
     assert result.result.n == 4
     assert "arith: base" in os.read(main, 65536).decode(errors="replace")
+
+
+def test_push_warns_when_the_card_names_no_base_model(
+    vector_fp32: Path, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rvec_hub.cli._errors import run_cli
+    from rvec_hub.cli.main import cli
+    from rvec_hub.hub.server import running_server
+
+    monkeypatch.setenv("HF_TOKEN", "a" * 32)
+    with running_server(tmp_path / "hub", {"alice": "a" * 32}) as url:
+        code = run_cli(cli, ["push", str(vector_fp32), "alice/tiny", "--version", "1.0.0", "--endpoint", url, "-q"])
+    assert code == 0
+    assert "warning: the vector names no base model (--base-model ID)" in capsys.readouterr().err

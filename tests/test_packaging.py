@@ -229,3 +229,31 @@ def test_hub_serve_without_the_server_extra_says_what_to_install(tmp_path) -> No
     run = subprocess.run([sys.executable, "-c", code, "hub", "serve", "--root", str(tmp_path)], capture_output=True, text=True)
     assert run.returncode == 1, run.stderr
     assert run.stderr.strip().splitlines() == ["error: `rvec hub serve` needs fastapi: pip install 'rvec[server]' (from a checkout: pip install '.[server]')"]
+
+
+def test_only_public_huggingface_hub_api_is_used() -> None:
+    """Names come from huggingface_hub's top level (its __all__), or from its documented errors / utils modules."""
+    import ast
+    import importlib
+
+    import huggingface_hub
+
+    public_modules = {"huggingface_hub.errors", "huggingface_hub.utils"}
+    problems = []
+    for folder in ("rvec_hub", "serving"):
+        for path in (ROOT / folder).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if not (isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "huggingface_hub"):
+                    continue
+                for alias in node.names:
+                    name = alias.name
+                    if node.module == "huggingface_hub":
+                        ok = name in huggingface_hub.__all__ or name == "constants"
+                    elif node.module in public_modules:
+                        exported = getattr(importlib.import_module(node.module), "__all__", None)
+                        ok = not name.startswith("_") and (exported is None or name in exported)
+                    else:
+                        ok = name in huggingface_hub.__all__  # e.g. hf_api.RepoFile, also exported at the top
+                    if not ok:
+                        problems.append(f"{path.relative_to(ROOT)}: from {node.module} import {name}")
+    assert not problems, "private huggingface_hub API:\n" + "\n".join(problems)

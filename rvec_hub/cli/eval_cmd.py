@@ -32,9 +32,10 @@ from ._options import json_option
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed of built-in task sets and of the order BIG-bench questions are taken in.")
 @click.option("--serve-args", default="", help='Extra vLLM arguments for `rvec serve`, e.g. "--dtype float32".')
 @click.option("--write-card", "card", type=click.Path(exists=True, file_okay=False), help="Record the results in this vector's README (model-index).")
+@click.option("--base-id", metavar="ID", help="With --write-card: the evaluated base's Hub id (default: --base if it is one, else the vector's suggested base).")
 @click.option("--hub-endpoint", envvar="HF_ENDPOINT", help="Hub endpoint for Hub references (default: HF_ENDPOINT or huggingface.co).")
 @json_option
-def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, engine, device, chat, max_tokens, ci, seed, serve_args, card, hub_endpoint, as_json):
+def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, engine, device, chat, max_tokens, ci, seed, serve_args, card, base_id, hub_endpoint, as_json):
     """Measure reasoning accuracy of a base model, then of base + α·vector, with 95 % intervals.
 
     Final answers follow the GSM8K convention: the number after `####`, else the last number. BIG-bench and
@@ -62,7 +63,7 @@ def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, en
     if card:
         from ..eval_card import write_card
 
-        write_card(card, report)
+        write_card(card, report, base_id=base_id)
     if as_json:
         echo_json(report.to_dict())
         return

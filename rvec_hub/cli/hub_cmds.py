@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from ._errors import echo_json
@@ -29,8 +31,13 @@ def push_cmd(directory, repo_id, version, private, message, endpoint, quiet, as_
       rvec push vec acme/qwen2.5-reasoning --version 1.1.0 --private -m "retrained on more math"
       rvec push vec alice/demo --version 0.1.0 --endpoint http://127.0.0.1:8080
     """
+    from ..card import card_warnings
     from ..hub.client import push
+    from ..manifest import MANIFEST_NAME, load_manifest
 
+    if (Path(directory) / MANIFEST_NAME).is_file():  # anything else push refuses with its own message
+        for warning in card_warnings(load_manifest(directory)):
+            click.echo(f"warning: {warning}", err=True)
     result = push(directory, repo_id, version, private=private, message=message, endpoint=endpoint, quiet=quiet or as_json)
     if as_json:
         echo_json(result.to_dict())
