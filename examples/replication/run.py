@@ -94,14 +94,21 @@ def measure(base: Path, vectors: list[str], alphas: list[float], n: int, device:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path(".bench-work/replication"), help="Where models and vectors go.")
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                        help="cpu: the 2-core, 30-minute run; quick: a few steps of everything; large: ~3M parameters, for a GPU.")
+    parser.add_argument("--preset", choices=sorted([*PRESETS, "smollm2", "smollm2-cpu", "smollm2-quick"]), default="cpu",
+                        help="cpu: the 2-core, 30-minute run; quick: a few steps of everything; large: ~3M parameters, for a GPU; "
+                             "smollm2, smollm2-cpu, smollm2-quick: the real SmolLM2-135M-Instruct (smollm2.py).")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu (the target of this example) or cuda.")
     parser.add_argument("--fresh", action="store_true", help="Remove the work directory first.")
     parser.add_argument("--results", type=Path, help="Where the JSON results go (default: results/PRESET-on-DEVICE.json here).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.preset.startswith("smollm2"):
+        from smollm2 import run as run_smollm2
+
+        work = args.work if args.work != parser.get_default("work") else Path(f".bench-work/replication-{args.preset}")
+        run_smollm2(args.preset, work.resolve(), args.results or HERE / "results" / f"{args.preset}-on-{args.device}.json", args.device, args.fresh)
+        return
     cfg = PRESETS[args.preset]
     results_path = args.results or HERE / "results" / f"{args.preset}-preset-on-{args.device}.json"
     work = args.work.resolve()
