@@ -57,3 +57,19 @@ def test_push_warns_when_the_card_names_no_base_model(
         code = run_cli(cli, ["push", str(vector_fp32), "alice/tiny", "--version", "1.0.0", "--endpoint", url, "-q"])
     assert code == 0
     assert "warning: the vector names no base model (--base-model ID)" in capsys.readouterr().err
+
+
+def test_quiet_also_silences_huggingface_hub_bars(vector_dir: Path, tmp_path: Path) -> None:
+    from huggingface_hub.utils import are_progress_bars_disabled, enable_progress_bars
+
+    from rvec_hub.cli._errors import run_cli
+    from rvec_hub.cli.main import cli
+
+    enable_progress_bars()
+    try:
+        assert run_cli(cli, ["export", "peft", str(vector_dir), "-o", str(tmp_path / "a"), "--rank", "2"]) == 0
+        assert not are_progress_bars_disabled()
+        assert run_cli(cli, ["export", "peft", str(vector_dir), "-o", str(tmp_path / "b"), "--rank", "2", "-q"]) == 0
+        assert are_progress_bars_disabled()
+    finally:
+        enable_progress_bars()
