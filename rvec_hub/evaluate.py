@@ -181,6 +181,9 @@ class OpenAIEngine:
             served = [m.id for m in self.client.models.list().data]
         except openai.APIConnectionError:
             raise RvecError(f"no OpenAI-compatible server answers at {url}; start one with `rvec serve` or drop --endpoint") from None
+        except openai.APIStatusError as exc:  # the message repeats the server's body: it is redacted where printed
+            said = " ".join(str(exc.message).split())[:300]
+            raise RvecError(f"{url} refused to list its models ({said}); check --endpoint and OPENAI_API_KEY") from None
         if model is not None and model not in served:
             raise UsageError(f"{url} does not serve {model!r}; it serves {', '.join(served) or 'nothing'}")
         self.model = model or served[0]

@@ -9,6 +9,7 @@ import threading
 import click
 
 from ..errors import RvecError
+from ..redact import redact
 
 
 class Terminated(KeyboardInterrupt):
@@ -55,15 +56,16 @@ def _run(group: click.Group, args: list[str] | None) -> int:
     except RvecError as exc:
         if debug:
             raise
-        click.echo(f"error: {exc}", err=True)
+        # Messages may repeat what a server said, and a server may echo the token it was sent.
+        click.echo(redact(f"error: {exc}"), err=True)
         for problem in exc.problems[:50] if len(exc.problems) > 1 else []:
-            click.echo(f"  - {problem}", err=True)
+            click.echo(redact(f"  - {problem}"), err=True)
         return exc.exit_code
     except OSError as exc:
         if debug:
             raise
         where = f" ({exc.filename})" if exc.filename else ""
-        click.echo(f"error: {exc.strerror or exc}{where}; nothing was left half-written", err=True)
+        click.echo(redact(f"error: {exc.strerror or exc}{where}; nothing was left half-written"), err=True)
         return 1
 
 
@@ -71,7 +73,7 @@ def echo_json(data: object) -> None:
     """Print JSON for scripts."""
     import json
 
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(redact(json.dumps(data, indent=2, default=str)))  # server-supplied fields may echo a token
 
 
 def exit_with(code: int) -> None:

@@ -15,7 +15,8 @@ from huggingface_hub.errors import (
     RevisionNotFoundError,
 )
 
-from ..errors import HubError
+from ..errors import HubError, RvecError
+from ..redact import redact
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
 # A push refused for want of a token may meet an `rvec hub serve` that was given none, which is read-only.
@@ -29,8 +30,11 @@ def endpoint_of(endpoint: str | None) -> str:
 
 
 def _scrub(text: str, token: str | None) -> str:
-    # Server messages never carry the token, but a proxy echoing headers might; never print it.
-    return text.replace(token, "***") if token else text
+    # Our server never echoes a token, but another Hub or a proxy echoing headers might: never print one,
+    # whether it was passed in or found by huggingface_hub (HF_TOKEN, the stored login).
+    from huggingface_hub import get_token
+
+    return redact(text, extra=(token, get_token()))
 
 
 def _server_says(exc: HfHubHTTPError) -> str:
@@ -75,7 +79,15 @@ def hub_errors(repo_id: str | None, endpoint: str, *, token: str | None = None, 
             raise HubError(f"{where}: not allowed ({said}); push under a namespace your token may write to") from None
         if status == 412:
             raise HubError(f"{where}: the repository changed while this command ran ({said}); run it again") from None
+        if status == 413:
+            raise HubError(f"{where}: too large for this Hub ({said})") from None
         raise HubError(f"{where}: the Hub answered {status}: {said}") from None
+    except ValueError as exc:
+        if isinstance(exc, RvecError):
+            raise
+        # huggingface_hub reports some server answers (LFS batch errors) as ValueError, server text included.
+        said = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        raise HubError(_scrub(f"{where}: {said}", token)) from None
     except OfflineModeIsEnabled:
         raise HubError(f"HF_HUB_OFFLINE is set, so {where} cannot be reached; unset it or use a local vector directory") from None
     except (httpx2.TransportError, ConnectionError) as exc:
