@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from .arith import check_alpha, non_finite_error
 from .defaults import LORA_RANK
-from .errors import UsageError
+from .errors import OutputExistsError, UsageError
 from .io.atomic import atomic_directory
 from .io.permissions import make_readable
 from .progress import progress
@@ -156,6 +156,8 @@ def export_peft(
     if rank < 1:
         raise UsageError(f"--rank must be at least 1, got {rank}")
     alpha = check_alpha(alpha, "--alpha")
+    if Path(out).exists() and not force:  # before the SVDs, not after them
+        raise OutputExistsError(f"{out} already exists; choose another path or pass --force to replace it")
     tensors: dict[str, torch.Tensor] = {}
     ranks: dict[str, int] = {}
     dropped_sq: dict[str, float] = {}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError, FormatError, UsageError
+from .errors import CheckpointError, FormatError, OutputExistsError, UsageError
 
 PEFT_PREFIX = "base_model.model."
 _LORA_KEY = re.compile(r"^(?P<module>.+)\.(?P<role>lora_A|lora_B|lora_embedding_A|lora_embedding_B)(?:\.weight)?$")
@@ -209,6 +209,8 @@ def import_peft(
     from .io.permissions import make_readable
     from .progress import progress
 
+    if Path(out).exists() and not force:
+        raise OutputExistsError(f"{out} already exists; choose another path or pass --force to replace it")
     lora = read_adapter(adapter)
     base_ref = base or lora.base_model
     if not base_ref:

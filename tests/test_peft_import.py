@@ -191,3 +191,13 @@ def test_an_adapter_peft_saved_imports_to_what_peft_computes(family: dict[str, P
         expected = loaded.eval()(ids).logits
         merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", dtype=torch.float32)(ids).logits
     assert torch.allclose(merged, expected, atol=1e-4), (merged - expected).abs().max()
+
+
+def test_import_refuses_an_existing_output_before_reading_anything(adapter: Path, tmp_path: Path) -> None:
+    from rvec_hub.errors import OutputExistsError
+
+    (tmp_path / "vec").mkdir()
+    (tmp_path / "vec" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputExistsError, match="--force"):
+        import_peft(adapter, tmp_path / "vec", base=tmp_path / "no-such-base")
+    assert (tmp_path / "vec" / "keep.txt").read_text() == "mine"
