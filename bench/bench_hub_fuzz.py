@@ -10,6 +10,7 @@ message. The suite runs the same harness at a small size (tests/test_hub_fuzz.py
 
     flock /tmp/rvec-bench.lock .venv/bin/python bench/bench_hub_fuzz.py                  # 100 per operation and mode
     .venv/bin/python bench/bench_hub_fuzz.py --examples 5 --out /tmp/fuzz.json           # smoke run
+    .venv/bin/python bench/bench_hub_fuzz.py --examples 20 --code /tmp/rvec-old --out /tmp/old.json  # an older tree
 
 Figures go to bench/results/hub_fuzz.json and a summary on stdout. Exit status 1 when anything was found.
 """
@@ -43,10 +44,11 @@ def main() -> int:
     parser.add_argument("--examples", type=int, default=100, help="cases per operation and generation mode")
     parser.add_argument("--seed", type=int, default=0, help="hypothesis seed")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "hub_fuzz.json")
+    parser.add_argument("--code", type=Path, help="run the server from this source tree (holding rvec_hub/)")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="rvec-fuzz-") as work, \
-            hub_process(Path(work) / "hub", TOKENS) as server:
+            hub_process(Path(work) / "hub", TOKENS, cwd=args.code.resolve() if args.code else None) as server:
         names = hubfuzz.seed(server.url, TOKENS["alice"])
         start = time.monotonic()
         report = hubfuzz.run(server.url, TOKENS, "alice", names, examples=args.examples, seed_value=args.seed)
@@ -58,6 +60,7 @@ def main() -> int:
         "load_average_1m_at_end": os.getloadavg()[0],
         "examples_per_operation_and_mode": args.examples,
         "seed": args.seed,
+        "code": str(args.code) if args.code else "this checkout",
         "operations": report.operations,
         "requests": report.requests,
         "statuses": {str(k): v for k, v in sorted(report.statuses.items())},

@@ -55,8 +55,11 @@ def write_token_file(path: Path, tokens: Mapping[str, str]) -> Path:
 
 @contextmanager
 def hub_process(root: Path, tokens: Mapping[str, str], *args: str, env: Mapping[str, str] | None = None,
-                startup_timeout_s: float = 60.0) -> Iterator[HubProcess]:
-    """Start `rvec hub serve --root ROOT` with these tokens; stop it (SIGTERM, then SIGKILL) on exit."""
+                cwd: Path | None = None, startup_timeout_s: float = 60.0) -> Iterator[HubProcess]:
+    """Start `rvec hub serve --root ROOT` with these tokens; stop it (SIGTERM, then SIGKILL) on exit.
+
+    `cwd` runs `python -m rvec_hub.cli` from another directory, so that its `rvec_hub` is imported.
+    """
     root.mkdir(parents=True, exist_ok=True)
     token_file = write_token_file(root.parent / f"{root.name}-tokens.txt", tokens)
     port = free_port()
@@ -64,7 +67,8 @@ def hub_process(root: Path, tokens: Mapping[str, str], *args: str, env: Mapping[
     command = [sys.executable, "-m", "rvec_hub.cli", "hub", "serve", "--root", str(root), "--port", str(port),
                "--token-file", str(token_file), *args]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})},
+                                   cwd=cwd)
     server = HubProcess(f"http://127.0.0.1:{port}", process, log)
     try:
         deadline = time.monotonic() + startup_timeout_s

@@ -99,7 +99,14 @@ def fsck_cmd(root: Path, as_json: bool) -> None:
       rvec hub fsck --root ./hub-data
       rvec hub fsck --root ./hub-data --json
     """
-    from rvec_hub.hub.server.integrity import fsck
+    try:
+        from rvec_hub.hub.server.integrity import fsck
+    except ModuleNotFoundError as exc:
+        if exc.name not in SERVER_MODULES:
+            raise
+        from ..errors import UsageError
+
+        raise UsageError(f"`rvec hub fsck` needs {exc.name}: pip install 'rvec[server]' (from a checkout: pip install '.[server]')") from None
 
     from ._errors import echo_json, exit_with
 
