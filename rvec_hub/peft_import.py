@@ -30,14 +30,15 @@ class LoraModule:
 
     Attributes:
         module: the module's name in the base model (`model.layers.0.self_attn.q_proj`).
-        embedding: True for an embedding LoRA (factors stored transposed).
+        transposed: True when PEFT adds (B·A)ᵀ: an embedding LoRA, or a linear one with `fan_in_fan_out`
+            (GPT-2's Conv1D stores its weight in × out).
         a: lora_A (r × in), or lora_embedding_A (r × vocab).
         b: lora_B (out × r), or lora_embedding_B (hidden × r).
         scaling: alpha / r (alpha / √r with rslora).
     """
 
     module: str
-    embedding: bool
+    transposed: bool
     a: torch.Tensor
     b: torch.Tensor
     scaling: float
@@ -48,7 +49,7 @@ class LoraModule:
         With a scale of 1 the factors are the adapter's own tensors, bit for bit; any other scale is
         multiplied into B in float32.
         """
-        a, b = (self.b.T, self.a.T) if self.embedding else (self.a, self.b)
+        a, b = (self.b.T, self.a.T) if self.transposed else (self.a, self.b)
         if self.scaling != 1.0:
             b = b.float() * self.scaling
         return a.contiguous(), b.contiguous()
@@ -151,7 +152,7 @@ def read_adapter(adapter: str | Path) -> Adapter:
             raise FormatError(f"{path}: module {module} has factors {list(a.shape)} and {list(b.shape)}, "
                               f"which do not have rank {module_r} as adapter_config.json says")
         scaling = module_alpha / (math.sqrt(module_r) if rslora else module_r)
-        result.modules.append(LoraModule(module, embedding, a, b, scaling))
+        result.modules.append(LoraModule(module, embedding or bool(config.get("fan_in_fan_out")), a, b, scaling))
     if not result.modules and not result.saved:
         raise FormatError(f"{path} holds no LoRA factors and no saved modules")
     return result

@@ -201,3 +201,19 @@ def test_import_refuses_an_existing_output_before_reading_anything(adapter: Path
     with pytest.raises(OutputExistsError, match="--force"):
         import_peft(adapter, tmp_path / "vec", base=tmp_path / "no-such-base")
     assert (tmp_path / "vec" / "keep.txt").read_text() == "mine"
+
+
+def test_fan_in_fan_out_and_embedding_loras_add_the_transposed_product(tmp_path: Path) -> None:
+    from rvec_hub.peft_import import read_adapter
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 6, generator=g), torch.randn(5, 2, generator=g)
+    (tmp_path / "c").mkdir()
+    save_file({"base_model.model.h.0.attn.c_attn.lora_A.weight": a, "base_model.model.h.0.attn.c_attn.lora_B.weight": b,
+               "base_model.model.wte.lora_embedding_A": a.clone(), "base_model.model.wte.lora_embedding_B": b.clone()},
+              str(tmp_path / "c" / "adapter_model.safetensors"))
+    (tmp_path / "c" / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 4, "fan_in_fan_out": True}))
+    deltas = {m.module: m.delta() for m in read_adapter(tmp_path / "c").modules}
+    # PEFT: Conv1D stores its weight in × out, so its delta is transpose(B·A); an embedding's is (B_e·A_e)ᵀ.
+    assert torch.allclose(deltas["h.0.attn.c_attn"], 2.0 * (b @ a).T, atol=1e-6)
+    assert torch.allclose(deltas["wte"], 2.0 * (b @ a).T, atol=1e-6)
