@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 from rvec_hub.bbh import AVAILABLE, load_bbh
@@ -30,9 +29,10 @@ def _unordered(question: str, answers: set[str]) -> tuple[tuple[str, frozenset[s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bbh", type=Path, required=True, help="the bbh/ folder of a BIG-Bench-Hard checkout")
+    parser.add_argument("--bbh-commit", default=None, help="the BIG-Bench-Hard commit checked out, recorded with the figures")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "bbh-wording.json")
     args = parser.parse_args()
-    rows, start = [], time.perf_counter()
+    rows = []
     print("| task | BBH examples | verbatim | options reordered | BIG-bench examples |\n| --- | --- | --- | --- | --- |")
     for name in AVAILABLE:
         ours = load_bbh(name)
@@ -49,7 +49,7 @@ def main() -> None:
         print(f"| {name} | {len(theirs)} | {verbatim} | {reordered} | {len(ours.tasks)} |")
     total = {k: sum(r[k] for r in rows) for k in ("bbh", "verbatim", "up_to_option_order")}
     print(f"| all | {total['bbh']} | {total['verbatim']} | {total['up_to_option_order']} | |")
-    args.out.write_text(json.dumps({"tasks": rows, "total": total, "seconds": round(time.perf_counter() - start, 1)}, indent=1) + "\n")
+    args.out.write_text(json.dumps({"bbh_commit": args.bbh_commit, "tasks": rows, "total": total}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

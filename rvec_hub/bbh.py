@@ -17,7 +17,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from .errors import DataError, UsageError
+from .bigbench import Archive, best_choices, letter_options, read_task
+from .errors import UsageError
 from .tasks import Task, TaskSet
 
 _LETTERED = "letters"
@@ -77,20 +78,6 @@ AVAILABLE = tuple(name for name, t in TASKS.items() if t.source)
 MISSING = tuple(name for name, t in TASKS.items() if not t.source)
 
 
-def _best(scores: dict[str, float]) -> list[str]:
-    top = max(scores.values())
-    return [choice for choice, score in scores.items() if score == top]
-
-
-def _lettered(text: str, choices: list[str], correct: list[str]) -> tuple[str, list[str]]:
-    """`text\\nOptions:\\n(A) …` and the letters of the correct choices."""
-    if len(choices) > 26:
-        raise DataError(f"a question has {len(choices)} choices, and options are lettered (A) to (Z)")
-    letters = [f"({chr(ord('A') + i)})" for i in range(len(choices))]
-    lines = "\n".join(f"{letter} {choice}" for letter, choice in zip(letters, choices))
-    return f"{text}\nOptions:\n{lines}", [letters[choices.index(c)] for c in correct]
-
-
 def _prefix(task: dict) -> str:
     """BBH's reading of a task's prefix: its own and the example prefix, newlines as spaces."""
     return (task.get("task_prefix", "") + task.get("example_input_prefix", "")).replace("\n", " ")
@@ -108,41 +95,41 @@ def _two_marked(text: str) -> list[str]:
 
 def _choices(ex: dict, rename: Callable[[str], str] = str) -> tuple[list[str], list[str]]:
     scores = ex["target_scores"]
-    return [rename(c) for c in scores], [rename(c) for c in _best(scores)]
+    return [rename(c) for c in scores], [rename(c) for c in best_choices(scores)]
 
 
 def _mc(text: str, ex: dict, rename: Callable[[str], str] = str, shuffle: str | None = None) -> tuple[str, list[str]]:
     choices, correct = _choices(ex, rename)
     if shuffle is not None:
         random.Random(shuffle).shuffle(choices)
-    return _lettered(text, choices, correct)
+    return letter_options(text, choices, correct)
 
 
 def _question(name: str, task: dict, ex: dict, index: int) -> tuple[str, list[str]]:
     """One BIG-bench example in BBH's words: (question, accepted targets)."""
     text = ex["input"]
     if name == "causal_judgement":
-        return f"{task['task_prefix'].strip()}\n{text}\nOptions:\n{_YES_NO}", _best(ex["target_scores"])
+        return f"{task['task_prefix'].strip()}\n{text}\nOptions:\n{_YES_NO}", best_choices(ex["target_scores"])
     if name == "navigate":
         yes = {"True": "Yes", "False": "No"}
-        return f"{task['task_prefix']} {text}\nOptions:\n{_YES_NO}", [yes[c] for c in _best(ex["target_scores"])]
+        return f"{task['task_prefix']} {text}\nOptions:\n{_YES_NO}", [yes[c] for c in best_choices(ex["target_scores"])]
     if name == "formal_fallacies":
-        return f"{text.replace(chr(10) + ' ', chr(10))}\nOptions:\n- valid \n- invalid", _best(ex["target_scores"])
+        return text.replace("\n ", "\n") + "\nOptions:\n- valid \n- invalid", best_choices(ex["target_scores"])
     if name == "sports_understanding":
         yes = {"plausible": "yes", "implausible": "no"}
-        return f'Is the following sentence plausible? "{text}."', [yes[c] for c in _best(ex["target_scores"])]
+        return f'Is the following sentence plausible? "{text}."', [yes[c] for c in best_choices(ex["target_scores"])]
     if name == "dyck_languages":
-        return f"{task['task_prefix'].strip()} Input: {text}", _best(ex["target_scores"])
+        return f"{task['task_prefix'].strip()} Input: {text}", best_choices(ex["target_scores"])
     if name == "word_sorting":
         return f"Sort the following words alphabetically: List: {text}", [ex["target"]]
     if name == "object_counting":
         return text, [t for t in ex["target"] if t.lstrip("-").isdigit()] or list(ex["target"])
     if name == "hyperbaton":
-        options, best = _two_quoted(text), _best(ex["target_scores"])
-        return _lettered(text.split(":")[0] + ":", options, [options["ab".index(b)] for b in best])
+        options, best = _two_quoted(text), best_choices(ex["target_scores"])
+        return letter_options(text.split(":")[0] + ":", options, [options["ab".index(b)] for b in best])
     if name == "snarks":
-        options, best = _two_marked(text), _best(ex["target_scores"])
-        return _lettered(text.split("(a)")[0].strip(), options, [options["ab".index(b.strip("()"))] for b in best])
+        options, best = _two_marked(text), best_choices(ex["target_scores"])
+        return letter_options(text.split("(a)")[0].strip(), options, [options["ab".index(b.strip("()"))] for b in best])
     if name == "disambiguation_qa":
         return _mc(f"{task['task_prefix']}Sentence: {text}", ex)
     if name == "movie_recommendation":
@@ -176,14 +163,12 @@ def bbh_taskset(name: str, task: dict, source: str) -> TaskSet:
     return TaskSet(f"bbh:{name}", tuple(tasks), source, answer_format=spec.extractor, description=spec.description + "\n\n")
 
 
-def load_bbh(name: str, *, archive=None) -> TaskSet:
+def load_bbh(name: str, *, archive: Archive | None = None) -> TaskSet:
     """One BBH task (`logical_deduction_three_objects`), read from the BIG-bench archive in the cache.
 
     Raises:
         UsageError: a name BBH does not have (with the closest), or one of the three not in the archive.
     """
-    from .bigbench import Archive, read_task
-
     spec = TASKS.get(name)
     if spec is None:
         import difflib
@@ -198,10 +183,8 @@ def load_bbh(name: str, *, archive=None) -> TaskSet:
     return bbh_taskset(name, read_task(path), f"bigbench:{spec.source}")
 
 
-def load_bbh_group(*, archive=None) -> list[TaskSet]:
+def load_bbh_group(*, archive: Archive | None = None) -> list[TaskSet]:
     """Every BBH task the archive holds, one task set each, read in one pass."""
-    from .bigbench import Archive, read_task
-
     archive = archive or Archive()
     paths = archive.task_files(SOURCES)
     return [bbh_taskset(name, read_task(paths[TASKS[name].source]), f"bigbench:{TASKS[name].source}") for name in AVAILABLE]
@@ -214,7 +197,7 @@ def sample(tasks: TaskSet, n: int | None, seed: int = 0) -> TaskSet:
     return replace(tasks, tasks=tuple(order[:n] if n is not None else order), source=f"{tasks.source}#shuffled@{seed}")
 
 
-def demo_tasks(name: str = "tracking_shuffled_objects_three_objects", n: int = 20, seed: int = 0, *, archive=None) -> TaskSet:
+def demo_tasks(name: str = "tracking_shuffled_objects_three_objects", n: int = 20, seed: int = 0, *, archive: Archive | None = None) -> TaskSet:
     """A small fixed set of real BBH questions: the same `n` for the same name and seed, everywhere.
 
     Example:

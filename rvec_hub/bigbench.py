@@ -298,10 +298,23 @@ def _schema_problem(data: Any) -> str | None:
     return None
 
 
+def best_choices(scores: dict[str, float]) -> list[str]:
+    """The choices with the top score (one, or several that tie)."""
+    top = max(scores.values())
+    return [choice for choice, score in scores.items() if score == top]
+
+
+def letter_options(text: str, choices: list[str], correct: list[str]) -> tuple[str, list[str]]:
+    """`text\\nOptions:\\n(A) …` and the letters of the correct choices."""
+    if len(choices) > 26:
+        raise DataError(f"a question has {len(choices)} choices, and options are lettered (A) to (Z)")
+    letters = [f"({chr(ord('A') + i)})" for i in range(len(choices))]
+    lines = "\n".join(f"{letter} {choice}" for letter, choice in zip(letters, choices))
+    return f"{text}\nOptions:\n{lines}", [letters[choices.index(c)] for c in correct]
+
+
 def _generic_question(task: dict, ex: dict, key: str, lettered: bool) -> tuple[str, list[str]]:
     """Any BIG-bench example as one question and its accepted answers, in BBH's style."""
-    from .bbh import _best, _lettered
-
     intro = task.get("task_prefix", "").strip()
     body = f"{task.get('example_input_prefix', '').strip()} {ex['input'].strip()}".strip()
     text = f"{intro}\n{body}" if intro else body
@@ -311,8 +324,8 @@ def _generic_question(task: dict, ex: dict, key: str, lettered: bool) -> tuple[s
         # Some tasks list the right answer first; asked by letter, the order must not give it away.
         random.Random(key).shuffle(choices)
         if lettered:
-            return _lettered(text, choices, _best(scores))
-        return text + "\nOptions:\n" + "\n".join(f"- {c}" for c in choices), _best(scores)
+            return letter_options(text, choices, best_choices(scores))
+        return text + "\nOptions:\n" + "\n".join(f"- {c}" for c in choices), best_choices(scores)
     target = ex["target"]
     return text, [target] if isinstance(target, str) else list(target)
 
