@@ -5,7 +5,7 @@ For each of the 24 BBH tasks the `bigbench` 1.0.0 archive holds, it counts BBH's
 shuffled the options of date_understanding and temporal_sequences, rvec shuffles them with its own seed).
 BBH's files are not on PyPI: pass a checkout of https://github.com/suzgunmirac/BIG-Bench-Hard.
 
-    .venv/bin/python bench/bbh_wording.py --bbh ~/src/BIG-Bench-Hard/bbh
+    .venv/bin/python bench/bbh_wording.py --bbh ~/src/BIG-Bench-Hard/bbh --bbh-commit COMMIT
 
 Figures go to bench/results/bbh-wording.json.
 """
