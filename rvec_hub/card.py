@@ -238,7 +238,8 @@ def write_merged_card(target: Path, base_path: Path, base_ref: str, vectors: lis
         tags=["rvec", "reasoning-vector", "merge"],
         **license_fields,
     )
-    merged = [{"name": m.name, "ref": _published_ref(ref, m), "alpha": alpha, "version": _version_of(ref)} for m, ref, alpha in vectors]
+    merged = [{"name": m.name, "repo": hub_id_or_none(ref.partition("@")[0]), "alpha": alpha, "version": _version_of(ref)}
+              for m, ref, alpha in vectors]
     card = _card(data, MERGED_TEMPLATE, base=base_id, vectors=merged, base_body=base_body.strip())
     (Path(target) / CARD_NAME).write_text(str(card))
     for name in LICENSE_FILES:

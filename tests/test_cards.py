@@ -99,9 +99,10 @@ def test_apply_card_names_a_hub_vector_with_its_version(family: dict[str, Path],
 
     out = tmp_path / "out"
     out.mkdir()
-    write_merged_card(out, family["instruct"], str(family["instruct"]), [(load_manifest(vector_dir), "acme/reasoning@1.2.0", 1.0)])
+    manifest = load_manifest(vector_dir)
+    write_merged_card(out, family["instruct"], str(family["instruct"]), [(manifest, "acme/reasoning@1.2.0", 1.0), (manifest, "acme/other", -0.5)])
     text = (out / "README.md").read_text()
-    assert "| acme/reasoning | 1.2.0 | 1 |" in text
+    assert "| acme/reasoning | 1.2.0 | 1 |" in text and "| acme/other | latest | -0.5 |" in text
     assert ModelCard(text).data.base_model is None, "a local base has no Hub id to name"
     _no_local_path(text, family["instruct"])
 
