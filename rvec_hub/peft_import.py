@@ -204,10 +204,10 @@ def import_peft(
     from .check import dtype_name
     from .io.atomic import atomic_directory
     from .io.checkpoint import open_checkpoint
+    from .io.permissions import make_readable
     from .io.safetensors_io import ShardWriter
     from .manifest import BaseSpec, Donors, ModelRef, TensorEntry, config_signature, fingerprint
     from .package import PAYLOAD_METADATA, finalize_vector
-    from .io.permissions import make_readable
     from .progress import progress
 
     if Path(out).exists() and not force:
