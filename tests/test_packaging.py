@@ -118,7 +118,7 @@ def test_cycle_finder_sees_a_cycle() -> None:
 
 # Imports inside functions that close known cycles among the task sources: `tasks.load_tasks` picks the
 # reader for a name (bbh, bigbench, hf_tasks), which build on tasks' Task and TaskSet; bigbench extracts
-# BBH's source tasks and phrases questions with BBH's helpers, while bbh reads tasks through bigbench.
+# BBH's source tasks (bbh.SOURCES) along with the ones asked for, while bbh reads tasks through bigbench.
 KNOWN_LAZY_CYCLES = {
     ("rvec_hub.tasks", "rvec_hub.bbh"),
     ("rvec_hub.tasks", "rvec_hub.bigbench"),
