@@ -19,5 +19,6 @@ def test_fuzzing_every_endpoint_from_the_openapi_schema_finds_no_server_error(tm
         report = hubfuzz.run(server.url, TOKENS, "alice", names, examples=2)
         assert server.process.poll() is None, "the server died during the fuzz"
     assert report.operations >= 20 and report.requests >= 2 * report.operations
+    print(f"fuzzed {report.requests} requests to {report.operations} operations: {dict(report.statuses)}")
     assert report.failures == [], "\n".join(report.failures[:20])
     assert any(status == 200 for status in report.statuses), "no fuzzed request got past validation"

@@ -445,6 +445,14 @@ def test_version_tags_cannot_be_deleted_or_moved_unless_the_server_allows_it(tmp
         alice.delete_repo("alice/released")
 
 
+def test_rvec_pull_takes_a_short_commit_id(url: str, vector_dir: Path, tmp_path: Path) -> None:
+    from rvec_hub.hub.client import pull, push
+
+    pushed = push(vector_dir, "alice/pinned", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    result = pull(f"alice/pinned@{pushed.commit[:7]}", output=tmp_path / "out", endpoint=url, token=ALICE, quiet=True)
+    assert result.commit == pushed.commit and (tmp_path / "out" / "rvec.json").is_file()
+
+
 def test_short_commit_ids_resolve_when_unambiguous(url: str, root: Path, tmp_path: Path) -> None:
     alice = HfApi(endpoint=url, token=ALICE)
     alice.create_repo("alice/short")
