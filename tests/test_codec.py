@@ -222,3 +222,17 @@ def test_a_sparse_vector_from_rvec_0_1_0_still_applies_and_recompresses_to_packe
         ckpt = open_checkpoint(out.path)
         merged[name] = {n: ckpt.read_rows(n) for n in ckpt.tensors}
     assert all(torch.equal(merged["old"][n], merged["new"][n]) for n in merged["old"])
+
+
+def test_load_time_merge_of_a_packed_vector_equals_the_dense_vectors(vector_dir: Path, family: dict[str, Path], tmp_path: Path) -> None:
+    from rvec_serving.merge import merged_weights
+    from rvec_serving.spec import OpenedVector
+
+    packed_dir = compress(Vector.open(vector_dir), tmp_path / "packed", device="cpu", quiet=True).path
+    base = open_checkpoint(family["instruct"])
+    weights = {name: base.read_rows(name) for name in base.tensors}
+    merged = {}
+    for label, path in (("dense", vector_dir), ("packed", packed_dir)):
+        merged[label] = dict(merged_weights(weights.items(), [OpenedVector(label, Vector.open(path), 0.8)], torch.bfloat16))
+    assert merged["dense"].keys() == merged["packed"].keys()
+    assert all(torch.equal(merged["dense"][n], merged["packed"][n]) for n in merged["dense"])
