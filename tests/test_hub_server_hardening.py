@@ -439,8 +439,8 @@ def test_version_tags_cannot_be_deleted_or_moved_unless_the_server_allows_it(tmp
         assert alice.model_info("alice/released", revision="v1.0.0").sha == first
         alice.create_tag("alice/released", tag="nightly")
         alice.delete_tag("alice/released", tag="nightly")  # only version tags are frozen
-    with running_server(tmp_path / "hub", TOKENS, allow_version_tag_rewrite=True) as url:
-        alice = HfApi(endpoint=url, token=ALICE)
+    with hub_process(tmp_path / "hub", TOKENS, "--allow-version-tag-rewrite") as server:
+        alice = HfApi(endpoint=server.url, token=ALICE)
         alice.delete_tag("alice/released", tag="v1.0.0")
         alice.delete_repo("alice/released")
 
