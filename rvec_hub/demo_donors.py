@@ -181,7 +181,7 @@ def grpo(sft_dir: Path, out: Path, tasks, recipe: Recipe, *, work: Path, device:
 
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback
     from transformers.utils import logging as hf_logging
 
     with warnings.catch_warnings():  # TRL's note on vLLM versions: its vLLM generation is not used here
@@ -203,6 +203,7 @@ def grpo(sft_dir: Path, out: Path, tasks, recipe: Recipe, *, work: Path, device:
     )
     data = Dataset.from_list([{"prompt": chat_prompt(tok, t.question), "answer": t.answer} for t in tasks])
     trainer = GRPOTrainer(model=model, processing_class=tok, reward_funcs=[reward], args=config, train_dataset=data)
+    trainer.remove_callback(PrinterCallback)  # its raw dict per step; the rewards are logged below instead
     started = time.monotonic()
     trainer.train()
     rewards = [round(h["reward"], 4) for h in trainer.state.log_history if "reward" in h]
