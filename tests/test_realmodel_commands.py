@@ -106,25 +106,23 @@ def test_apply_refuses_separate_head_delta_on_tied_base(tmp_path: Path) -> None:
     assert code == 1 and "untied copy of the base" in out
 
 
-def test_cli_extract_info_check_compress_apply_on_real_pair(smollm2_pair: dict[str, Path], merged: Path, tmp_path: Path) -> None:
+def test_cli_extract_info_check_compress_apply_on_real_pair(
+    smollm2_pair: dict[str, Path], smollm2_vector: Path, merged: Path, tmp_path: Path
+) -> None:
     ref, tuned = str(smollm2_pair["reference"]), str(smollm2_pair["tuned"])
-    vec, lossless, lowrank = tmp_path / "vec", tmp_path / "vec-lossless", tmp_path / "vec-r8"
-    code, out = _run("extract", "--reference", ref, "--tuned", tuned, "-o", str(vec), "--dtype", "fp32", "-q")
+    code, out = _run("extract", "--reference", ref, "--tuned", tuned, "-o", str(tmp_path / "vec-bf16"), "-q")
     assert code == 0, out
-    code, out = _run("info", str(vec), "--json")
+    code, out = _run("info", str(tmp_path / "vec-bf16"), "--json")
     assert code == 0 and json.loads(out)["base"]["architecture"] == "LlamaForCausalLM", out
-    code, out = _run("check", str(vec), "--base", ref, "--json")
+    code, out = _run("check", str(smollm2_vector), "--base", ref, "--json")
     assert code == 0 and json.loads(out)["ok"] is True, out
-    code, out = _run("compress", str(vec), "-o", str(lossless), "-q", "--json")
+    lossless = tmp_path / "vec-lossless"
+    code, out = _run("compress", str(smollm2_vector), "-o", str(lossless), "-q", "--json")
     assert code == 0 and json.loads(out)["compression"]["lossless"] is True, out
-    code, out = _run("compress", str(vec), "-o", str(lowrank), "--method", "lowrank", "--rank", "8", "-q")
-    assert code == 0, out
     code, out = _run("apply", f"{lossless}:{ALPHA}", "--base", ref, "-o", str(tmp_path / "merged"), "-q")
     assert code == 0, out
-    # A lossless vector from the CLI merges to the very bytes the library's float32 vector did.
+    # A lossless vector from the CLI merges to the very bytes the float32 vector did.
     assert _sha(tmp_path / "merged" / "model.safetensors") == _sha(merged / "model.safetensors")
-    code, out = _run("apply", f"{lowrank}:{ALPHA}", "--base", ref, "-o", str(tmp_path / "merged-r8"), "-q")
-    assert code == 0, out
 
 
 def test_push_and_pull_real_vector_round_trip(smollm2_vector: Path, url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -139,13 +137,13 @@ def test_push_and_pull_real_vector_round_trip(smollm2_vector: Path, url: str, tm
 
 def test_eval_runs_real_model_with_its_vector(smollm2_pair: dict[str, Path], smollm2_vector: Path, tmp_path: Path) -> None:
     tasks = tmp_path / "sums.jsonl"
-    tasks.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n" for a, b in [(12, 7), (3, 4)]))
+    tasks.write_text("".join(json.dumps({"question": f"What is {a} + {b}?", "answer": str(a + b)}) + "\n" for a, b in [(12, 7)]))
     code, out = _run("eval", "--base", str(smollm2_pair["reference"]), "--vector", f"{smollm2_vector}:1", "--tasks", str(tasks),
-                     "--engine", "transformers", "--device", "cpu", "--chat", "--max-tokens", "12", "--json")
+                     "--engine", "transformers", "--device", "cpu", "--chat", "--max-tokens", "8", "--json")
     assert code == 0, out
     report = json.loads(out)
     assert [r["vectors"] for r in report["results"]] == [[], [{"ref": str(smollm2_vector), "alpha": 1.0}]]
-    assert all(r["n"] == 2 for r in report["results"])
+    assert all(r["n"] == 1 for r in report["results"])
 
 
 def _sha(path: Path) -> str:
