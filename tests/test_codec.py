@@ -113,6 +113,21 @@ def test_packed_decodes_vectors_by_element_range_scalars_and_zeros() -> None:
     assert _same_bits(CODEC.decode_rows(entry, stored, 0, 4), torch.zeros(4, 9))
 
 
+def test_a_tensor_whose_values_are_all_distinct_writes_an_empty_codebook(tmp_path: Path) -> None:
+    delta = torch.tensor([1e-3, -2e-3, 3e-3]).to(torch.bfloat16).float()
+    stored = CODEC.encode(delta, dtype=torch.bfloat16).stored
+    assert stored["table"].numel() == 0
+    writer = ShardWriter(tmp_path, "vector", 2**30, PAYLOAD_METADATA, [(k, tuple(v.shape), v.dtype) for k, v in stored.items()])
+    for key, value in stored.items():
+        writer.add(key, value)
+    writer.finish()
+    from safetensors.torch import load_file
+
+    back = load_file(str(tmp_path / "vector.safetensors"))
+    entry = TensorEntry(name="w", shape=(3,), dtype="bfloat16", encoding="packed", keys={r: r for r in stored})
+    assert _same_bits(CODEC.decode_rows(entry, _Stored(back), 0, 3), delta)
+
+
 def test_packed_is_far_smaller_than_sparse_on_an_rl_delta() -> None:
     delta = _rl_delta(256, 512)
     packed_bytes = CODEC.encode(delta, dtype=torch.bfloat16).nbytes

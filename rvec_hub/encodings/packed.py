@@ -153,7 +153,7 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
     data = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if offset else torch.zeros(0, dtype=torch.uint8)
     stored = {
         "index": torch.tensor(index, dtype=torch.int64).reshape(-1, _INDEX_COLUMNS),
-        "table": table.view(dtype),
+        "table": table.view(dtype) if table.numel() else torch.zeros(0, dtype=dtype),  # numpy gives an empty array stride 0
         "data": data,
     }
     norm = torch.linalg.vector_norm(delta).item()
