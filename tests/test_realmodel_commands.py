@@ -94,6 +94,22 @@ def test_tied_vector_on_untied_base_moves_the_head_with_the_embedding(tmp_path: 
             assert torch.equal(out.get_tensor(name), want), name
 
 
+def test_vllm_weights_iterator_gives_untied_head_the_tied_embedding_delta(tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    from rvec_serving.merge import merged_weights
+    from rvec_serving.spec import OpenedVector
+
+    tied = write_family(tmp_path / "tied", TINY, seed=5)
+    untied = write_family(tmp_path / "untied", shapes_with(TINY, tie_word_embeddings=False), seed=5)
+    extract(tied["sft"], tied["grpo"], tmp_path / "vec", dtype=torch.float32, quiet=True)
+    vec = Vector.open(tmp_path / "vec")
+    base = load_file(str(untied["instruct"] / "model.safetensors"))
+    merged = dict(merged_weights(base.items(), [OpenedVector("vec", vec, ALPHA)], torch.bfloat16))
+    for name in (EMBEDDING, HEAD):
+        assert torch.equal(merged[name], (base[name].float() + ALPHA * vec.decode(EMBEDDING)).to(torch.bfloat16)), name
+
+
 def test_apply_refuses_separate_head_delta_on_tied_base(tmp_path: Path) -> None:
     untied = write_family(tmp_path / "untied", shapes_with(TINY, tie_word_embeddings=False), seed=4)
     tied = write_family(tmp_path / "tied", TINY, seed=4)
