@@ -404,12 +404,14 @@ def test_hub_fsck_quarantines_corruption_and_reports_lost_files(tmp_path: Path) 
     blob = root / "repos" / "alice" / "checked" / "objects" / "blobs" / sha[:2] / sha
     _flip_a_byte(blob, keep_times=True)
     (root / "repos" / "alice" / ".checked.creating-deadbeef").mkdir()  # a crash's leftover
+    (root / "repos" / "alice" / "ghost" / "tmp").mkdir(parents=True)  # remains of a repo deleted mid-upload
 
     found = subprocess.run(fsck, capture_output=True, text=True, timeout=120)
     assert found.returncode == 1, found.stdout + found.stderr
     assert f"quarantined: alice/checked: blob {sha}" in found.stdout
     assert "lost the content of w.safetensors" in found.stdout
     assert not blob.exists() and not (root / "repos" / "alice" / ".checked.creating-deadbeef").exists()
+    assert not (root / "repos" / "alice" / "ghost").exists()
 
     with hub_process(root, TOKENS) as server:  # pushing the file again repairs the repo
         HfApi(endpoint=server.url, token=ALICE).upload_file(path_or_fileobj=data, path_in_repo="w.safetensors",

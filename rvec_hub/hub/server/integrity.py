@@ -136,7 +136,8 @@ def fsck(root: Path) -> FsckReport:
     """Rehash every blob and commit under a hub root, quarantine what fails, report what is lost.
 
     Also removes what interrupted work leaves behind: half-created repos (`.NAME.creating-*`),
-    deleted repos still in `.trash`, and uploads unfinished for over an hour.
+    deleted repos still in `.trash` or left under their name without `repo.json`, and uploads
+    unfinished for over an hour.
 
     Args:
         root: the `--root` of `rvec hub serve`.
@@ -161,8 +162,9 @@ def fsck(root: Path) -> FsckReport:
             repo_id = f"{ns_dir.name}/{repo_dir.name}"
             try:
                 record = RepoRecord.model_validate_json((repo_dir / "repo.json").read_bytes())
-            except FileNotFoundError:
-                report.problems.append(f"{repo_id}: no repo.json (a deleted repo's remains); it is not served")
+            except FileNotFoundError:  # a deleted repo's remains (an upload that outlived it): never a live repo
+                shutil.rmtree(repo_dir, ignore_errors=True)
+                report.removed_leftovers.append(str(repo_dir.relative_to(root)))
                 continue
             except ValueError:
                 report.problems.append(f"{repo_id}: repo.json is not a valid repo record")
