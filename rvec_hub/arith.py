@@ -128,7 +128,11 @@ class Survival:
             err_sq = torch.linalg.vector_norm(err).item() ** 2
         scaled = abs(alpha) * torch.linalg.vector_norm(delta).item()
         if not (math.isfinite(err_sq) and math.isfinite(scaled)):
-            return False
+            # A float32 norm overflows long before its elements do: look at the values, then recount in float64.
+            if not bool(torch.isfinite(out).all()):
+                return False
+            err_sq = torch.linalg.vector_norm(out.double() - exact.double()).item() ** 2 if out.dtype != exact.dtype else 0.0
+            scaled = abs(alpha) * torch.linalg.vector_norm(delta, dtype=torch.float64).item()
         if out.dtype == exact.dtype and scaled >= _OVERFLOW_GUARD and not bool(torch.isfinite(out).all()):
             return False
         self.err_sq += err_sq

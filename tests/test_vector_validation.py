@@ -331,3 +331,15 @@ def test_survival_refuses_nothing_on_a_finite_merge():
     survival = Survival()
     assert survival.add(torch.ones(4), torch.ones(4, dtype=torch.bfloat16), torch.full((4,), 1e-3), 1.0) is True
     assert survival.add(torch.tensor([float("inf")]), torch.tensor([float("inf")], dtype=torch.bfloat16), torch.ones(1), 1.0) is False
+
+
+def test_a_delta_whose_float32_norm_overflows_but_whose_values_fit_still_applies(family, vector_dir, tmp_path):
+    # 1e38 squared overflows float32; the merged weight itself is finite, so this is no reason to refuse.
+    vec = rewrite_vector(vector_dir, tmp_path / "vec", lambda t: t.update({UP: t[UP].float()}), lambda m: next(
+        e for e in m["tensors"] if e["name"] == UP).update(dtype="float32"))
+    big = rewrite_vector(vec, tmp_path / "big", lambda t: t[UP].__setitem__((0, 0), 1e38))
+    out = tmp_path / "out"
+    code, text = _apply_cli(big, family["instruct"], out, "--out-dtype", "fp32")
+    assert code == 0, text
+    merged = load_file(out / "model.safetensors")[UP]
+    assert bool(torch.isfinite(merged).all()) and merged[0, 0].item() == pytest.approx(1e38, rel=1e-6)
