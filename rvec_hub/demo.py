@@ -159,7 +159,7 @@ def _verdict(plain, enhanced) -> str:
 
 
 def run_demo(
-    workdir: Path, *, base: Path | None = None, schedule: str = "standard", echo: Callable[[str], None] = print, timeout: float = 300.0,
+    workdir: Path, *, base: Path | None = None, schedule: str = "standard", echo: Callable[[str], None] = print, timeout: float = 900.0,
 ) -> dict:
     """Run the demo in `workdir` (replaced if present) and return what it measured.
 

@@ -156,14 +156,23 @@ def run(preset: str, work: Path, results_path: Path, device: str, fresh: bool) -
 
 
 def markdown(out: dict) -> str:
-    """Accuracy % [Wilson 95 % CI] per setting (rows) and task set (columns)."""
-    tasks = list(dict.fromkeys(m["task"] for m in out["measurements"]))
+    """Accuracy % [Wilson 95 % CI] per setting (rows) and task set (columns); "not run" where a run stopped."""
+    cfg = PRESETS[out["preset"]]
+    tasks = [ARITH, *CROSS]
+    rows = ["target", "target - 1·vector", *[f"target + {a:g}·vector" for a in cfg["alphas"]],
+            *[f"target + 1·vector-r{r}" for r in cfg["ranks"]], "target + 1·vector-random", "target - 1·vector-random",
+            "donor sft", "donor grpo"]
     cells: dict[str, dict[str, str]] = {}
     for m in out["measurements"]:
         for r in m["results"]:
-            name = r["model"] if not m["label"].startswith("donor") else m["label"]
-            name = name.replace("base", "target")
+            name = m["label"] if m["label"].startswith("donor") else r["model"].replace("base", "target")
             cells.setdefault(name, {})[m["task"]] = f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
     head = "| setting | " + " | ".join(f"{t} % [95% CI]" for t in tasks) + " |\n|---|" + "---|" * len(tasks)
-    rows = [f"| {name} | " + " | ".join(c.get(t, "not run") for t in tasks) + " |" for name, c in cells.items()]
-    return head + "\n" + "\n".join(rows)
+    lines = [f"| {name.replace(' - ', ' − ')} | " + " | ".join(cells.get(name, {}).get(t, "not run") for t in tasks) + " |" for name in rows]
+    return head + "\n" + "\n".join(lines)
+
+
+if __name__ == "__main__":  # the table of a results file: python smollm2.py results/smollm2-cpu-on-cpu.json
+    import sys
+
+    print(markdown(json.loads(Path(sys.argv[1]).read_text())))

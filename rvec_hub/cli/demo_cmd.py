@@ -14,7 +14,7 @@ import click
               help="A SmolLM2-135M-Instruct checkpoint to use (default: `rvec model build smollm2-135m-instruct`, cached).")
 @click.option("--schedule", type=click.Choice(["standard", "smoke"]), default="standard", show_default=True,
               help="standard: the donors of the demo and 60 questions; smoke: one training step of each kind and 6 questions.")
-@click.option("--timeout", type=float, default=300.0, show_default=True, help="Seconds each vLLM server may take to start.")
+@click.option("--timeout", type=float, default=900.0, show_default=True, help="Seconds each vLLM server may take to start (a busy machine needs minutes).")
 def demo_cmd(workdir: Path, base: Path | None, schedule: str, timeout: float) -> None:
     """Run the whole story offline on a real model, SmolLM2-135M-Instruct.
 
