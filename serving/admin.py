@@ -4,14 +4,17 @@
 `GET /rvec/vectors` (what is served) and `POST /rvec/vectors` (serve these vectors now); every other path goes
 to vLLM untouched. A swap:
 
-1. opens the new vectors, verifies every payload file, their structure and finiteness, and checks them against
-   the base, while the old weights keep serving; a vector that fails any of this is refused (409);
+1. opens the new vectors, verifies every payload file's sha256, their structure and that every value is finite
+   (`rvec check VEC`), and checks them against the base, while the old weights keep serving; a vector that
+   fails any of this is refused (409). All of it happens before the reload, because vLLM's in-place reload
+   cannot be rolled back once it has started to replace parameters;
 2. pauses the scheduler, waiting for requests in flight to finish on the old weights (new ones queue);
 3. points the workers' load config at the new vectors and reloads the weights through vLLM's in-place reload
    (`update_config` + `reload_weights`), which runs the same rvec loader as start-up: base + Σ αᵢ·vᵢ;
 4. resumes, so queued requests run on the new weights. The prefix cache is cleared with the pause.
 
-If the reload fails, the previous vectors are reloaded before resuming. Swaps are serialized.
+If the reload fails all the same (an I/O error), the previous vectors are reloaded where vLLM allows it;
+otherwise the error says to restart. Swaps are serialized.
 """
 
 from __future__ import annotations
@@ -111,8 +114,12 @@ class AdminMiddleware:
             try:
                 await _reload(engine, new)
             except Exception as exc:
-                await _reload(engine, old)
-                raise _Refused(500, f"reload failed, the previous vectors were restored: {_one_line(exc)}") from None
+                try:
+                    await _reload(engine, old)
+                except Exception as again:
+                    raise _Refused(500, f"swap failed ({_one_line(exc)}) and so did restoring the previous vectors "
+                                        f"({_one_line(again)}); restart the server") from None
+                raise _Refused(409, f"swap refused, the previous vectors were restored: {_one_line(exc)}") from None
             finally:
                 await engine.resume_generation()
             done = time.perf_counter()
@@ -146,9 +153,11 @@ async def _read_body(receive: Receive) -> bytes:
 
 def _prepare(base: str, specs: list, endpoint: str | None) -> list[dict]:
     """Open, fully verify and check the new vectors against the base; return their resolved config entries."""
+    from rvec_hub.check import verify_vector
+    from rvec_hub.errors import FormatError
     from rvec_hub.io.checkpoint import open_checkpoint
 
-    from .spec import VectorSpec, check_all, open_specs, verify_values
+    from .spec import VectorSpec, check_all, open_specs
 
     vectors = open_specs(specs, endpoint=endpoint)
     checkpoint = open_checkpoint(base)
@@ -157,7 +166,9 @@ def _prepare(base: str, specs: list, endpoint: str | None) -> list[dict]:
     finally:
         checkpoint.close()
     for item in vectors:
-        verify_values(item)
+        report = verify_vector(item.vector.path, vector_ref=item.ref)
+        if report.problems:
+            raise FormatError(f"{item.ref}: {report.problems[0]}", problems=report.problems)
     return [VectorSpec(str(v.vector.path.resolve()), v.alpha).to_json() for v in vectors]
 
 

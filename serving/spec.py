@@ -116,23 +116,6 @@ def check_all(vectors: list[OpenedVector], base: Checkpoint) -> None:
         )
 
 
-def verify_values(item: OpenedVector) -> None:
-    """Decode every tensor of a vector once and refuse NaN or infinite values, naming the tensor.
-
-    Raises:
-        FormatError: at the first tensor holding a non-finite value.
-    """
-    import torch
-
-    from rvec_hub.errors import FormatError
-
-    for name, entry in item.vector.entries.items():
-        if entry.encoding == "zero":
-            continue
-        if not bool(torch.isfinite(item.vector.decode(name)).all()):
-            raise FormatError(f"{item.ref}: tensor {name} holds NaN or infinite values; the vector is corrupt")
-
-
 def open_base(base: str, *, endpoint: str | None = None) -> Checkpoint:
     """Open the base for the pre-start check: a Hub model's safetensors headers only, never its weights.
 

@@ -15,6 +15,7 @@ import pytest
 
 from rvec_serving.launch import ADMIN_PATH, plan_merged
 from rvec_serving.spec import VectorSpec
+from vector_edit import rewrite_vector
 
 pytest.importorskip("vllm")
 
@@ -108,6 +109,10 @@ def test_incompatible_or_corrupt_vector_is_refused_and_the_old_weights_keep_serv
     payload.write_bytes(bytes(data))
     refused = _swap(swap_server, str(corrupt))
     assert refused.returncode == 1 and "409" in refused.stderr
+    poisoned = rewrite_vector(vector_dir, tmp_path / "nan", lambda t: t["model.layers.1.mlp.up_proj.weight"].__setitem__((3, 4), float("nan")))
+    refused = _swap(swap_server, str(poisoned))
+    assert refused.returncode == 1 and "409" in refused.stderr and "previous vectors" in refused.stderr
+    assert "model.layers.1.mlp.up_proj.weight" in refused.stderr
     wrong = _swap(swap_server, str(vector_dir), token="not-the-admin-token-at-all")
     assert wrong.returncode == 1 and "401" in wrong.stderr and "not-the-admin-token" not in wrong.stderr
     assert _probe(swap_server) == before
