@@ -293,7 +293,7 @@ def import_peft(
     sig = config_signature(ckpt.config)
     touched = {e.name: tuple(e.shape) for e in entries if e.encoding != "zero"}
     r = lora.config.get("r")
-    with atomic_directory(out, force=force) as tmp:
+    with atomic_directory(out, force=force, inputs=[adapter, ckpt.path]) as tmp:
         writer = ShardWriter(tmp, "vector", 2 * 1024**3, PAYLOAD_METADATA, [(k, tuple(t.shape), t.dtype) for k, t in stored])
         for key, tensor in stored:
             writer.add(key, tensor)

@@ -203,6 +203,17 @@ def test_import_refuses_an_existing_output_before_reading_anything(adapter: Path
     assert (tmp_path / "vec" / "keep.txt").read_text() == "mine"
 
 
+def test_import_refuses_an_output_inside_the_adapter_even_with_force(adapter: Path, family) -> None:
+    from rvec_hub.errors import UsageError
+
+    before = sorted(p.name for p in adapter.iterdir())
+    with pytest.raises(UsageError):
+        import_peft(adapter, adapter / "vec", base=family["instruct"], force=True)
+    with pytest.raises(UsageError):
+        import_peft(adapter, adapter.parent, base=family["instruct"], force=True)
+    assert sorted(p.name for p in adapter.iterdir()) == before
+
+
 def test_fan_in_fan_out_and_embedding_loras_add_the_transposed_product(tmp_path: Path) -> None:
     from rvec_hub.peft_import import read_adapter
 
