@@ -90,8 +90,10 @@ class RvecModelLoader(DefaultModelLoader):
         self.prepare(model_config)
         seen: set[str] = set()
 
+        reading = [0.0]
+
         def base_weights() -> Generator[tuple[str, torch.Tensor], None, None]:
-            for name, tensor in super(RvecModelLoader, self).get_all_weights(model_config, model):
+            for name, tensor in _timed(super(RvecModelLoader, self).get_all_weights(model_config, model), reading):
                 seen.add(name)
                 yield name, tensor
 
@@ -103,6 +105,7 @@ class RvecModelLoader(DefaultModelLoader):
             yield from lazily_merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, merging)
         else:
             yield from _timed(merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, self.merge_device), merging)
+            merging[0] -= reading[0]  # the time above includes reading the base tensors
         logger.info("rvec: tensor-parallel rank %d of %d spent %.2f s adding vectors", ranks[0], ranks[1], merging[0])
         missing = untouched(self.vectors, seen)
         if missing:
