@@ -67,8 +67,9 @@ def offline(family, vector_dir, other_vector, wide_vector, tmp_path_factory) -> 
     """Greedy tokens and logprobs of every offline configuration, by name (one engine each, one process)."""
     work = tmp_path_factory.mktemp("offline")
     v1, v2 = vector_dir, other_vector
-    export_peft(Vector.open(v1), work / "lora-v1", rank=8)
-    export_peft(Vector.open(v2), work / "lora-v2", rank=8, alpha=2.0)
+    # vLLM's Qwen2 takes no embedding LoRA, so the adapters carry the linear layers only (as `rvec serve --mode lora` exports them).
+    export_peft(Vector.open(v1), work / "lora-v1", rank=8, embeddings=False)
+    export_peft(Vector.open(v2), work / "lora-v2", rank=8, alpha=2.0, embeddings=False)
     runs = [
         {"name": "base", "llm": {"model": str(family["instruct"]), "load_format": "safetensors"}},
         {"name": "applied", "llm": {"model": _apply(family, [(v1, 1.0)], work / "applied"), "load_format": "safetensors"}},

@@ -62,8 +62,10 @@ def _state(paths: list[Path]) -> dict[str, tuple[int, int]]:
 
 def _interrupt(argv: list[str], marker: Path, pattern: str, signum: int, env: dict | None = None) -> subprocess.CompletedProcess:
     """Start `rvec`, wait for `pattern` to appear in `marker` (the run is then mid-way), send `signum`."""
+    # A shell starts background jobs with SIGINT ignored, and children inherit that; an interactive rvec
+    # (the case under test) starts with the default, which Python turns into KeyboardInterrupt.
     proc = subprocess.Popen([sys.executable, "-m", "rvec_hub.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+                            text=True, env=env, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (marker.is_dir() and any(marker.glob(pattern))):
         if proc.poll() is not None or time.monotonic() > deadline:
