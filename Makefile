@@ -24,7 +24,7 @@ demo: $(STAMP)
 	$(VENV)/bin/rvec demo
 
 test: $(STAMP)
-	$(PY) -m pytest tests -q
+	$(PY) -m pytest tests -q --durations=25
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -q -m "not vllm and not slow"
