@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import click
@@ -43,4 +44,11 @@ for command in (
 
 def main() -> None:
     """Console-script entry point."""
-    sys.exit(run_cli(cli))
+    code = run_cli(cli)
+    if code in (130, 143):
+        # The interrupted command already removed its partial output. Threads still inside torch or a read
+        # must not meet interpreter shutdown, which can abort the process instead of exiting with `code`.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
