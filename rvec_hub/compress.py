@@ -1,4 +1,4 @@
-"""`rvec compress`: re-encode a vector tensor by tensor (packed, low-rank, dense), within a target.
+"""`rvec compress`: re-encode a vector tensor by tensor (packed, low-rank, quantized, dense), within a target.
 
 Two streaming passes over the input, one tensor in memory at a time. The survey pass measures what each
 encoding would cost (the exact `packed` size, by encoding the tensor, and the singular spectrum when an
@@ -20,7 +20,7 @@ from .arith import resolve_device
 from .budget import RankCandidate, allocate_ranks, minimum_bytes, parse_size
 from .check import dtype_from_name, dtype_name
 from .defaults import COMPRESS_METHODS
-from .encodings import ENCODINGS, lowrank, packed
+from .encodings import ENCODINGS, lowrank, packed, quantized
 from .errors import FormatError, UsageError
 from .io.atomic import atomic_directory
 from .io.safetensors_io import DTYPES, ShardWriter
@@ -42,11 +42,13 @@ class Target:
     Attributes:
         method: `auto` (smallest encoding that meets the target; lossless unless a rank, energy or
             budget is given), `sparse` (the lossless `packed` encoding for every changed tensor),
-            `lowrank` or `dense`.
+            `lowrank`, `quantized` (lossy: every matrix's non-zeros coded in `bits` bits) or `dense`.
         rank: one rank for every matrix.
         energy: the share of each matrix's squared singular values to keep, in (0, 1].
         budget: total payload bytes.
         factor_dtype: storage dtype of low-rank factors.
+        bits: bits per kept value of the `quantized` encoding, 1 to 8.
+        keep: share of each matrix's non-zero entries the `quantized` encoding keeps, the largest, in (0, 1].
     """
 
     method: str = "auto"
@@ -54,11 +56,13 @@ class Target:
     energy: float | None = None
     budget: int | None = None
     factor_dtype: torch.dtype = torch.bfloat16
+    bits: int | None = None
+    keep: float | None = None
 
     @property
     def lossy(self) -> bool:
-        """True when a low-rank target was given."""
-        return self.rank is not None or self.energy is not None or self.budget is not None
+        """True when a low-rank or quantized target was given."""
+        return self.rank is not None or self.energy is not None or self.budget is not None or self.bits is not None
 
     def problems(self) -> list[str]:
         """Every contradiction or out-of-range value."""
@@ -78,7 +82,23 @@ class Target:
             out.append("--method lowrank needs --rank, --energy or --budget")
         if self.method in ("sparse", "dense") and given:
             out.append(f"--method {self.method} is lossless; --{given[0]} applies to lowrank or auto")
+        if self.method == "quantized":
+            if given:
+                out.append(f"--method quantized takes --bits and --keep, not --{given[0]}")
+            if self.bits is None:
+                out.append("--method quantized needs --bits (1 to 8), e.g. --bits 2")
+        elif self.bits is not None or self.keep is not None:
+            out.append(f"--{'bits' if self.bits is not None else 'keep'} applies to --method quantized")
+        if self.bits is not None and not 1 <= self.bits <= quantized.MAX_BITS:
+            out.append(f"bits {self.bits} must be from 1 to {quantized.MAX_BITS}")
+        if self.keep is not None and not 0.0 < self.keep <= 1.0:
+            out.append(f"keep {self.keep} is outside (0, 1]; 0.5 keeps the larger half of each matrix's non-zero entries")
         return out
+
+    @property
+    def quantized_options(self) -> dict[str, Any]:
+        """Options of the `quantized` encoder for this target."""
+        return {"bits": self.bits, "keep": 1.0 if self.keep is None else self.keep}
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,7 @@ class Survey:
     nnz: int | None = None  # None: not measured, the tensor can only stay dense
     packed: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None  # stored shapes of the `packed` encoding, by role
     energies: torch.Tensor | None = None
+    quantized: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None  # stored shapes of `quantized`, when asked for
 
     @property
     def dense_bytes(self) -> int:
@@ -139,6 +160,8 @@ def compress(
     energy: float | None = None,
     budget: int | str | None = None,
     factor_dtype: torch.dtype | str = torch.bfloat16,
+    bits: int | None = None,
+    keep: float | None = None,
     device: str | None = None,
     probe_base: str | Path | None = None,
     name: str | None = None,
@@ -151,11 +174,13 @@ def compress(
     Args:
         vector: the opened input vector, in any encoding.
         out: the vector directory to create.
-        method: `auto`, `sparse`, `lowrank` or `dense` (see `Target`).
+        method: `auto`, `sparse`, `lowrank`, `quantized` or `dense` (see `Target`).
         rank: low-rank factors of this rank for every matrix (smaller matrices keep a lossless encoding).
         energy: per matrix, the smallest rank that keeps this share of the squared singular values.
         budget: total payload bytes (`200MB`), spent greedily where it captures the most energy.
         factor_dtype: dtype of the low-rank factors.
+        bits: with method `quantized`, bits per kept value (1 to 8).
+        keep: with method `quantized`, the share of each matrix's non-zero entries kept (default 1.0).
         device: where SVDs run, `cpu` or `cuda` (default: cuda when available).
         probe_base: a base model (directory or Hub id) to measure next-token KL against the input vector.
         name: vector name (default: the input's).
@@ -167,10 +192,11 @@ def compress(
     Example:
         >>> compress(Vector.open("vec"), "vec-r64", rank=64)
         >>> compress(Vector.open("vec"), "vec-lossless")  # packed where it pays, bit-exact
+        >>> compress(Vector.open("vec"), "vec-q2", method="quantized", bits=2)
     """
     if isinstance(factor_dtype, str):
         factor_dtype = dtype_from_name(factor_dtype)
-    target = Target(method, rank, energy, parse_size(budget) if budget is not None else None, factor_dtype)
+    target = Target(method, rank, energy, parse_size(budget) if budget is not None else None, factor_dtype, bits, keep)
     problems = target.problems()
     if problems:
         raise UsageError(problems[0] + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""), problems=problems)
@@ -224,8 +250,9 @@ def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[st
             _check_finite(entry.name, delta)
             nnz, stored = _packed_size(delta, dtype) if measure else (None, None)
             energies = lowrank.spectrum(delta, device=device) if want_spectrum and matrix else None
+            coded = _quantized_size(delta, target) if target.method == "quantized" and matrix else None
             del delta
-            out[entry.name] = Survey(entry.name, shape, dtype, nnz, stored, energies)
+            out[entry.name] = Survey(entry.name, shape, dtype, nnz, stored, energies, quantized=coded)
             bar.update(1)
     return out
 
@@ -235,6 +262,12 @@ def _packed_size(delta: torch.Tensor, dtype: torch.dtype) -> tuple[int, dict[str
     encoded = packed.CODEC.encode(delta, dtype=dtype)
     nnz = int(encoded.stored["index"][:, 1].sum())
     return nnz, {role: (tuple(t.shape), t.dtype) for role, t in encoded.stored.items()}
+
+
+def _quantized_size(delta: torch.Tensor, target: Target) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Stored shapes of the `quantized` encoding, found by encoding (the write pass encodes again, identically)."""
+    encoded = quantized.CODEC.encode(delta, **target.quantized_options)
+    return {role: (tuple(t.shape), t.dtype) for role, t in encoded.stored.items()}
 
 
 def _factors_pay(shape: tuple[int, ...], dtype: torch.dtype, target: Target) -> bool:
@@ -253,6 +286,10 @@ def make_plans(surveys: dict[str, Survey], target: Target) -> dict[str, Plan]:
     plans = {}
     for s in surveys.values():
         lossless = _lossless_plan(s, target.method)
+        if target.method == "quantized":
+            coded = Plan(s.name, "quantized", target.quantized_options, {f"{s.name}.{role}": v for role, v in s.quantized.items()}) if s.quantized else None
+            plans[s.name] = coded if coded is not None and coded.nbytes < lossless.nbytes else lossless
+            continue
         r = ranks.get(s.name)  # None: no low-rank target; 0: the budget affords the lossless encoding
         low = _lowrank_plan(s, r, target.factor_dtype) if r else None
         if low is None:
@@ -394,6 +431,8 @@ def _summary(entries: list[TensorEntry], target: Target, source: Vector, payload
         "energy_target": target.energy,
         "budget_bytes": target.budget,
         "factor_dtype": dtype_name(target.factor_dtype) if matrices else None,
+        "bits": target.bits,
+        "keep": target.keep if target.bits is not None else None,
         "payload_bytes": payload_bytes,
         "dense_bytes": dense_bytes,
         "ratio_to_dense": payload_bytes / dense_bytes if dense_bytes else 1.0,

@@ -1,0 +1,204 @@
+"""The lossy `quantized` encoding: error bounds, row ranges, corrupt payloads refused, and `rvec compress` with it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rvec_hub import FormatError, UsageError, Vector, apply_vectors, compress, open_checkpoint
+from rvec_hub.cli._errors import run_cli
+from rvec_hub.cli.main import cli
+from rvec_hub.encodings import ENCODINGS, quantized
+from rvec_hub.manifest import TensorEntry, load_manifest
+
+CODEC = ENCODINGS["quantized"]
+
+
+class _Stored:
+    """The Payload protocol over encoded tensors held in memory."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        return self.tensors[key][start:stop]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensors[key].dtype
+
+
+def _rl_delta(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
+    """bf16 weights moved by far less than a step and rounded back: a sparse delta of a few ULPs."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(rows, cols, generator=g) * 0.02).to(torch.bfloat16).float()
+    return ((w + torch.randn(rows, cols, generator=g) * 1.5e-5).to(torch.bfloat16).float() - w)
+
+
+def _encoded(delta: torch.Tensor, **options) -> tuple[TensorEntry, _Stored]:
+    encoded = CODEC.encode(delta, **options)
+    entry = TensorEntry(
+        name="w", shape=tuple(delta.shape), dtype="bfloat16", encoding="quantized",
+        keys={role: role for role in encoded.stored}, params=encoded.params, stats=encoded.stats,
+    )
+    stored = _Stored(dict(encoded.stored))
+    assert CODEC.validate(entry, stored) == []
+    return entry, stored
+
+
+def _rel(delta: torch.Tensor, approx: torch.Tensor) -> float:
+    return (torch.linalg.vector_norm(delta - approx) / torch.linalg.vector_norm(delta)).item()
+
+
+def test_error_falls_with_bits_and_matches_the_recorded_error() -> None:
+    delta = _rl_delta(64, 200)
+    errors = []
+    for bits in (1, 2, 4, 8):
+        entry, stored = _encoded(delta, bits=bits, rows_per_block=10)
+        decoded = CODEC.decode_rows(entry, stored, 0, 64)
+        errors.append(_rel(delta, decoded))
+        assert errors[-1] == pytest.approx(entry.stats["rel_error"], rel=1e-4, abs=1e-6)
+        # Zeros stay zero and every non-zero is kept: the positions are exact.
+        assert torch.equal(decoded != 0, delta != 0)
+    assert errors == sorted(errors, reverse=True)
+    assert errors[0] < 0.65 and errors[-1] < 0.02  # a sign and a row scale already halve the error of zeroing
+
+
+def test_keep_drops_the_smallest_entries() -> None:
+    delta = _rl_delta(32, 100)
+    entry, stored = _encoded(delta, bits=8, keep=0.5)
+    decoded = CODEC.decode_rows(entry, stored, 0, 32)
+    kept = decoded != 0
+    assert kept.sum().item() == pytest.approx(0.5 * (delta != 0).sum().item(), rel=0.05)
+    assert delta[kept].abs().min() >= delta[(delta != 0) & ~kept].abs().max()
+    assert entry.params["density"] == pytest.approx(kept.float().mean().item())
+
+
+def test_any_row_range_decodes_as_the_same_rows_of_the_whole() -> None:
+    delta = _rl_delta(30, 70, seed=3)
+    entry, stored = _encoded(delta, bits=3, rows_per_block=7)
+    whole = CODEC.decode_rows(entry, stored, 0, 30)
+    for start, stop in [(0, 7), (5, 9), (13, 30), (29, 30)]:
+        assert torch.equal(CODEC.decode_rows(entry, stored, start, stop), whole[start:stop])
+
+
+def test_compiled_and_torch_scatters_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    if quantized._numba_kernel() is None:
+        pytest.skip("numba is not installed")
+    delta = _rl_delta(8, 40)
+    entry, stored = _encoded(delta, bits=2)
+    fast = CODEC.decode_rows(entry, stored, 0, 8)
+    monkeypatch.setattr(quantized, "_numba_kernel", lambda: None)
+    assert torch.equal(CODEC.decode_rows(entry, stored, 0, 8), fast)
+
+
+def _frames(stored: _Stored) -> tuple[list[int], np.ndarray, np.ndarray]:
+    import zstandard
+
+    index = stored.tensors["index"][0].tolist()
+    data = stored.tensors["data"].numpy().tobytes()
+    gaps = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[: index[4]]), dtype=np.uint8).copy()
+    codes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[index[4] : index[5]]), dtype=np.uint8).copy()
+    return index, gaps, codes
+
+
+def _rebuilt(stored: _Stored, gaps: np.ndarray, codes: np.ndarray) -> _Stored:
+    """The one-block payload with other gap and code streams, its index made consistent with them."""
+    import zstandard
+
+    a, b = zstandard.ZstdCompressor().compress(gaps.tobytes()), zstandard.ZstdCompressor().compress(codes.tobytes())
+    index = stored.tensors["index"].clone()
+    index[0, 1:] = torch.tensor([codes.size, 0, gaps.size, len(a), len(a) + len(b), len(a) + len(b)])
+    return _Stored({**stored.tensors, "index": index, "data": torch.frombuffer(bytearray(a + b), dtype=torch.uint8)})
+
+
+@pytest.mark.parametrize(
+    "corrupt, message",
+    [
+        (lambda g, c: (np.r_[g[:-1], np.uint8(255)], c), "past its last element"),
+        (lambda g, c: (g, np.r_[c[:-1], np.uint8(4)]), "code outside its codebook"),
+        (lambda g, c: (g, c[:-1]), "more gaps than codes"),
+        (lambda g, c: (g[:-1], c[:-1].copy()), None),  # consistent but shorter: decodes
+        (lambda g, c: (g[:-1], c), "index counts .* entries, 0 escapes and .* gap bytes"),
+    ],
+)
+def test_corrupt_streams_are_refused_with_the_tensor_named(corrupt, message) -> None:
+    delta = _rl_delta(6, 50)
+    entry, stored = _encoded(delta, bits=2)
+    _, gaps, codes = _frames(stored)
+    broken = _rebuilt(stored, *corrupt(gaps, codes))
+    if message is None:
+        CODEC.decode_rows(entry, broken, 0, 6)
+        return
+    with pytest.raises(FormatError, match=f"tensor w: .*{message}.*; the vector is corrupt"):
+        CODEC.decode_rows(entry, broken, 0, 6)
+
+
+def test_corrupt_index_scales_and_codebook_are_refused() -> None:
+    delta = _rl_delta(20, 30)
+    entry, stored = _encoded(delta, bits=2, rows_per_block=5)
+    index = stored.tensors["index"].clone()
+    index[-1, 0] = 19
+    with pytest.raises(FormatError, match="tensor w: .*index covers 19 of 20 rows"):
+        CODEC.decode_rows(entry, _Stored({**stored.tensors, "index": index}), 0, 20)
+    escaped = stored.tensors["index"].clone()
+    escaped[0, 2] = 1
+    with pytest.raises(FormatError, match="tensor w: the quantized block from row 0 lists escaped values"):
+        CODEC.decode_rows(entry, _Stored({**stored.tensors, "index": escaped}), 0, 20)
+    scales = stored.tensors["scales"].clone()
+    scales[3] = float("nan")
+    with pytest.raises(FormatError, match="tensor w: a quantized row scale from row 0 is NaN"):
+        CODEC.decode_rows(entry, _Stored({**stored.tensors, "scales": scales}), 0, 20)
+    table = stored.tensors["table"].clone()
+    table[0] = float("inf")
+    with pytest.raises(FormatError, match="tensor w: the quantized codebook holds NaN or Inf"):
+        CODEC.decode_rows(entry, _Stored({**stored.tensors, "table": table}), 0, 20)
+    data = stored.tensors["data"].clone()
+    data[:8] = 0
+    with pytest.raises(FormatError, match="tensor w: .*(does not decompress|holds .* bytes)"):
+        CODEC.decode_rows(entry, _Stored({**stored.tensors, "data": data}), 0, 20)
+
+
+def test_validate_names_bad_bits_and_stored_shapes() -> None:
+    entry, stored = _encoded(_rl_delta(4, 30), bits=2)
+    assert "quantized bits 9" in CODEC.validate(entry.model_copy(update={"params": {**entry.params, "bits": 9}}), stored)[0]
+    short = _Stored({**stored.tensors, "table": stored.tensors["table"][:3], "scales": stored.tensors["scales"].float()})
+    problems = CODEC.validate(entry, short)
+    assert len(problems) == 2 and "stored table 'table' has shape [3], expected [4]" in problems[0] and "expected bfloat16" in problems[1]
+
+
+def test_compress_quantized_applies_as_its_decoded_deltas(vector_fp32: Path, family: dict[str, Path], tmp_path: Path) -> None:
+    code = run_cli(cli, ["compress", str(vector_fp32), "-o", str(tmp_path / "q"), "--method", "quantized", "--bits", "2", "--keep", "0.8", "-q"])
+    assert code == 0
+    manifest = load_manifest(tmp_path / "q")
+    coded = [t for t in manifest.tensors if t.encoding == "quantized"]
+    assert coded and all(t.params["bits"] == 2 and len(t.shape) == 2 for t in coded)
+    assert manifest.compression["bits"] == 2 and manifest.compression["keep"] == 0.8 and not manifest.compression["lossless"]
+    assert 0 < manifest.compression["rel_error"] < 1
+    dense = compress(Vector.open(tmp_path / "q"), tmp_path / "d", method="dense", quiet=True, device="cpu").path
+    merged = []
+    for vec, out in [(tmp_path / "q", tmp_path / "m1"), (dense, tmp_path / "m2")]:
+        apply_vectors([(Vector.open(vec), 1.0)], open_checkpoint(family["instruct"]), out, out_dtype=torch.float32, quiet=True, device="cpu")
+        ckpt = open_checkpoint(out)
+        merged.append({n: ckpt.read_rows(n) for n in ckpt.tensors})
+    assert all(torch.equal(merged[0][n], merged[1][n]) for n in merged[1])
+
+
+def test_cli_quantized_options_are_checked_in_one_line(vector_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    for argv, message in [
+        (["--method", "quantized"], "--method quantized needs --bits"),
+        (["--bits", "2"], "--bits applies to --method quantized"),
+        (["--method", "quantized", "--bits", "9"], "bits 9 must be from 1 to 8"),
+        (["--method", "quantized", "--bits", "2", "--keep", "0"], "keep 0.0 is outside (0, 1]"),
+    ]:
+        code = run_cli(cli, ["compress", str(vector_dir), "-o", str(tmp_path / "x"), "-q", *argv])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(UsageError, match="not --rank"):
+        compress(Vector.open(vector_dir), tmp_path / "x", method="quantized", bits=2, rank=4, quiet=True)
