@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import fused
 from .arith import Survival, Workspace, add_rows, check_alpha, resolve_device, row_chunks, streaming_threads
 from .card import write_merged_card
 from .check import compatibility, dtype_name
@@ -83,13 +84,17 @@ def apply_vectors(
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
         chunks = read_ahead(_chunks(plan, base, vectors, device))
         with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar, closing(chunks), _corruption_first(vectors):
-            for name, shape, dtype, start, rows, terms in chunks:
+            for name, shape, dtype, start, stop, rows, terms in chunks:
                 if start == 0:
                     writer.begin(name, shape, dtype)
                     changed += bool(terms)
-                if terms:
+                if len(terms) == 1 and terms[0][2] is None:  # one vector, fused into the bf16 rows in place
+                    i, (vector, src), _, alpha = terms[0]
+                    fused.add_in_place(rows, vector, src, start, stop, alpha, survival[i], name=name,
+                                       pristine=lambda: base.read_rows(name, start, stop) if shape else base.read_rows(name))
+                elif terms:
                     rows = add_rows(
-                        rows.to(device), [(d, a) for _, d, a in terms], dtype, [survival[i] for i, _, _ in terms], workspace=workspace, name=name
+                        rows.to(device), [(d, a) for _, _, d, a in terms], dtype, [survival[i] for i, _, _, _ in terms], workspace=workspace, name=name
                     ).cpu()
                 elif rows.dtype != dtype:
                     rows = rows.to(dtype)
@@ -120,13 +125,19 @@ def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
 
 
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):
-    """Per chunk of rows, in plan order: the tensor, the first row, the base rows, and each vector's delta rows."""
+    """Per chunk of rows, in plan order: the tensor, its row range, the base rows, and per vector
+    (index, (vector, source tensor), delta rows, alpha); the delta rows are None where one vector's
+    delta is to be fused into the rows (`rvec_hub.fused`) instead of decoded here."""
     for name, shape, dtype in plan:
         # A tied-donor vector's embedding delta also reaches a base's separate output head (rvec_hub.tied).
         active = [(i, v, a, src) for i, (v, a) in enumerate(vectors) if (src := delta_source(v, name)) and a != 0.0]
         for start, stop in row_chunks(shape):
             rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
-            yield name, shape, dtype, start, rows, [(i, v.decode_rows(src, start, stop).to(device), a) for i, v, a, src in active]
+            if len(active) == 1 and device.type == "cpu" and fused.applies(active[0][1], active[0][3], rows, dtype):
+                i, v, a, src = active[0]
+                yield name, shape, dtype, start, stop, rows, [(i, (v, src), None, a)]
+                continue
+            yield name, shape, dtype, start, stop, rows, [(i, (v, src), v.decode_rows(src, start, stop).to(device), a) for i, v, a, src in active]
 
 
 def _copy_sidecars(source: Path, target: Path, out_dtype: torch.dtype | None) -> None:

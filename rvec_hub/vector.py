@@ -184,6 +184,13 @@ class Vector:
         entry = self.entries[name]
         return ENCODINGS[entry.encoding].decode_rows(entry, self, start, stop)
 
+    def add_into(self, name: str, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float] | None:
+        """Add α·(rows `[start, stop)` of the delta for `name`) to bf16 `rows` in place with the encoding's
+        fused kernel (`rvec_hub.fused`); None, rows untouched, when the encoding has none."""
+        entry = self.entries[name]
+        add = ENCODINGS[entry.encoding].add_into
+        return None if add is None else add(entry, self, start, stop, rows, alpha)
+
     def decode(self, name: str) -> torch.Tensor:
         """The whole delta for `name`, in float32."""
         entry = self.entries[name]

@@ -19,7 +19,7 @@ from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
 from rvec_hub.arith import Survival
 from rvec_hub.check import dtype_name
-from rvec_hub.errors import CompatibilityError
+from rvec_hub.errors import CompatibilityError, RvecError
 from rvec_hub.io.checkpoint import open_checkpoint
 
 from .merge import merged_weights, untouched
@@ -61,7 +61,8 @@ class RvecModelLoader(DefaultModelLoader):
             return
         started = time.perf_counter()
         base = open_checkpoint(self._base_folder(model_config))
-        vectors = open_specs(self.specs, endpoint=self.endpoint)
+        # Payloads are hashed on a thread while the weights merge; get_all_weights waits before it returns.
+        vectors = open_specs(self.specs, endpoint=self.endpoint, background_verify=True)
         check_all(vectors, base)
         base.close()
         self.vectors = vectors
@@ -99,20 +100,32 @@ class RvecModelLoader(DefaultModelLoader):
 
         ranks = _tensor_parallel()
         merging = [0.0]
-        if ranks[1] > 1 and self.merge_device is None:
-            # On CPU each rank adds the vectors only to the slice of each tensor its weight loaders keep;
-            # an accelerator merges whole tensors faster than its host could slice them.
-            yield from lazily_merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, merging)
-        else:
-            yield from _timed(merged_weights(base_weights(), self.vectors, model_config.dtype, self.survival, self.merge_device), merging)
-            merging[0] -= reading[0]  # the time above includes reading the base tensors
+        try:
+            yield from self._merged(base_weights(), model_config, ranks, reading, merging)
+        except RvecError:
+            # Flipped bytes are the likeliest cause of a bad value; their fix (fetch again) differs from a bad vector's.
+            for item in self.vectors:
+                item.vector.wait_verified()
+            raise
         logger.info("rvec: tensor-parallel rank %d of %d spent %.2f s adding vectors", ranks[0], ranks[1], merging[0])
+        for item in self.vectors:
+            item.vector.wait_verified()  # a payload that fails its sha256 fails the load before anything is served
         missing = untouched(self.vectors, seen)
         if missing:
             raise CompatibilityError(
                 f"{len(missing)} tensors the vectors change never came from the base checkpoint, e.g. {missing[0]}",
                 problems=missing,
             )
+
+    def _merged(self, weights: Generator, model_config: ModelConfig, ranks: tuple[int, int], reading: list[float], merging: list[float]) -> Generator:
+        """The base weights with every vector added, timing the adding into `merging`."""
+        if ranks[1] > 1 and self.merge_device is None:
+            # On CPU each rank adds the vectors only to the slice of each tensor its weight loaders keep;
+            # an accelerator merges whole tensors faster than its host could slice them.
+            yield from lazily_merged_weights(weights, self.vectors, model_config.dtype, self.survival, merging)
+        else:
+            yield from _timed(merged_weights(weights, self.vectors, model_config.dtype, self.survival, self.merge_device), merging)
+            merging[0] -= reading[0]  # the time above includes reading the base tensors
 
     def _report(self, dtype: torch.dtype) -> None:
         for item, kept in zip(self.vectors, self.survival):

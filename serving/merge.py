@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
 
 import torch
 
+from rvec_hub import fused
 from rvec_hub.arith import Survival, add_rows, row_chunks
 from rvec_hub.tied import delta_source
 
@@ -38,6 +41,8 @@ def merge_tensor(
     if not active or not base.dtype.is_floating_point:
         return base
     src = {i: delta_source(vectors[i].vector, name) for i in active}
+    if len(active) == 1 and device is None and fused.applies(vectors[active[0]].vector, src[active[0]], base, out_dtype):
+        return _fused(name, base, vectors[active[0]], src[active[0]], survival[active[0]])
     if device is not None and base.device != device:
         base = base.to(device, non_blocking=True)
     shape = tuple(base.shape)
@@ -53,6 +58,39 @@ def merge_tensor(
         terms = [(vectors[i].vector.decode_rows(src[i], start, stop).to(base.device), vectors[i].alpha) for i in active]
         out[start:stop] = add_rows(base[start:stop], terms, out_dtype, [survival[i] for i in active], name=name)
     return out
+
+
+def _fused(name: str, base: torch.Tensor, item: OpenedVector, source: str, survival: Survival) -> torch.Tensor:
+    """base + α·Δ for one vector into a bf16 copy of `base`, with `rvec_hub.fused`'s kernels.
+
+    Chunks are independent (disjoint rows, kernels that release the GIL), so they spread over the
+    threads torch may use: the cores vLLM gave this worker.
+    """
+    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    shape = tuple(base.shape)
+    parts = [Survival() for _ in row_chunks(shape)]
+
+    def one(chunk: tuple[int, int], kept: Survival) -> None:
+        start, stop = chunk
+        rows, pristine = (out, base) if not shape else (out[start:stop], base[start:stop])
+        rows.copy_(pristine)
+        fused.add_in_place(rows, item.vector, source, start, stop, item.alpha, kept, name=name, pristine=lambda: pristine)
+
+    chunks = row_chunks(shape)
+    workers = min(len(chunks), torch.get_num_threads())
+    if workers > 1:
+        list(_pool(workers).map(one, chunks, parts))
+    else:
+        for chunk, kept in zip(chunks, parts):
+            one(chunk, kept)
+    for kept in parts:
+        survival.merge(kept)
+    return out
+
+
+@lru_cache(maxsize=4)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rvec-merge")
 
 
 def merged_weights(

@@ -52,12 +52,17 @@ class Codec:
             stored shapes and dtypes against the manifest entry and each other), one string each, from
             the payload header alone: it reads no values and runs on every open. Required, so an encoding
             cannot be registered without it.
+        add_into: optional; adds α·(rows `[start, stop)` of the delta) to bf16 rows in place, with
+            `rvec_hub.fused`'s kernels, and returns (status, rounding error², ‖α·Δ‖²). Status 0 is
+            success, `fused.BAD_VALUE` a sum that is not finite (the rows are then garbage). It raises
+            FormatError as `decode_rows` does. Without it, callers decode and add in float32.
     """
 
     name: str
     decode_rows: Callable[[TensorEntry, Payload, int, int], torch.Tensor]
     encode: Callable[..., Encoded] | None = None
     validate: Callable[[TensorEntry, Payload], list[str]] = field(kw_only=True)
+    add_into: Callable[[TensorEntry, Payload, int, int, torch.Tensor, float], tuple[int, float, float]] | None = field(default=None, kw_only=True)
 
 
 def expect_keys(entry: TensorEntry, roles: Collection[str]) -> list[str]:

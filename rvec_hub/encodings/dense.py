@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import fused
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored, storage_dtype
 
@@ -13,6 +14,11 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     if not entry.shape:
         return payload.read(key).float()
     return payload.read(key, start, stop).float()
+
+
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    key = entry.keys["delta"]
+    return fused.add_dense(rows, payload.read(key) if not entry.shape else payload.read(key, start, stop), alpha)
 
 
 def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, **_: object) -> Encoded:
@@ -27,4 +33,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return expect_keys(entry, ("delta",)) or expect_stored(entry, payload, "delta", tuple(entry.shape), [storage_dtype(entry)])
 
 
-CODEC = Codec("dense", _decode_rows, _encode, validate=_validate)
+CODEC = Codec("dense", _decode_rows, _encode, validate=_validate, add_into=_add_into)

@@ -14,6 +14,7 @@ from contextlib import contextmanager
 
 import torch
 
+from .. import fused
 from ..errors import UsageError
 from ..manifest import TensorEntry
 from .base import FLOAT_DTYPES, Codec, Encoded, Payload, expect_keys, expect_stored
@@ -147,6 +148,10 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     return (b @ a).reshape((stop - start, *entry.shape[1:]))
 
 
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    return fused.add_dense(rows, _decode_rows(entry, payload, start, stop), alpha)
+
+
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     problems = expect_keys(entry, ("A", "B"))
     if problems:
@@ -161,4 +166,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return expect_stored(entry, payload, "B", (out, rank), FLOAT_DTYPES) + expect_stored(entry, payload, "A", (rank, inp), FLOAT_DTYPES)
 
 
-CODEC = Codec("lowrank", _decode_rows, _encode, validate=_validate)
+CODEC = Codec("lowrank", _decode_rows, _encode, validate=_validate, add_into=_add_into)

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import fused
 from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError
 from ..manifest import TensorEntry
@@ -215,6 +216,14 @@ def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -
 
 
 def _decode_block(entry: TensorEntry, payload: Payload, block: list[int], begin: int, table: torch.Tensor, out: torch.Tensor, first_row: int) -> None:
+    gaps, codes, escaped = _streams(entry, payload, block, begin, first_row)
+    problem = scatter(gaps, codes, table, escaped, out)
+    if problem:
+        raise FormatError(f"tensor {entry.name}: the packed block from row {first_row} {problem}; the vector is corrupt")
+
+
+def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first_row: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """A block's gap bytes, codes and escaped values (float32), decompressed."""
     _, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes = block
     itemsize = _item_size(entry)
     raw = payload.read(entry.keys["data"], begin, end_escapes)
@@ -224,9 +233,36 @@ def _decode_block(entry: TensorEntry, payload: Payload, block: list[int], begin:
     escaped = torch.zeros(0, dtype=torch.float32)
     if escapes:
         escaped = torch.from_numpy(planes.reshape(itemsize, escapes).T.copy()).view(storage_dtype(entry)).reshape(-1).float()
-    problem = scatter(gaps, codes, table, escaped, out)
-    if problem:
-        raise FormatError(f"tensor {entry.name}: the packed block from row {first_row} {problem}; the vector is corrupt")
+    return gaps, codes, escaped
+
+
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    """α·Δ added to bf16 `rows` (rows `[start, stop)`) entry by entry, straight from each block's streams."""
+    rows_n, cols = as_rows(tuple(entry.shape))
+    blocks = _checked_index(entry, payload, rows_n, cols)
+    table = payload.read(entry.keys["table"]).float().numpy()
+    flat = rows.reshape(stop - start, cols)
+    status, err_sq, norm_sq = 0, 0.0, 0.0
+    first, begin = 0, 0
+    for block in blocks:
+        last, end = block[0], block[6]
+        if last > start and first < stop:
+            lo, hi = max(first, start), min(last, stop)
+            target = flat[lo - start : hi - start]
+            if lo == first and hi == last:
+                gaps, codes, escaped = _streams(entry, payload, block, begin, first)
+                step, e, n = fused.add_coded(target, gaps, codes, table, escaped.numpy(), alpha)
+                if 0 < step < fused.BAD_VALUE:
+                    raise FormatError(f"tensor {entry.name}: the packed block from row {first} {_STATUS[step]}; the vector is corrupt")
+            else:  # a block the range cuts: decoded whole, its rows in range added
+                buf = torch.empty(last - first, cols, dtype=torch.float32)
+                _decode_block(entry, payload, block, begin, torch.from_numpy(table), buf.reshape(-1), first)
+                step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
+            status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
+        first, begin = last, end
+        if first >= stop:
+            break
+    return status, err_sq, norm_sq
 
 
 def _unzstd(entry: TensorEntry, frame: torch.Tensor, size: int, first_row: int) -> np.ndarray:
@@ -386,4 +422,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return problems
 
 
-CODEC = Codec("packed", _decode_rows, _encode, validate=_validate)
+CODEC = Codec("packed", _decode_rows, _encode, validate=_validate, add_into=_add_into)

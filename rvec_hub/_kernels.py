@@ -1,0 +1,101 @@
+"""numba kernels of `fused` (imported only where numba is installed). Each is compiled once and cached.
+
+Arithmetic is float32: with `contract`, LLVM fuses base + α·Δ into one multiply-add (torch's add with
+alpha does the same), and the per-call sums (a chunk or a block, about a million weights) stay float32.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+BAD_VALUE = 8
+# Reassociation lets LLVM vectorise the sums; NaN and Inf stay meaningful (no nnan / ninf).
+_jit = numba.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc", "contract", "nsz", "arcp"})
+
+
+@_jit
+def _to_bf16(x):  # float32 → bf16 bits, round to nearest even (as torch casts)
+    bits = np.uint32(np.float32(x).view(np.uint32))
+    return np.uint16(np.uint32(bits + np.uint32(0x7FFF) + np.uint32((bits >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@_jit
+def _widen(bits):  # bf16 bits → float32
+    return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
+
+
+@_jit
+def _same(value):
+    return value
+
+
+def _dense(convert):
+    @_jit
+    def kernel(out, delta, alpha):
+        a = np.float32(alpha)
+        err_sq, norm_sq, bad = np.float32(0.0), np.float32(0.0), 0
+        for i in range(out.size):
+            d = np.float32(convert(delta[i]))
+            exact = _widen(out[i]) + a * d  # one fused multiply-add, as torch's add with alpha (a·d has no other use)
+            y = _to_bf16(exact)
+            out[i] = y
+            e = _widen(y) - exact
+            err_sq += e * e
+            norm_sq += d * d
+            bad |= (y & 0x7F80) == 0x7F80
+        return (BAD_VALUE if bad else 0), err_sq, norm_sq * a * a
+
+    return kernel
+
+
+dense_bf16 = _dense(_widen)
+dense_f32 = _dense(_same)
+
+
+@_jit
+def coded(gaps, codes, table, escaped, out, alpha):
+    n, n_codes, n_table, n_escaped = out.size, codes.size, table.size, escaped.size
+    a = np.float32(alpha)
+    err_sq, norm_sq, bad = np.float32(0.0), np.float32(0.0), 0
+    p, k, e = -1, 0, 0
+    every = gaps.size == 0
+    if every and n_codes != n:
+        return 7, 0.0, 0.0
+    for i in range(n_codes if every else gaps.size):
+        if every:
+            p = i
+        else:
+            g = gaps[i]
+            if g == 0:
+                p += 255
+                continue
+            p += g
+            if p >= n:
+                return 1, 0.0, 0.0
+            if k >= n_codes:
+                return 2, 0.0, 0.0
+        c = codes[k]
+        k += 1
+        if c < n_table:
+            value = table[c]
+        elif c == 255:
+            if e >= n_escaped:
+                return 4, 0.0, 0.0
+            value = escaped[e]
+            e += 1
+        else:
+            return 3, 0.0, 0.0
+        if value != 0:
+            exact = _widen(out[p]) + a * value
+            y = _to_bf16(exact)
+            out[p] = y
+            d = _widen(y) - exact
+            err_sq += d * d
+            norm_sq += value * value
+            bad |= (y & 0x7F80) == 0x7F80
+    if k != n_codes:
+        return 5, 0.0, 0.0
+    if e != n_escaped:
+        return 6, 0.0, 0.0
+    return (BAD_VALUE if bad else 0), err_sq, norm_sq * a * a

@@ -1,0 +1,123 @@
+"""Fused adds: α·Δ added straight into bf16 base rows, one rounding per weight, in one pass.
+
+The general path (`arith.add_rows`) widens base and delta to float32 chunks, adds, casts and then
+measures the cast: five passes over every weight. For the common case, one vector merged into a bf16
+model, these kernels do all of it in the pass that reads the delta: the base rows are rounded in place
+to bf16(float32(base) + α·Δ), and the squared rounding error and ‖α·Δ‖² (what `Survival` records) are
+summed on the way. A packed delta is added entry by entry straight from its gap and code streams, so a
+weight the vector does not change is never touched.
+
+The sum is float32's fused multiply-add, as torch's `add(alpha=)` computes it, rounded to bf16 to
+nearest even, as torch casts. Compiled by numba; without it the callers keep the general path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import lru_cache
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .arith import Survival
+
+BAD_VALUE = 8  # a status: a sum is NaN or infinite in bf16 (as in rvec_hub._kernels)
+
+
+def available() -> bool:
+    """Whether the kernels compile here (numba installed and working)."""
+    return _kernels() is not None
+
+
+def applies(vector: Any, source: str, base: torch.Tensor, out_dtype: torch.dtype) -> bool:
+    """Whether `add_in_place` can add the delta of `source` to these base rows: bf16 in and out on the CPU,
+    an encoding with a fused kernel, numba installed."""
+    if base.dtype != torch.bfloat16 or out_dtype != torch.bfloat16 or base.device.type != "cpu":
+        return False
+    from .encodings import ENCODINGS
+
+    return ENCODINGS[vector.entries[source].encoding].add_into is not None and available()
+
+
+def add_in_place(
+    rows: torch.Tensor,
+    vector: Any,
+    source: str,
+    start: int,
+    stop: int,
+    alpha: float,
+    survival: Survival | None,
+    *,
+    name: str,
+    pristine: Callable[[], torch.Tensor],
+) -> None:
+    """rows ← bf16(rows + α·Δ) for one vector's rows `[start, stop)` of `source`, in one fused pass.
+
+    Args:
+        rows: contiguous bf16 base rows on the CPU, overwritten.
+        vector: the `Vector`; `source` the tensor whose delta `name` takes (see `rvec_hub.tied`).
+        survival: accumulates what the bf16 rounding kept of α·Δ.
+        pristine: reads the base rows again, to name the cause when a sum is not finite.
+
+    Only for what `applies` accepts.
+
+    Raises:
+        What `arith.add_rows` raises for the same rows: FormatError, CheckpointError or UsageError.
+    """
+    status, err_sq, norm_sq = vector.add_into(source, start, stop, rows, alpha)
+    if status:
+        from .arith import add_rows, non_finite_error
+
+        base, terms = pristine(), [(vector.decode_rows(source, start, stop), alpha)]
+        add_rows(base, terms, rows.dtype, name=name)
+        raise non_finite_error(name, base, terms, rows.dtype)
+    if survival is not None:
+        survival.err_sq += float(err_sq)
+        survival.norm_sq += float(norm_sq)
+
+
+def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    """rows ← bf16(rows + α·delta), in place.
+
+    Args:
+        rows: contiguous bf16 base rows, overwritten.
+        delta: the delta rows, bf16 or float32, shaped like `rows`.
+
+    Returns:
+        (status, rounding error², ‖α·Δ‖²); status BAD_VALUE when a sum is not finite (rows then hold
+        partial results and must be discarded).
+    """
+    kernels = _kernels()
+    target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    d = delta.reshape(-1)
+    if d.dtype == torch.bfloat16:
+        return kernels["dense_bf16"](target, d.view(torch.int16).numpy().view(np.uint16), alpha)
+    return kernels["dense_f32"](target, d.float().numpy(), alpha)
+
+
+def add_coded(
+    rows: torch.Tensor, gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray, alpha: float
+) -> tuple[int, float, float]:
+    """rows ← bf16(rows + α·Δ) for the entries of one packed block, in place.
+
+    Args:
+        rows: contiguous bf16 base rows the block covers, overwritten where the block has entries.
+        gaps, codes: the block's gap and code streams (uint8); `gaps` empty when every element is coded.
+        table, escaped: the codebook and the escaped values, float32.
+
+    Returns:
+        (status, rounding error², ‖α·Δ‖²); a status other than 0 is a `packed` decoding status or BAD_VALUE.
+    """
+    target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    return _kernels()["coded"](gaps, codes, table, escaped, target, alpha)
+
+
+@lru_cache(maxsize=1)
+def _kernels() -> dict[str, Any] | None:
+    try:
+        from . import _kernels as compiled
+    except ImportError:  # numba is not installed
+        return None
+    return {"dense_bf16": compiled.dense_bf16, "dense_f32": compiled.dense_f32, "coded": compiled.coded}

@@ -1,0 +1,73 @@
+"""The fused bf16 adds give bit for bit what the float32 path gives, for every encoding that has one."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+import torch
+
+from rvec_hub import Vector, fused
+from rvec_hub.arith import Survival, add_rows
+from rvec_hub.compress import compress
+from rvec_hub.io.checkpoint import open_checkpoint
+
+pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernels need numba")
+
+
+@pytest.fixture(scope="module")
+def encoded(vector_dir, vector_fp32, tmp_path_factory) -> dict[str, Vector]:
+    root = tmp_path_factory.mktemp("fused")
+    compress(Vector.open(vector_dir), root / "packed", method="sparse", device="cpu", quiet=True)
+    compress(Vector.open(vector_dir), root / "lowrank", method="lowrank", rank=4, factor_dtype=torch.float32, device="cpu", quiet=True)
+    paths = {"dense-bf16": vector_dir, "dense-fp32": vector_fp32, "packed": root / "packed", "lowrank": root / "lowrank"}
+    return {name: Vector.open(path) for name, path in paths.items()}
+
+
+@pytest.mark.parametrize("encoding", ["dense-bf16", "dense-fp32", "packed", "lowrank"])
+@pytest.mark.parametrize("alpha", [1.0, -1.0, 0.3, 1.7])
+def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding, alpha):
+    vector, base = encoded[encoding], open_checkpoint(family["instruct"])
+    fused_kept, general_kept, compared = Survival(), Survival(), 0
+    for name, entry in vector.entries.items():
+        if entry.encoding == "zero":
+            continue
+        rows = base.read_rows(name)
+        assert fused.applies(vector, name, rows, torch.bfloat16)
+        stop = entry.shape[0] if entry.shape else 1
+        expected = add_rows(rows, [(vector.decode_rows(name, 0, stop), alpha)], torch.bfloat16, [general_kept])
+        fused.add_in_place(rows, vector, name, 0, stop, alpha, fused_kept, name=name, pristine=lambda: base.read_rows(name))
+        assert torch.equal(rows.view(torch.int16), expected.view(torch.int16)), name
+        compared += 1
+    assert compared > 0
+    assert math.isclose(fused_kept.retained, general_kept.retained, rel_tol=1e-4)
+
+
+def test_a_row_range_cutting_packed_blocks_adds_only_its_rows(family, encoded):
+    vector, base = encoded["packed"], open_checkpoint(family["instruct"])
+    name = next(n for n, e in vector.entries.items() if e.encoding == "packed" and len(e.shape) == 2 and e.shape[0] >= 8)
+    rows = base.read_rows(name, 3, 7)
+    expected = add_rows(rows, [(vector.decode_rows(name, 3, 7), 1.0)], torch.bfloat16)
+    fused.add_in_place(rows, vector, name, 3, 7, 1.0, None, name=name, pristine=lambda: base.read_rows(name, 3, 7))
+    assert torch.equal(rows.view(torch.int16), expected.view(torch.int16))
+
+
+def test_an_overflowing_fused_sum_is_refused_as_the_float32_path_refuses_it(family, encoded):
+    vector, base = encoded["packed"], open_checkpoint(family["instruct"])
+    name = next(n for n, e in vector.entries.items() if e.encoding == "packed")
+    rows = base.read_rows(name)
+    stop = vector.entries[name].shape[0]
+    with pytest.raises(Exception) as general:
+        add_rows(rows, [(vector.decode_rows(name, 0, stop), 1e40)], torch.bfloat16, name=name)
+    with pytest.raises(type(general.value), match=re.escape(str(general.value)[:40])):
+        fused.add_in_place(rows, vector, name, 0, stop, 1e40, None, name=name, pristine=lambda: base.read_rows(name))
+
+
+def test_a_packed_block_whose_gaps_run_past_its_rows_is_refused_by_the_fused_kernel():
+    import numpy as np
+
+    rows = torch.zeros(2, 4, dtype=torch.bfloat16)
+    status, _, _ = fused.add_coded(rows, np.array([3, 9], dtype=np.uint8), np.zeros(2, dtype=np.uint8), np.ones(1, dtype=np.float32), np.zeros(0, dtype=np.float32), 1.0)
+    assert status == 1  # "places an entry past its last element", as packed names it
+    assert torch.equal(rows, torch.zeros(2, 4, dtype=torch.bfloat16).index_put_((torch.tensor([0]), torch.tensor([2])), torch.tensor(1.0, dtype=torch.bfloat16)))
