@@ -7,6 +7,7 @@ alpha does the same), and the per-call sums (a chunk or a block, about a million
 from __future__ import annotations
 
 import numba
+import numba.extending
 import numpy as np
 
 BAD_VALUE = 8
@@ -25,32 +26,32 @@ def _widen(bits):  # bf16 bits → float32
     return np.uint32(np.uint32(bits) << np.uint32(16)).view(np.float32)
 
 
+def _as_float32(value):  # a delta element as float32: bf16 bits widened, a float32 as is
+    raise NotImplementedError  # compiled only, through the overload below
+
+
+@numba.extending.overload(_as_float32)
+def _as_float32_impl(value):
+    if isinstance(value, numba.types.Integer):
+        return lambda value: _widen(value)
+    return lambda value: np.float32(value)
+
+
 @_jit
-def _same(value):
-    return value
-
-
-def _dense(convert):
-    @_jit
-    def kernel(out, delta, alpha):
-        a = np.float32(alpha)
-        err_sq, norm_sq, bad = np.float32(0.0), np.float32(0.0), 0
-        for i in range(out.size):
-            d = np.float32(convert(delta[i]))
-            exact = _widen(out[i]) + a * d  # one fused multiply-add, as torch's add with alpha (a·d has no other use)
-            y = _to_bf16(exact)
-            out[i] = y
-            e = _widen(y) - exact
-            err_sq += e * e
-            norm_sq += d * d
-            bad |= (y & 0x7F80) == 0x7F80
-        return (BAD_VALUE if bad else 0), err_sq, norm_sq * a * a
-
-    return kernel
-
-
-dense_bf16 = _dense(_widen)
-dense_f32 = _dense(_same)
+def dense(out, delta, alpha):
+    """out ← bf16(out + α·delta) for bf16 bits `out` and bf16 bits (uint16) or float32 `delta`."""
+    a = np.float32(alpha)
+    err_sq, norm_sq, bad = np.float32(0.0), np.float32(0.0), 0
+    for i in range(out.size):
+        d = _as_float32(delta[i])
+        exact = _widen(out[i]) + a * d  # one fused multiply-add, as torch's add with alpha (a·d has no other use)
+        y = _to_bf16(exact)
+        out[i] = y
+        e = _widen(y) - exact
+        err_sq += e * e
+        norm_sq += d * d
+        bad |= (y & 0x7F80) == 0x7F80
+    return (BAD_VALUE if bad else 0), err_sq, norm_sq * a * a
 
 
 @_jit

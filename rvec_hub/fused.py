@@ -92,9 +92,8 @@ def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> tuple[in
     kernels = _kernels()
     target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
     d = delta.reshape(-1)
-    if d.dtype == torch.bfloat16:
-        return kernels["dense_bf16"](target, d.view(torch.int16).numpy().view(np.uint16), alpha)
-    return kernels["dense_f32"](target, d.float().numpy(), alpha)
+    values = d.view(torch.int16).numpy().view(np.uint16) if d.dtype == torch.bfloat16 else d.float().numpy()
+    return kernels["dense"](target, values, alpha)
 
 
 def add_coded(
@@ -120,4 +119,4 @@ def _kernels() -> dict[str, Any] | None:
         from . import _kernels as compiled
     except ImportError:  # numba is not installed
         return None
-    return {"dense_bf16": compiled.dense_bf16, "dense_f32": compiled.dense_f32, "coded": compiled.coded}
+    return {"dense": compiled.dense, "coded": compiled.coded}
