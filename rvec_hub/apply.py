@@ -88,6 +88,7 @@ def apply_vectors(
                 if start == 0:
                     writer.begin(name, shape, dtype)
                     changed += bool(terms)
+                fresh = True  # rows read for this chunk alone: the writer may keep them without a copy
                 if len(terms) == 1 and terms[0][2] is None:  # one vector, fused into the bf16 rows in place
                     i, (vector, src), _, alpha = terms[0]
                     fused.add_in_place(rows, vector, src, start, stop, alpha, survival[i], name=name,
@@ -96,9 +97,10 @@ def apply_vectors(
                     rows = add_rows(
                         rows.to(device), [(d, a) for _, _, d, a in terms], dtype, [survival[i] for i, _, _, _ in terms], workspace=workspace, name=name
                     ).cpu()
+                    fresh = device.type != "cpu"  # on the CPU the sum lives in the reused workspace
                 elif rows.dtype != dtype:
                     rows = rows.to(dtype)
-                writer.write(rows)
+                writer.write(rows, owned=fresh)
                 bar.update(rows.numel() * rows.element_size())
         shards = writer.finish()
         # A vector opened with background verification must prove intact before the output appears.

@@ -187,13 +187,19 @@ class ShardWriter:
         self._pending = _Pending(name, dtype, tuple(shape), nbytes)
         self._remaining.pop(name, None)
 
-    def write(self, chunk: torch.Tensor) -> None:
-        """Append rows of the current tensor (any leading row count)."""
+    def write(self, chunk: torch.Tensor, *, owned: bool = False) -> None:
+        """Append rows of the current tensor (any leading row count).
+
+        Args:
+            chunk: the rows. Copied before this returns, because callers reuse their buffers, unless
+                `owned`: the caller hands the tensor over and never touches it again.
+        """
         pending = self._pending
         if chunk.dtype != pending.dtype:
             raise TypeError(f"{pending.name}: got {chunk.dtype}, expected {pending.dtype}")
-        # A copy, because callers reuse their buffers as soon as this returns.
-        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
+        if not owned:
+            data = data.tobytes()
         self._in_flight.append(self._io.submit(self._file.write, data))
         while len(self._in_flight) > _WRITES_IN_FLIGHT:
             self._in_flight.popleft().result()
