@@ -3,7 +3,8 @@
 The factors come from a randomized SVD in float32 (Halko et al.: a Gaussian sketch with oversampling,
 power iterations re-orthonormalised by QR), or from an exact SVD when the sketch would be most of the
 matrix anyway. √σ goes into each factor so both stay in the same range when stored in bf16. Rows decode
-as B[rows]·A, so apply and the serving loader stream them like dense rows.
+as B[rows]·A, so apply and the serving loader stream them like dense rows. Bf16 factors multiply in bf16
+with float32 sums, rounded once to bf16: 2⁻⁹ of the delta, far below what truncating the rank costs.
 """
 
 from __future__ import annotations
@@ -142,14 +143,21 @@ def _encode(
     return Encoded("lowrank", {"A": a.cpu(), "B": b.cpu()}, params={"rank": rank}, stats=stats)
 
 
-def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
-    b = payload.read(entry.keys["B"], start, stop).float()
-    a = payload.read(entry.keys["A"]).float()
+def _product(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
+    """B[rows]·A: in bf16 when both factors are bf16 (a float32 sum rounded once to bf16, on AMX or
+    AVX-512 bf16 units several times faster than a float32 product), in float32 otherwise."""
+    b, a = payload.read(entry.keys["B"], start, stop), payload.read(entry.keys["A"])
+    if b.dtype != torch.bfloat16 or a.dtype != torch.bfloat16:
+        b, a = b.float(), a.float()
     return (b @ a).reshape((stop - start, *entry.shape[1:]))
 
 
+def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
+    return _product(entry, payload, start, stop).float()
+
+
 def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
-    return fused.add_dense(rows, _decode_rows(entry, payload, start, stop), alpha)
+    return fused.add_dense(rows, _product(entry, payload, start, stop), alpha)
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
