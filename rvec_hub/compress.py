@@ -3,7 +3,7 @@
 Two streaming passes over the input, one tensor in memory at a time. The survey pass measures what each
 encoding would cost (the exact `packed` size, by encoding the tensor, and the singular spectrum when an
 energy or byte budget needs it); the plan fixes every tensor's encoding and payload shapes; the write pass encodes and streams the
-payload through `ShardWriter`. Any input encoding works: tensors are decoded to float32 first.
+payload through `ShardWriter`, reusing the survey's `packed` encodings up to KEEP_ENCODED_BYTES instead of encoding again. Any input encoding works: tensors are decoded to float32 first.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from .arith import resolve_device
 from .budget import RankCandidate, allocate_ranks, minimum_bytes, parse_size
 from .check import dtype_from_name, dtype_name
 from .defaults import COMPRESS_METHODS
-from .encodings import ENCODINGS, lowrank, packed, quantized
+from .encodings import ENCODINGS, Encoded, lowrank, packed, quantized
 from .errors import FormatError, UsageError
 from .io.atomic import atomic_directory
 from .io.safetensors_io import DTYPES, ShardWriter
@@ -30,6 +30,7 @@ from .progress import progress
 from .vector import Vector
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
+KEEP_ENCODED_BYTES = 256 * 1024**2  # packed encodings the survey keeps for the write pass, at most
 _TORCH_DTYPES = {dtype_name(d): d for d in DTYPES.values()}
 # Bytes of safetensors header per stored key, and per file, kept out of a byte budget.
 _HEADER_PER_KEY, _HEADER_BASE = 128, 512
@@ -112,6 +113,8 @@ class Survey:
     packed: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None  # stored shapes of the `packed` encoding, by role
     energies: torch.Tensor | None = None
     quantized: dict[str, tuple[tuple[int, ...], torch.dtype]] | None = None  # stored shapes of `quantized`, when asked for
+    norm: float | None = None  # ‖Δ‖, where the survey decoded the tensor
+    encoded: Encoded | None = None  # the `packed` encoding itself, kept while they fit in KEEP_ENCODED_BYTES
 
     @property
     def dense_bytes(self) -> int:
@@ -233,7 +236,7 @@ def compress(
 def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[str, Survey]:
     """Measure what each encoding would cost, decoding a tensor only when a number needs it."""
     want_spectrum = target.energy is not None or target.budget is not None
-    out = {}
+    out, kept = {}, 0
     changed = [e for e in vector.manifest.tensors if e.encoding != "zero"]
     with progress(len(changed), "survey", quiet=quiet, unit="tensor") as bar:
         for entry in changed:
@@ -247,19 +250,22 @@ def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[st
                 bar.update(1)
                 continue
             delta = vector.decode(entry.name)
-            _check_finite(entry.name, delta)
-            nnz, stored = _packed_size(delta, dtype) if measure else (None, None)
+            norm = _check_finite(entry.name, delta)
+            encoded = packed.CODEC.encode(delta, dtype=dtype) if measure else None
+            nnz, stored = _packed_size(encoded) if encoded is not None else (None, None)
             energies = lowrank.spectrum(delta, device=device) if want_spectrum and matrix else None
             coded = _quantized_size(delta, target) if target.method == "quantized" and matrix else None
             del delta
-            out[entry.name] = Survey(entry.name, shape, dtype, nnz, stored, energies, quantized=coded)
+            # Kept, the write pass need not encode the tensor again; beyond the cap memory would grow with the model.
+            keep = encoded is not None and kept + encoded.nbytes <= KEEP_ENCODED_BYTES
+            kept += encoded.nbytes if keep else 0
+            out[entry.name] = Survey(entry.name, shape, dtype, nnz, stored, energies, quantized=coded, norm=norm, encoded=encoded if keep else None)
             bar.update(1)
     return out
 
 
-def _packed_size(delta: torch.Tensor, dtype: torch.dtype) -> tuple[int, dict[str, tuple[tuple[int, ...], torch.dtype]]]:
-    """Non-zeros and stored shapes of the `packed` encoding, found by encoding (the write pass encodes again)."""
-    encoded = packed.CODEC.encode(delta, dtype=dtype)
+def _packed_size(encoded: Encoded) -> tuple[int, dict[str, tuple[tuple[int, ...], torch.dtype]]]:
+    """Non-zeros and stored shapes of a tensor's `packed` encoding."""
     nnz = int(encoded.stored["index"][:, 1].sum())
     return nnz, {role: (tuple(t.shape), t.dtype) for role, t in encoded.stored.items()}
 
@@ -390,10 +396,14 @@ def _write_tensor(
 ) -> TensorEntry:
     if plan is None:
         return TensorEntry(name=entry.name, shape=entry.shape, dtype=entry.dtype, encoding="zero")
-    delta = vector.decode(entry.name)
-    norm = _check_finite(entry.name, delta)
-    codec = ENCODINGS[plan.encoding]
-    encoded = codec.encode(delta, dtype=survey.dtype if plan.encoding != "lowrank" else target.factor_dtype, device=device, **plan.options)
+    if plan.encoding == "packed" and not plan.options and survey.encoded is not None:
+        encoded, norm = survey.encoded, survey.norm
+    else:
+        delta = vector.decode(entry.name)
+        norm = _check_finite(entry.name, delta)
+        codec = ENCODINGS[plan.encoding]
+        encoded = codec.encode(delta, dtype=survey.dtype if plan.encoding != "lowrank" else target.factor_dtype, device=device, **plan.options)
+        del delta
     keys = {}
     for role, tensor in encoded.stored.items():
         key = entry.name if plan.encoding == "dense" else f"{entry.name}.{role}"
