@@ -55,10 +55,16 @@ def dense(out, delta, alpha):
 
 
 @_jit
-def coded(gaps, codes, table, escaped, out, alpha):
+def coded(gaps, codes, table, escaped, scales, cols, out, alpha):
+    """out ← bf16(out + α·value) at each coded entry: a `packed` block, or with per-row `scales` (one per
+    row of `cols` elements; empty for none) a `quantized` one. Returns (status, error², ‖α·Δ‖²)."""
     n, n_codes, n_table, n_escaped = out.size, codes.size, table.size, escaped.size
     a = np.float32(alpha)
     err_sq, norm_sq, bad = np.float32(0.0), np.float32(0.0), 0
+    scaled = scales.size > 0
+    if scaled and scales.size * cols != n:
+        return 7, 0.0, 0.0
+    row, row_end = 0, cols
     p, k, e = -1, 0, 0
     every = gaps.size == 0
     if every and n_codes != n:
@@ -87,6 +93,11 @@ def coded(gaps, codes, table, escaped, out, alpha):
             e += 1
         else:
             return 3, 0.0, 0.0
+        if scaled:
+            while p >= row_end:
+                row += 1
+                row_end += cols
+            value = value * scales[row]
         if value != 0:
             exact = _widen(out[p]) + a * value
             y = _to_bf16(exact)

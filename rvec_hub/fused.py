@@ -97,20 +97,29 @@ def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> tuple[in
 
 
 def add_coded(
-    rows: torch.Tensor, gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray, alpha: float
+    rows: torch.Tensor,
+    gaps: np.ndarray,
+    codes: np.ndarray,
+    table: np.ndarray,
+    escaped: np.ndarray,
+    alpha: float,
+    scales: np.ndarray | None = None,
 ) -> tuple[int, float, float]:
-    """rows ← bf16(rows + α·Δ) for the entries of one packed block, in place.
+    """rows ← bf16(rows + α·Δ) for the entries of one packed (or quantized) block, in place.
 
     Args:
         rows: contiguous bf16 base rows the block covers, overwritten where the block has entries.
         gaps, codes: the block's gap and code streams (uint8); `gaps` empty when every element is coded.
         table, escaped: the codebook and the escaped values, float32.
+        scales: one float32 scale per row of `rows`, multiplying each coded value (`quantized`).
 
     Returns:
         (status, rounding error², ‖α·Δ‖²); a status other than 0 is a `packed` decoding status or BAD_VALUE.
     """
     target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
-    return _kernels()["coded"](gaps, codes, table, escaped, target, alpha)
+    cols = rows[0].numel() if rows.dim() and rows.shape[0] else 1
+    scales = np.zeros(0, dtype=np.float32) if scales is None else scales
+    return _kernels()["coded"](gaps, codes, table, escaped, scales, cols, target, alpha)
 
 
 @lru_cache(maxsize=1)

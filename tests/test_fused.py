@@ -21,11 +21,13 @@ def encoded(vector_dir, vector_fp32, tmp_path_factory) -> dict[str, Vector]:
     root = tmp_path_factory.mktemp("fused")
     compress(Vector.open(vector_dir), root / "packed", method="sparse", device="cpu", quiet=True)
     compress(Vector.open(vector_dir), root / "lowrank", method="lowrank", rank=4, factor_dtype=torch.float32, device="cpu", quiet=True)
-    paths = {"dense-bf16": vector_dir, "dense-fp32": vector_fp32, "packed": root / "packed", "lowrank": root / "lowrank"}
+    compress(Vector.open(vector_dir), root / "quantized", method="quantized", bits=3, keep=0.5, device="cpu", quiet=True)
+    paths = {"dense-bf16": vector_dir, "dense-fp32": vector_fp32, "packed": root / "packed", "lowrank": root / "lowrank",
+             "quantized": root / "quantized"}
     return {name: Vector.open(path) for name, path in paths.items()}
 
 
-@pytest.mark.parametrize("encoding", ["dense-bf16", "dense-fp32", "packed", "lowrank"])
+@pytest.mark.parametrize("encoding", ["dense-bf16", "dense-fp32", "packed", "lowrank", "quantized"])
 @pytest.mark.parametrize("alpha", [1.0, -1.0, 0.3, 1.7])
 def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding, alpha):
     vector, base = encoded[encoding], open_checkpoint(family["instruct"])
@@ -44,9 +46,10 @@ def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding
     assert math.isclose(fused_kept.retained, general_kept.retained, rel_tol=1e-4)
 
 
-def test_a_row_range_cutting_packed_blocks_adds_only_its_rows(family, encoded):
-    vector, base = encoded["packed"], open_checkpoint(family["instruct"])
-    name = next(n for n, e in vector.entries.items() if e.encoding == "packed" and len(e.shape) == 2 and e.shape[0] >= 8)
+@pytest.mark.parametrize("encoding", ["packed", "quantized"])
+def test_a_row_range_cutting_coded_blocks_adds_only_its_rows(family, encoded, encoding):
+    vector, base = encoded[encoding], open_checkpoint(family["instruct"])
+    name = next(n for n, e in vector.entries.items() if e.encoding == encoding and len(e.shape) == 2 and e.shape[0] >= 8)
     rows = base.read_rows(name, 3, 7)
     expected = add_rows(rows, [(vector.decode_rows(name, 3, 7), 1.0)], torch.bfloat16)
     fused.add_in_place(rows, vector, name, 3, 7, 1.0, None, name=name, pristine=lambda: base.read_rows(name, 3, 7))

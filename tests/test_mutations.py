@@ -136,7 +136,8 @@ def _decode_reference(entry, stored: dict[str, torch.Tensor]) -> torch.Tensor:
         _need(type(rank) is int and 1 <= rank <= min(out, inp), "rank")
         _need(a.dtype.is_floating_point and b.dtype.is_floating_point, "factor dtype")
         _need(tuple(b.shape) == (out, rank) and tuple(a.shape) == (rank, inp), "factor shapes")
-        return (b.float() @ a.float()).reshape(shape)
+        product = b @ a if a.dtype == b.dtype == torch.bfloat16 else b.float() @ a.float()  # docs/format.md
+        return product.float().reshape(shape)
     if entry.encoding == "sparse":
         layout = entry.params.get("layout")
         rows, cols = _rows_cols(shape)

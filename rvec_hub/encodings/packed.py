@@ -22,6 +22,7 @@ counts, and the end offsets of its three frames in `data` (uint8).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -176,21 +177,27 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     blocks = _checked_index(entry, payload, rows, cols)
     table = payload.read(entry.keys["table"]).float()
     out = torch.empty(stop - start, cols, dtype=torch.float32)
+    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
+        target = out[lo - start : hi - start]
+        inside = lo == first and hi == block[0]
+        buf = target if inside else torch.empty(block[0] - first, cols, dtype=torch.float32)
+        _decode_block(entry, payload, block, begin, table, buf.reshape(-1), first)
+        if not inside:
+            target.copy_(buf[lo - first : hi - first])
+    return out.reshape((stop - start, *shape[1:])) if shape else out.reshape(())
+
+
+def blocks_in(blocks: list[list[int]], start: int, stop: int) -> Iterator[tuple[list[int], int, int, int, int]]:
+    """Each block holding rows of `[start, stop)`: (its index row, its first row, its first byte in `data`,
+    and `lo`, `hi`, the rows of the range it holds)."""
     first, begin = 0, 0
     for block in blocks:
-        last, end = block[0], block[6]
+        last = block[0]
         if last > start and first < stop:
-            lo, hi = max(first, start), min(last, stop)
-            target = out[lo - start : hi - start]
-            inside = lo == first and hi == last
-            buf = target if inside else torch.empty(last - first, cols, dtype=torch.float32)
-            _decode_block(entry, payload, block, begin, table, buf.reshape(-1), first)
-            if not inside:
-                target.copy_(buf[lo - first : hi - first])
-        first, begin = last, end
+            yield block, first, begin, max(first, start), min(last, stop)
+        first, begin = last, block[6]
         if first >= stop:
-            break
-    return out.reshape((stop - start, *shape[1:])) if shape else out.reshape(())
+            return
 
 
 def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -> list[list[int]]:
@@ -243,25 +250,18 @@ def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows:
     table = payload.read(entry.keys["table"]).float().numpy()
     flat = rows.reshape(stop - start, cols)
     status, err_sq, norm_sq = 0, 0.0, 0.0
-    first, begin = 0, 0
-    for block in blocks:
-        last, end = block[0], block[6]
-        if last > start and first < stop:
-            lo, hi = max(first, start), min(last, stop)
-            target = flat[lo - start : hi - start]
-            if lo == first and hi == last:
-                gaps, codes, escaped = _streams(entry, payload, block, begin, first)
-                step, e, n = fused.add_coded(target, gaps, codes, table, escaped.numpy(), alpha)
-                if 0 < step < fused.BAD_VALUE:
-                    raise FormatError(f"tensor {entry.name}: the packed block from row {first} {_STATUS[step]}; the vector is corrupt")
-            else:  # a block the range cuts: decoded whole, its rows in range added
-                buf = torch.empty(last - first, cols, dtype=torch.float32)
-                _decode_block(entry, payload, block, begin, torch.from_numpy(table), buf.reshape(-1), first)
-                step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
-            status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
-        first, begin = last, end
-        if first >= stop:
-            break
+    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
+        target = flat[lo - start : hi - start]
+        if lo == first and hi == block[0]:
+            gaps, codes, escaped = _streams(entry, payload, block, begin, first)
+            step, e, n = fused.add_coded(target, gaps, codes, table, escaped.numpy(), alpha)
+            if 0 < step < fused.BAD_VALUE:
+                raise FormatError(f"tensor {entry.name}: the packed block from row {first} {_STATUS[step]}; the vector is corrupt")
+        else:  # a block the range cuts: decoded whole, its rows in range added
+            buf = torch.empty(block[0] - first, cols, dtype=torch.float32)
+            _decode_block(entry, payload, block, begin, torch.from_numpy(table), buf.reshape(-1), first)
+            step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
+        status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
     return status, err_sq, norm_sq
 
 

@@ -25,11 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import fused
 from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .packed import _checked_index, _compressor, _entries, _unzstd, as_rows
+from .packed import _checked_index, _compressor, _entries, _unzstd, as_rows, blocks_in
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
@@ -155,28 +156,27 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     shape = tuple(entry.shape)
     rows, cols = as_rows(shape)
     blocks = _checked_index(entry, payload, rows, cols)
-    table = payload.read(entry.keys["table"]).float()
-    if not bool(torch.isfinite(table).all()):
-        raise FormatError(f"tensor {entry.name}: the quantized codebook holds NaN or Inf; the vector is corrupt")
+    table = _table(entry, payload)
     out = torch.empty(stop - start, cols, dtype=torch.float32)
-    first, begin = 0, 0
-    for block in blocks:
-        last, end = block[0], block[6]
-        if last > start and first < stop:
-            lo, hi = max(first, start), min(last, stop)
-            target = out[lo - start : hi - start]
-            inside = lo == first and hi == last
-            buf = target if inside else torch.empty(last - first, cols, dtype=torch.float32)
-            _decode_block(entry, payload, block, begin, first, table, buf)
-            if not inside:
-                target.copy_(buf[lo - first : hi - first])
-        first, begin = last, end
-        if first >= stop:
-            break
+    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
+        target = out[lo - start : hi - start]
+        inside = lo == first and hi == block[0]
+        buf = target if inside else torch.empty(block[0] - first, cols, dtype=torch.float32)
+        _decode_block(entry, payload, block, begin, first, table, buf)
+        if not inside:
+            target.copy_(buf[lo - first : hi - first])
     return out.reshape((stop - start, *shape[1:])) if shape else out.reshape(())
 
 
-def _decode_block(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int, table: torch.Tensor, out: torch.Tensor) -> None:
+def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
+    table = payload.read(entry.keys["table"]).float()
+    if not bool(torch.isfinite(table).all()):
+        raise FormatError(f"tensor {entry.name}: the quantized codebook holds NaN or Inf; the vector is corrupt")
+    return table
+
+
+def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+    """A block's gap bytes, codes and row scales (float32), checked and decompressed."""
     last, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes = block
     if escapes or end_escapes != end_codes:
         raise FormatError(f"tensor {entry.name}: the quantized block from row {first} lists escaped values, which this encoding never stores; the vector is corrupt")
@@ -186,9 +186,36 @@ def _decode_block(entry: TensorEntry, payload: Payload, block: list[int], begin:
     raw = payload.read(entry.keys["data"], begin, end_codes)
     gaps = _unzstd(entry, raw[: end_gaps - begin], gap_bytes, first)
     codes = _unzstd(entry, raw[end_gaps - begin :], count, first)
+    return gaps, codes, scales
+
+
+def _decode_block(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int, table: torch.Tensor, out: torch.Tensor) -> None:
+    gaps, codes, scales = _streams(entry, payload, block, begin, first)
     problem = scatter_scaled(gaps, codes, table, scales, out)
     if problem:
         raise FormatError(f"tensor {entry.name}: the quantized block from row {first} {problem}; the vector is corrupt")
+
+
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    """α·Δ added to bf16 `rows` (rows `[start, stop)`) entry by entry, straight from each block's streams."""
+    rows_n, cols = as_rows(tuple(entry.shape))
+    blocks = _checked_index(entry, payload, rows_n, cols)
+    table = _table(entry, payload)
+    flat = rows.reshape(stop - start, cols)
+    status, err_sq, norm_sq = 0, 0.0, 0.0
+    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
+        target = flat[lo - start : hi - start]
+        if lo == first and hi == block[0]:
+            gaps, codes, scales = _streams(entry, payload, block, begin, first)
+            step, e, n = fused.add_coded(target, gaps, codes, table.numpy(), np.zeros(0, dtype=np.float32), alpha, scales.numpy())
+            if 0 < step < fused.BAD_VALUE:
+                raise FormatError(f"tensor {entry.name}: the quantized block from row {first} {_STATUS.get(step, 'is corrupt')}; the vector is corrupt")
+        else:  # a block the range cuts: decoded whole, its rows in range added
+            buf = torch.empty(block[0] - first, cols, dtype=torch.float32)
+            _decode_block(entry, payload, block, begin, first, table, buf)
+            step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
+        status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
+    return status, err_sq, norm_sq
 
 
 _STATUS = {
@@ -283,4 +310,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return problems
 
 
-CODEC = Codec("quantized", _decode_rows, _encode, validate=_validate)
+CODEC = Codec("quantized", _decode_rows, _encode, validate=_validate, add_into=_add_into)
