@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import platform
 import shutil
 import sys
 import time
@@ -195,6 +196,13 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="standard", help="the demo's donor recipe: standard or smoke")
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
         pair = real_pair(args.recipe)
     except PairMissing as e:
         parser.error(str(e))
-    environment = {**_environment(mergekit / "mergekit-yaml"), "loadavg_at_start": os.getloadavg(), "recipe": args.recipe}
+    environment = {**_environment(mergekit / "mergekit-yaml"), "cpu": _cpu_model(), "loadavg_at_start": os.getloadavg(), "recipe": args.recipe}
     results = run(pair, args.work, args.repeat, mergekit)
     results["environment"] = {**environment, "loadavg_at_end": os.getloadavg(), "seconds": round(time.perf_counter() - start, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
