@@ -34,7 +34,7 @@ def is_hub_ref(ref: str) -> bool:
 
 
 def open_vector(
-    ref: str | Path, *, endpoint: str | None = None, token: str | None = None, quiet: bool = True, background_verify: bool = False
+    ref: str | Path, *, endpoint: str | None = None, token: str | None = None, quiet: bool = True, verify: bool | str = True
 ) -> Vector:
     """Open a vector from a directory or a Hub reference (pulled and verified into the cache).
 
@@ -42,8 +42,10 @@ def open_vector(
         ref: a vector directory, or `REPO_ID`, `REPO_ID@1.2.0`, `REPO_ID@latest`, `REPO_ID@<commit>`.
         endpoint: Hub endpoint for references.
         token: Hub token for private repositories.
-        background_verify: hash a local vector's payload on a thread; the caller must `wait_verified()`
-            before it publishes anything computed from it.
+        verify: for a local vector, as `Vector.open` takes it: True hashes every payload file first,
+            "background" on a thread (the caller must `wait_verified()` before it publishes anything
+            computed from it), False not at all (a caller that verifies it next). A Hub reference is
+            verified when it is pulled.
 
     Returns:
         The opened, verified vector.
@@ -53,7 +55,7 @@ def open_vector(
     """
     text = str(ref)
     if Path(text).exists():
-        return Vector.open(text, verify="background" if background_verify else True)
+        return Vector.open(text, verify=verify)
     if not _REPO_RE.match(text):
         raise FormatError(f"{text} is neither a vector directory nor a Hub reference like owner/name@1.0.0")
     try:

@@ -62,7 +62,7 @@ class RvecModelLoader(DefaultModelLoader):
         started = time.perf_counter()
         base = open_checkpoint(self._base_folder(model_config))
         # Payloads are hashed on a thread while the weights merge; get_all_weights waits before it returns.
-        vectors = open_specs(self.specs, endpoint=self.endpoint, background_verify=True)
+        vectors = open_specs(self.specs, endpoint=self.endpoint, verify="background")
         check_all(vectors, base)
         base.close()
         self.vectors = vectors

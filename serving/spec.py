@@ -86,15 +86,15 @@ def extra_config(specs: list[VectorSpec], endpoint: str | None = None) -> dict:
     return out
 
 
-def open_specs(specs: list[VectorSpec], *, endpoint: str | None = None, background_verify: bool = False) -> list[OpenedVector]:
+def open_specs(specs: list[VectorSpec], *, endpoint: str | None = None, verify: bool | str = True) -> list[OpenedVector]:
     """Open (and for Hub references pull) every vector, resolving default alphas.
 
-    With `background_verify`, local vectors are hashed on a thread; the caller must `wait_verified()`
-    each before it serves anything made from them.
+    `verify` is `open_vector`'s: with "background", local vectors are hashed on a thread and the caller
+    must `wait_verified()` each before it serves anything made from them.
     """
     opened = []
     for spec in specs:
-        vec = open_vector(spec.ref, endpoint=endpoint, background_verify=background_verify)
+        vec = open_vector(spec.ref, endpoint=endpoint, verify=verify)
         alpha = vec.manifest.default_alpha if spec.alpha is None else check_alpha(spec.alpha, f"alpha of {spec.ref}")
         opened.append(OpenedVector(spec.ref, vec, alpha))
     return opened

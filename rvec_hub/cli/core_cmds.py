@@ -94,7 +94,7 @@ def apply_cmd(vector, base, out, alpha, out_dtype, force, device, endpoint, quie
     for spec in vector:
         ref, own_alpha = split_alpha(spec)
         # apply publishes nothing before every vector has verified, so hashing can overlap the merge.
-        vec = open_vector(ref, endpoint=endpoint, background_verify=True)
+        vec = open_vector(ref, endpoint=endpoint, verify="background")
         pairs.append((vec, own_alpha if own_alpha is not None else alpha if alpha is not None else vec.manifest.default_alpha))
         refs.append(ref)
     result = apply_vectors(
