@@ -36,9 +36,7 @@ def applies(vector: Any, source: str, base: torch.Tensor, out_dtype: torch.dtype
     an encoding with a fused kernel, numba installed."""
     if base.dtype != torch.bfloat16 or out_dtype != torch.bfloat16 or base.device.type != "cpu":
         return False
-    from .encodings import ENCODINGS
-
-    return ENCODINGS[vector.entries[source].encoding].add_into is not None and available()
+    return vector.has_fused_add(source) and available()
 
 
 def add_in_place(

@@ -184,6 +184,10 @@ class Vector:
         entry = self.entries[name]
         return ENCODINGS[entry.encoding].decode_rows(entry, self, start, stop)
 
+    def has_fused_add(self, name: str) -> bool:
+        """Whether the encoding of `name` adds its delta into bf16 rows itself (`add_into`)."""
+        return ENCODINGS[self.entries[name].encoding].add_into is not None
+
     def add_into(self, name: str, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float] | None:
         """Add α·(rows `[start, stop)` of the delta for `name`) to bf16 `rows` in place with the encoding's
         fused kernel (`rvec_hub.fused`); None, rows untouched, when the encoding has none."""
