@@ -101,13 +101,16 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu (the target of this example) or cuda.")
     parser.add_argument("--fresh", action="store_true", help="Remove the work directory first.")
     parser.add_argument("--results", type=Path, help="Where the JSON results go (default: results/PRESET-on-DEVICE.json here).")
+    parser.add_argument("--engine", choices=["vllm", "transformers"], default="vllm",
+                        help="smollm2 presets: how rvec eval answers (vllm: one `rvec serve` per setting, all task sets; "
+                             "transformers: in this process).")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.preset.startswith("smollm2"):
         from smollm2 import run as run_smollm2
 
         work = args.work if args.work != parser.get_default("work") else Path(f".bench-work/replication-{args.preset}")
-        run_smollm2(args.preset, work.resolve(), args.results or HERE / "results" / f"{args.preset}-on-{args.device}.json", args.device, args.fresh)
+        run_smollm2(args.preset, work.resolve(), args.results or HERE / "results" / f"{args.preset}-on-{args.device}.json", args.device, args.fresh, args.engine)
         return
     cfg = PRESETS[args.preset]
     results_path = args.results or HERE / "results" / f"{args.preset}-preset-on-{args.device}.json"

@@ -7,10 +7,12 @@
    the question is whether the RL part of the training (GRPO − SFT), without the SFT step, moves it;
 5. **vector** v = GRPO − SFT (float32), compressed to ranks 8, 32, 128; a random direction with v's per-tensor
    norms (`control.py`) as the control;
-6. **measure** with `rvec eval --engine transformers --chat --cot` on 200 held-out questions per set: the
-   donors; target − v; target + α·v (α = 0.5, 1, 1.5); the ranks at α = 1; the random control at ±1; on
-   in-domain arithmetic (`arith@999`) and cross-domain BBH tasks from BIG-bench. Each measurement is written
-   to the results file as soon as it is done, so a run cut short keeps what it measured.
+6. **measure** with `rvec eval --chat --cot` (greedy) on 200 held-out questions per set: target; target ± v;
+   the random control at ±1; target + α·v (α = 0.5, 1.5); the ranks at α = 1; the donors; on in-domain
+   arithmetic (`arith@999`) and cross-domain BBH tasks from BIG-bench. With the `vllm` engine (the default)
+   every setting is one `rvec serve` (vectors merged at load time, float32) that answers all task sets; with
+   `transformers` the model runs in this process. Each measurement is written to the results file as soon as
+   it is done, so a run cut short keeps what it measured, and a second run skips what is there.
 
 Donor training is rvec's own (`rvec_hub.demo_donors`, the code `rvec demo` trains its pair with).
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -55,22 +58,134 @@ def held_out() -> set[str]:
     return {t.question for t in load_tasks(ARITH).tasks}
 
 
-def rvec_eval(base: Path, task: str, vectors: list[str], n: int, device: str, *, with_base: bool, max_tokens: dict[str, int]) -> dict:
-    """What `rvec eval --engine transformers --chat --cot --json` reports, for one task set and these settings."""
-    from rvec_hub.evaluate import EvalOptions, evaluate, settings_for
-    from rvec_hub.tasks import load_tasks
-
-    budget = max_tokens["bbh" if task.startswith("bbh:") else "arith"]
-    options = EvalOptions(chat=True, cot=True, max_tokens=budget)
-    log(f"  eval {task} (n={n}) on {base.name}: {'base, ' if with_base else ''}{', '.join(Path(v).name for v in vectors)}")
-    report = evaluate(str(base), [load_tasks(task).limit(n)], settings_for(vectors, include_base=with_base), options,
-                      engine="transformers", device=device).to_dict()
-    for r in report["results"]:
-        log(f"  {r['tasks']}: {r['model']}: {100 * r['accuracy']:.1f}% [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}] (n={r['n']})")
-    return report
+# float32: the RL part of the update is mostly below one bf16 step of the weights it is added to.
+SERVE_ARGS = ["--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "32"]
 
 
-def run(preset: str, work: Path, results_path: Path, device: str, fresh: bool) -> None:
+class ConcurrentChat:
+    """`rvec eval`'s chat questions, a whole batch in flight at once (vLLM batches them) and cut at the stop strings.
+
+    `OpenAIEngine` sends 8 chat requests at a time; a small model on CPU answers 32 together in little more time.
+    The server cuts at the same stop strings `score` cuts at afterwards, so the answers are the same.
+    """
+
+    def __init__(self, url: str) -> None:
+        from rvec_hub.evaluate import OpenAIEngine
+
+        self.inner = OpenAIEngine(url)
+
+    def complete(self, prompts: list[str], options, stop: list[str]) -> list[str]:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def ask(prompt: str) -> str:
+            out = self.inner.client.chat.completions.create(
+                model=self.inner.model, messages=[{"role": "user", "content": prompt}], max_tokens=options.max_tokens,
+                temperature=0, stop=stop,
+            )
+            return out.choices[0].message.content or ""
+
+        with ThreadPoolExecutor(max(1, len(prompts))) as pool:
+            return list(pool.map(ask, prompts))
+
+
+class Engines:
+    """Answers as `model` plus some vectors, the engine started on first use and kept for every setting.
+
+    `vllm`: with `zero_ref`, one `rvec serve --admin-token-file` serving `zero_ref` at α = 0 (the base itself,
+    through the same loader and dtype as every other setting), whose vectors each setting swaps live
+    (`rvec swap`: the weights are merged again from the base, nothing else restarts); without it (a donor),
+    plain vLLM on the model. `transformers`: the model in this process, vectors added in float32.
+    """
+
+    def __init__(self, model: Path, engine: str, device: str, work: Path, zero_ref: str | None = None) -> None:
+        self.model, self.engine, self.device, self.work, self.zero_ref = model, engine, device, work, zero_ref
+        self.stack = ExitStack()
+        self.url: str | None = None
+        self.local = None
+        self.current: tuple = ()
+
+    def use(self, vectors: tuple) -> object:
+        """An engine answering with these vectors (each `(ref, alpha)`) added to the model."""
+        from rvec_hub.evaluate import Setting, TransformersEngine, served
+
+        if self.engine == "transformers":
+            self.local = self.local or TransformersEngine(str(self.model), device=self.device)
+            self.local.use(Setting(tuple(vectors)))
+            return self.local
+        if self.zero_ref is None:
+            if vectors:
+                raise ValueError("vectors need a zero_ref to start from")
+            self.url = self.url or self.stack.enter_context(served(str(self.model), Setting(), serve_args=SERVE_ARGS, timeout=1800))
+            return ConcurrentChat(self.url)
+        if self.url is None:
+            self.url = self.stack.enter_context(self._swap_server())
+            self.current = ((self.zero_ref, 0.0),)
+        wanted = tuple(vectors) or ((self.zero_ref, 0.0),)
+        if wanted != self.current:
+            from rvec_serving.spec import VectorSpec
+            from rvec_serving.swap import swap
+
+            answer = swap(self.url, [VectorSpec(r, a) for r, a in wanted], self.token)
+            log(f"    swapped to {', '.join(f'{Path(r).name}:{a:g}' for r, a in wanted)} in {answer['seconds']['total']:.1f} s")
+            self.current = wanted
+        return ConcurrentChat(self.url)
+
+    @contextmanager
+    def _swap_server(self):
+        import os
+        import secrets
+        import signal
+        import subprocess
+        import sys
+        import urllib.request
+
+        from rvec_hub.evaluate import _free_port
+
+        self.token = secrets.token_hex(24)
+        token_file = self.work / "admin.token"
+        token_file.unlink(missing_ok=True)
+        token_file.touch(mode=0o600)
+        token_file.write_text(self.token + "\n")
+        port = _free_port()
+        argv = [sys.executable, "-m", "rvec_hub.cli", "serve", "--base", str(self.model), "--vector", f"{self.zero_ref}:0",
+                "--port", str(port), "--admin-token-file", str(token_file), "--", *SERVE_ARGS]
+        log_path = self.work / "serve.log"
+        with open(log_path, "wb") as sink:
+            proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        url = f"http://127.0.0.1:{port}/v1"
+        try:
+            deadline = time.monotonic() + 1800
+            while True:
+                if proc.poll() is not None:
+                    raise SystemExit(f"rvec serve exited with {proc.returncode}; its log is {log_path}")
+                try:
+                    with urllib.request.urlopen(url + "/models", timeout=5):
+                        break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"rvec serve did not answer within 30 min; its log is {log_path}") from None
+                    time.sleep(2)
+            yield url
+        finally:
+            for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+                if proc.poll() is not None:
+                    break
+                try:
+                    os.killpg(proc.pid, sig)
+                    proc.wait(timeout=wait)
+                except (ProcessLookupError, subprocess.TimeoutExpired):
+                    pass
+            try:  # what the server left behind in its group
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            token_file.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.stack.close()
+
+
+def run(preset: str, work: Path, results_path: Path, device: str, fresh: bool, engine: str = "vllm") -> None:
     """Train, extract, compress, build the control, then measure; the results file grows as it goes."""
     import torch
 
@@ -82,15 +197,21 @@ def run(preset: str, work: Path, results_path: Path, device: str, fresh: bool) -
 
     from control import random_twin
 
+    import signal
+    import sys
+
+    # Stopped with SIGTERM (or SIGINT, which a background job ignores): unwind, so the servers are stopped too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     cfg = PRESETS[preset]
     if fresh and work.exists():
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    out: dict = {"preset": preset, "device": device, "threads": torch.get_num_threads(), "target": MODEL,
+    out: dict = {"preset": preset, "device": device, "engine": engine, "threads": torch.get_num_threads(), "target": MODEL,
                  "recipe": cfg["recipe"].__dict__, "seconds": {}, "measurements": []}
     if results_path.is_file() and not fresh:
-        out = {**out, **{k: v for k, v in json.loads(results_path.read_text()).items() if k in ("seconds", "measurements", "training")}}
+        out = {**out, **{k: v for k, v in json.loads(results_path.read_text()).items() if k in ("seconds", "measurements", "training", "load")}}
+    out.setdefault("load", []).append({"start": _loadavg()})
 
     def save() -> None:
         out["seconds_this_run"] = round(time.monotonic() - started, 1)
@@ -107,52 +228,83 @@ def run(preset: str, work: Path, results_path: Path, device: str, fresh: bool) -
 
     base = timed("build", lambda: build_model(MODEL, quiet=True).path)
     n = cfg["eval_n"]
+    budgets = cfg.get("max_tokens", MAX_TOKENS)
+    tasksets = None
 
-    def measured(label: str, model: Path, vectors: list[str], task: str, with_base: bool) -> None:
-        if any((m["task"], m["label"]) == (task, label) for m in out["measurements"]):
+    def measured(label: str, engines: Engines, vectors: tuple = (), only: str | None = None) -> None:
+        """One setting on every task set it still lacks (or on `only`), each set saved as soon as it is scored."""
+        from rvec_hub.evaluate import EvalOptions, Setting, score
+        from rvec_hub.tasks import load_tasks
+
+        nonlocal tasksets
+        tasksets = tasksets or [load_tasks(t).limit(n) for t in [ARITH, *CROSS]]
+        todo = [(t, ts) for t, ts in zip([ARITH, *CROSS], tasksets)
+                if only in (None, t) and not any((m["task"], m["label"]) == (t, label) for m in out["measurements"])]
+        if not todo:
             return
+        log(f"  {label}: {', '.join(t for t, _ in todo)}, n={n}")
         t0 = time.monotonic()
-        report = rvec_eval(model, task, vectors, n, device, with_base=with_base, max_tokens=cfg.get("max_tokens", MAX_TOKENS))
-        out["measurements"].append({"task": task, "label": label, "model": str(model), "seconds": round(time.monotonic() - t0, 1),
-                                    "results": report["results"]})
-        save()
+        eng = engines.use(vectors)
+        ready = round(time.monotonic() - t0, 1)
+        log(f"    ready in {ready:.0f} s")
+        for task, ts in todo:
+            t1 = time.monotonic()
+            options = EvalOptions(chat=True, cot=True, max_tokens=budgets["bbh" if task.startswith("bbh:") else "arith"])
+            result = score(eng, ts, Setting(tuple(vectors)), options).to_dict()
+            result["model"] = label
+            out["measurements"].append({"task": task, "label": label, "model": str(engines.model), "engine": engine,
+                                        "ready_seconds": ready, "seconds": round(time.monotonic() - t1, 1), "results": [result]})
+            log(f"    {task}: {100 * result['accuracy']:.1f}% [{100 * result['ci95'][0]:.1f}, {100 * result['ci95'][1]:.1f}] "
+                f"(n={result['n']}) in {time.monotonic() - t1:.0f} s")
+            save()
+            ready = 0.0
 
-    # The target alone needs no donors: measured first, so that it runs while another process trains them.
-    measured("target", base, [], ARITH, True)
     donors = timed("donors", lambda: build_donors(base, cfg["recipe"], cache_root() / "demo", exclude=held_out(), device=device, log=log))
     out["training"] = donors.record
     vec, control = work / "vector", work / "vector-random"
     if not vec.exists():
         timed("extract", lambda: extract(donors.sft, donors.grpo, vec, dtype=torch.float32, base_model=MODEL, quiet=True))
-    groups = [
-        ("target ± v", base, [f"{vec}:1", f"{vec}:-1"]),
-        ("target + α·v", base, [f"{vec}:{a}" for a in cfg["alphas"] if a != 1.0]),
-        ("random control", base, [f"{control}:1", f"{control}:-1"]),
-        ("ranks", base, [f"{work / f'vector-r{r}'}:1" for r in cfg["ranks"]]),
-        ("donor sft", donors.sft, []),
-        ("donor grpo", donors.grpo, []),
-    ]
-    # Task set by task set, the main comparison first, so that a run cut short has the most telling rows.
-    for task in [ARITH, *CROSS]:
-        measured("target", base, [], task, True)
-        for label, model, vectors in groups:
-            if label == "ranks":
-                for r in cfg["ranks"]:
-                    if not (work / f"vector-r{r}").exists():
-                        timed(f"rank{r}", lambda r=r: compress(Vector.open(vec), work / f"vector-r{r}", method="lowrank", rank=r,
-                                                               factor_dtype=torch.float32, device="cpu", quiet=True))
-            if label == "random control" and not control.exists():
-                def make_control() -> None:
-                    twin = work / "sft-plus-random"
-                    shutil.rmtree(twin, ignore_errors=True)
-                    random_twin(donors.sft, vec, twin)
-                    extract(donors.sft, twin, control, dtype=torch.float32, name="random-direction", quiet=True)
-                    shutil.rmtree(twin)
+    if not control.exists():
+        def make_control() -> None:
+            twin = work / "sft-plus-random"
+            shutil.rmtree(twin, ignore_errors=True)
+            random_twin(donors.sft, vec, twin)
+            extract(donors.sft, twin, control, dtype=torch.float32, name="random-direction", quiet=True)
+            shutil.rmtree(twin)
 
-                timed("control", make_control)
-            measured(label, model, vectors, task, label.startswith("donor"))
+        timed("control", make_control)
+    for r in cfg["ranks"]:
+        if not (work / f"vector-r{r}").exists():
+            timed(f"rank{r}", lambda r=r: compress(Vector.open(vec), work / f"vector-r{r}", method="lowrank", rank=r,
+                                                   factor_dtype=torch.float32, device="cpu", quiet=True))
+    # Task set by task set (a swap takes seconds), the main comparison first, so that a run cut short has the
+    # most telling rows: in-domain for every setting, then the cross-domain sets.
+    settings = [("target", ()), ("target + 1·vector", ((str(vec), 1.0),)), ("target - 1·vector", ((str(vec), -1.0),)),
+                ("target + 1·vector-random", ((str(control), 1.0),)), ("target - 1·vector-random", ((str(control), -1.0),)),
+                *[(f"target + {a:g}·vector", ((str(vec), a),)) for a in cfg["alphas"] if a != 1.0],
+                *[(f"target + 1·vector-r{r}", ((str(work / f"vector-r{r}"), 1.0),)) for r in cfg["ranks"]]]
+    target = Engines(base, engine, device, work, zero_ref=str(vec))
+    try:
+        for task in [ARITH, *CROSS]:
+            for label, vectors in settings:
+                measured(label, target, vectors, only=task)
+    finally:
+        target.close()
+    for label, model in (("donor sft", donors.sft), ("donor grpo", donors.grpo)):
+        alone = Engines(model, engine, device, work)
+        try:
+            measured(label, alone)
+        finally:
+            alone.close()
+    out["load"][-1]["end"] = _loadavg()
+    save()
     log(markdown(out))
     log(f"total {time.monotonic() - started:.0f} s; results in {results_path}")
+
+
+def _loadavg() -> str:
+    """The 1, 5 and 15 minute load averages, with the time (UTC)."""
+    return time.strftime("%H:%M:%S UTC ", time.gmtime()) + " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def markdown(out: dict) -> str:
@@ -165,7 +317,7 @@ def markdown(out: dict) -> str:
     cells: dict[str, dict[str, str]] = {}
     for m in out["measurements"]:
         for r in m["results"]:
-            name = m["label"] if m["label"].startswith("donor") else r["model"].replace("base", "target")
+            name = m["label"]
             cells.setdefault(name, {})[m["task"]] = f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
     head = "| setting | " + " | ".join(f"{t} % [95% CI]" for t in tasks) + " |\n|---|" + "---|" * len(tasks)
     lines = [f"| {name.replace(' - ', ' − ')} | " + " | ".join(cells.get(name, {}).get(t, "not run") for t in tasks) + " |" for name in rows]
