@@ -55,6 +55,24 @@ def dense(out, delta, alpha):
 
 
 @_jit
+def indexed(out, where, values, alpha):
+    """out ← bf16(out + α·value) at each flat position of `where` (checked positions, in any order)."""
+    a = np.float32(alpha)
+    err_sq, norm_sq, bad = np.float32(0.0), np.float32(0.0), 0
+    for i in range(where.size):
+        p, value = where[i], values[i]
+        if value != 0:
+            exact = _widen(out[p]) + a * value
+            y = _to_bf16(exact)
+            out[p] = y
+            d = _widen(y) - exact
+            err_sq += d * d
+            norm_sq += value * value
+            bad |= (y & 0x7F80) == 0x7F80
+    return (BAD_VALUE if bad else 0), err_sq, norm_sq * a * a
+
+
+@_jit
 def coded(gaps, codes, table, escaped, scales, cols, out, alpha):
     """out ← bf16(out + α·value) at each coded entry: a `packed` block, or with per-row `scales` (one per
     row of `cols` elements; empty for none) a `quantized` one. Returns (status, error², ‖α·Δ‖²)."""

@@ -94,6 +94,16 @@ def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> tuple[in
     return kernels["dense"](target, values, alpha)
 
 
+def add_at(rows: torch.Tensor, where: torch.Tensor, values: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    """rows ← bf16(rows + α·values) at the flat positions `where` (int64, each inside `rows`), in place.
+
+    Returns:
+        (status, rounding error², ‖α·Δ‖²), as `add_dense`.
+    """
+    target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    return _kernels()["indexed"](target, where.long().numpy(), values.float().numpy(), alpha)
+
+
 def add_coded(
     rows: torch.Tensor,
     gaps: np.ndarray,
@@ -126,4 +136,4 @@ def _kernels() -> dict[str, Any] | None:
         from . import _kernels as compiled
     except ImportError:  # numba is not installed
         return None
-    return {"dense": compiled.dense, "coded": compiled.coded}
+    return {"dense": compiled.dense, "coded": compiled.coded, "indexed": compiled.indexed}

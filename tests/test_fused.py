@@ -11,7 +11,10 @@ import torch
 from rvec_hub import Vector, fused
 from rvec_hub.arith import Survival, add_rows
 from rvec_hub.compress import compress
+from rvec_hub.encodings import ENCODINGS
 from rvec_hub.io.checkpoint import open_checkpoint
+
+from vector_edit import rewrite_vector
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernels need numba")
 
@@ -22,12 +25,29 @@ def encoded(vector_dir, vector_fp32, tmp_path_factory) -> dict[str, Vector]:
     compress(Vector.open(vector_dir), root / "packed", method="sparse", device="cpu", quiet=True)
     compress(Vector.open(vector_dir), root / "lowrank", method="lowrank", rank=4, factor_dtype=torch.float32, device="cpu", quiet=True)
     compress(Vector.open(vector_dir), root / "quantized", method="quantized", bits=3, keep=0.5, device="cpu", quiet=True)
+    sparse = {}
+    for layout in ("bitmask", "gaps"):  # rvec 0.1.0's encoding, still read: both of its layouts
+        def payload(t, layout=layout):
+            for name in [n for n in t if t[n].dim() == 2]:
+                delta = t.pop(name).float()
+                delta[:, 8:] = 0  # long runs of zeros: the gap layout bridges them with fillers
+                encoded = ENCODINGS["sparse"].encode(delta, dtype=torch.bfloat16, layout=layout)
+                sparse[(layout, name)] = encoded
+                t.update({f"{name}.{role}": v.contiguous() for role, v in encoded.stored.items()})
+
+        def manifest(m, layout=layout):
+            for entry in m["tensors"]:
+                if (layout, entry["name"]) in sparse:
+                    enc = sparse[(layout, entry["name"])]
+                    entry.update(encoding="sparse", keys={r: f"{entry['name']}.{r}" for r in enc.stored}, params=enc.params)
+
+        rewrite_vector(vector_dir, root / f"sparse-{layout}", payload, manifest)
     paths = {"dense-bf16": vector_dir, "dense-fp32": vector_fp32, "packed": root / "packed", "lowrank": root / "lowrank",
-             "quantized": root / "quantized"}
+             "quantized": root / "quantized", "sparse-bitmask": root / "sparse-bitmask", "sparse-gaps": root / "sparse-gaps"}
     return {name: Vector.open(path) for name, path in paths.items()}
 
 
-@pytest.mark.parametrize("encoding", ["dense-bf16", "dense-fp32", "packed", "lowrank", "quantized"])
+@pytest.mark.parametrize("encoding", ["dense-bf16", "dense-fp32", "packed", "lowrank", "quantized", "sparse-bitmask", "sparse-gaps"])
 @pytest.mark.parametrize("alpha", [1.0, -1.0, 0.3, 1.7])
 def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding, alpha):
     vector, base = encoded[encoding], open_checkpoint(family["instruct"])

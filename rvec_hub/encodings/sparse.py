@@ -15,6 +15,7 @@ import math
 
 import torch
 
+from .. import fused
 from ..arith import row_chunks
 from ..errors import FormatError
 from ..manifest import TensorEntry
@@ -145,18 +146,33 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
 
 
 def _decode_stored(entry: TensorEntry, payload: Payload, start: int, stop: int, cols: int) -> torch.Tensor:
+    out = torch.zeros(stop - start, cols, dtype=torch.float32)
+    where, values = _stored_entries(entry, payload, start, stop, cols)
+    out.view(-1)[where] = values
+    return out
+
+
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    """α·Δ added to bf16 `rows` (rows `[start, stop)`) at the stored entries only."""
+    shape = tuple(entry.shape)
+    if len(shape) <= 1:  # a vector is one stored row: decoded whole (it is small), its range added
+        return fused.add_dense(rows, _decode_rows(entry, payload, start, stop), alpha)
+    where, values = _stored_entries(entry, payload, start, stop, as_rows(shape)[1])
+    return fused.add_at(rows, where, values, alpha)
+
+
+def _stored_entries(entry: TensorEntry, payload: Payload, start: int, stop: int, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(flat positions within rows `[start, stop)`, float32 values) of the stored entries, checked."""
     keys = entry.keys
     pointer = payload.read(keys["rowptr"], start, stop + 1).long()
     counts = _checked_counts(entry, payload, pointer, start, stop)
     lo, hi = int(pointer[0]), int(pointer[-1])
     values = payload.read(keys["values"], lo, hi).float()
-    out = torch.zeros(stop - start, cols, dtype=torch.float32)
     if entry.params["layout"] == "bitmask":
         mask = _unpack_bits(payload.read(keys["mask"], start, stop), cols)
         if not torch.equal(mask.sum(dim=1), counts):
             raise FormatError(f"tensor {entry.name}: the sparse bitmask of rows {start}-{stop} disagrees with its row pointer; the vector is corrupt")
-        out[mask] = values
-        return out
+        return mask.reshape(-1).nonzero().reshape(-1), values
     gaps = payload.read(keys["gaps"], lo, hi).long()
     if gaps.numel() and int(gaps.min()) < 1:
         raise FormatError(f"tensor {entry.name}: a sparse gap of 0 in rows {start}-{stop} repeats a position; the vector is corrupt")
@@ -169,8 +185,7 @@ def _decode_stored(entry: TensorEntry, payload: Payload, start: int, stop: int, 
     col = running - before[row] - 1
     if col.numel() and int(col.max()) >= cols:
         raise FormatError(f"tensor {entry.name}: a sparse index in rows {start}-{stop} lies past column {cols}; the vector is corrupt")
-    out[row, col] = values
-    return out
+    return row * cols + col, values
 
 
 def _checked_counts(entry: TensorEntry, payload: Payload, pointer: torch.Tensor, start: int, stop: int) -> torch.Tensor:
@@ -210,4 +225,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return problems
 
 
-CODEC = Codec("sparse", _decode_rows, _encode, validate=_validate)
+CODEC = Codec("sparse", _decode_rows, _encode, validate=_validate, add_into=_add_into)
