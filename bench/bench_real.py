@@ -203,6 +203,16 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def _code_state() -> dict:
+    """The commit measured, and the files of rvec_hub changed on top of it (the tree may be shared)."""
+    import subprocess
+
+    git = ["git", "-C", str(ROOT)]
+    head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    changed = subprocess.run([*git, "status", "--porcelain", "--", "rvec_hub", "serving"], capture_output=True, text=True).stdout.split("\n")
+    return {"commit": head, "uncommitted": [line[3:] for line in changed if line.strip()]}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="standard", help="the demo's donor recipe: standard or smoke")
@@ -225,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
         pair = real_pair(args.recipe)
     except PairMissing as e:
         parser.error(str(e))
-    environment = {**_environment(mergekit / "mergekit-yaml"), "cpu": _cpu_model(), "loadavg_at_start": os.getloadavg(), "recipe": args.recipe}
+    environment = {**_environment(mergekit / "mergekit-yaml"), "cpu": _cpu_model(), "code": _code_state(), "loadavg_at_start": os.getloadavg(), "recipe": args.recipe}
     results = run(pair, args.work, args.repeat, mergekit)
     results["environment"] = {**environment, "loadavg_at_end": os.getloadavg(), "seconds": round(time.perf_counter() - start, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)
