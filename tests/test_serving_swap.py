@@ -15,6 +15,7 @@ import pytest
 
 from rvec_serving.launch import ADMIN_PATH, plan_merged
 from rvec_serving.spec import VectorSpec
+from servetest_common import free_port, running_server
 from vector_edit import rewrite_vector
 
 pytest.importorskip("vllm")
@@ -31,14 +32,12 @@ def _rvec() -> str:
 @pytest.fixture(scope="module")
 def swap_server(family, vector_dir, tmp_path_factory):
     """`rvec serve` with live swap on, serving the tiny vector at alpha 1."""
-    from test_serving_vllm import _free_port, _running
-
     work = tmp_path_factory.mktemp("swap")
     (work / "admin.token").write_text(TOKEN + "\n")
-    port = _free_port()
+    port = free_port()
     cmd = [_rvec(), "serve", "--base", str(family["instruct"]), "--vector", str(vector_dir), "--port", str(port),
            "--admin-token-file", str(work / "admin.token"), "--", *SERVER_ARGS]
-    with _running(cmd, port, work / "server.log") as url:
+    with running_server(cmd, port, work / "server.log") as url:
         yield {"url": url, "root": url.removesuffix("/v1"), "model": "instruct+tiny-reasoning", "work": work}
 
 

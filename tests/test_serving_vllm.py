@@ -7,10 +7,7 @@ another (`rvec_serving.probe`), and one `rvec serve` server answers every OpenAI
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +18,7 @@ import torch
 
 from rvec_hub import Vector, apply_vectors, open_checkpoint
 from rvec_hub.peft_export import adapter_deltas, export_peft
+from servetest_common import free_port, running_server
 
 pytest.importorskip("vllm")
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
@@ -148,50 +146,14 @@ def test_each_lora_adapter_equals_base_plus_its_low_rank_part(offline) -> None:
 # ---- rvec serve over HTTP, one server for every client test ----
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def _running(cmd: list[str], port: int, log: Path):
-    """Run a server command until the block ends; yields its base URL once `/v1/models` answers."""
-    import httpx
-
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, stderr=subprocess.STDOUT, env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
-    url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"{cmd[:4]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(1)
-        else:
-            pytest.fail(f"{cmd[:4]} did not answer in time:\n{log.read_text()[-3000:]}")
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
 @pytest.fixture(scope="module")
 def server(family, vector_dir, tmp_path_factory):
     """`rvec serve --base instruct --vector tiny-reasoning` on 127.0.0.1, ready to answer."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("server") / "server.log"
     rvec = str(Path(sys.executable).with_name("rvec"))
     cmd = [rvec, "serve", "--base", str(family["instruct"]), "--vector", str(vector_dir), "--port", str(port), "--", *SERVER_ARGS]
-    with _running(cmd, port, log) as url:
+    with running_server(cmd, port, log) as url:
         yield {"url": url, "model": "instruct+tiny-reasoning", "log": log}
 
 
@@ -281,7 +243,7 @@ def test_serve_refuses_incompatible_vector_within_seconds(family, wide_vector) -
 def test_plain_vllm_serve_with_rvec_load_format_refuses_incompatible_vector(family, wide_vector) -> None:
     extra = json.dumps({"vectors": [{"ref": str(wide_vector), "alpha": 1.0}]})
     cmd = [sys.executable, "-m", "rvec_serving.vllm_cli", "serve", str(family["instruct"]), "--load-format", "rvec",
-           "--model-loader-extra-config", extra, "--port", str(_free_port()), *SERVER_ARGS]
+           "--model-loader-extra-config", extra, "--port", str(free_port()), *SERVER_ARGS]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0
     assert "refusing to serve" in proc.stdout + proc.stderr and "hidden_size" in proc.stdout + proc.stderr
@@ -290,11 +252,11 @@ def test_plain_vllm_serve_with_rvec_load_format_refuses_incompatible_vector(fami
 def test_plain_vllm_serve_with_rvec_load_format_equals_the_applied_checkpoint(family, vector_dir, offline, tmp_path) -> None:
     from openai import OpenAI
 
-    port = _free_port()
+    port = free_port()
     extra = json.dumps({"vectors": [{"ref": str(vector_dir), "alpha": 1.0}]})
     cmd = [sys.executable, "-m", "rvec_serving.vllm_cli", "serve", str(family["instruct"]), "--load-format", "rvec",
            "--model-loader-extra-config", extra, "--port", str(port), "--served-model-name", "plain", *SERVER_ARGS]
-    with _running(cmd, port, tmp_path / "vllm.log") as url:
+    with running_server(cmd, port, tmp_path / "vllm.log") as url:
         got = OpenAI(base_url=url, api_key="unused").completions.create(
             model="plain", prompt=PROMPTS[0], max_tokens=8, temperature=0, logprobs=1, extra_body={"ignore_eos": True})
     want = _out(offline, "applied")[0]
@@ -306,12 +268,12 @@ def test_serve_lora_mode_offers_base_and_each_vector_per_request(family, vector_
     from openai import OpenAI
 
     monkeypatch.setenv("RVEC_CACHE", str(tmp_path / "cache"))
-    port = _free_port()
+    port = free_port()
     rvec = str(Path(sys.executable).with_name("rvec"))
     cmd = [rvec, "serve", "--base", str(family["instruct"]), "--vector", str(vector_dir), "--vector", f"{other_vector}:2",
            "--mode", "lora", "--rank", "8", "--port", str(port), "--", "--dtype", "float32", *SERVER_ARGS]
     log = tmp_path / "lora.log"
-    with _running(cmd, port, log) as url:
+    with running_server(cmd, port, log) as url:
         client = OpenAI(base_url=url, api_key="unused")
         served = {m.id for m in client.models.list().data}
         got = {
