@@ -162,6 +162,8 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
             best = min(runs, key=lambda r: r["wall_s"])
             label = f"{name} ({count} thread{'s' if count > 1 else ''})"
             out[label] = {**best, "cpu_s": min(r["cpu_s"] for r in runs), "threads": count}
+            if vec and count == 1:
+                out[label]["merge_split_s"] = _merge_split(files, opened, params)
             log_line(f"loading only, {label}: {best['wall_s']:.2f} s wall (merge {best['merge_s']:.2f}), {out[label]['cpu_s']:.2f} s CPU")
         base_row = out[f"safetensors (base) ({count} thread{'s' if count > 1 else ''})"]
         for row in out.values():
@@ -169,6 +171,38 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
                 row["wall_vs_base"] = row["wall_s"] / base_row["wall_s"] - 1
                 row["cpu_vs_base"] = row["cpu_s"] / base_row["cpu_s"] - 1
     return out
+
+
+def _merge_split(files: list[str], opened: list, params: dict) -> dict[str, float]:
+    """One more single-threaded load under cProfile: the merge's time by what the core does. In the
+    fused path decoding, adding and casting are one pass; the profile separates what can be separated."""
+    import cProfile
+    import pstats
+
+    import torch
+    from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
+
+    from rvec_hub.arith import Survival
+    from rvec_serving.merge import merge_tensor
+
+    def load() -> None:
+        kept = [Survival() for _ in opened]
+        for key, tensor in safetensors_weights_iterator(files, False):
+            params[key].copy_(merge_tensor(key, tensor, opened, torch.bfloat16, kept))
+
+    profile = cProfile.Profile()
+    profile.runcall(load)
+    split = {"zstd decompression": 0.0, "low-rank matmul": 0.0, "fused add + cast (numba)": 0.0, "payload reads (pread)": 0.0}
+    for (path, _, func), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():
+        if "ZstdDecompressor" in func:
+            split["zstd decompression"] += tottime
+        elif "preadv" in func:
+            split["payload reads (pread)"] += tottime
+        elif path.endswith("_kernels.py"):
+            split["fused add + cast (numba)"] += tottime
+        elif "__matmul__" in func:
+            split["low-rank matmul"] += tottime
+    return {k: round(v, 3) for k, v in split.items()}
 
 
 def _best(runs: list[dict], key: str, pick=min) -> float | None:
@@ -205,6 +239,13 @@ def print_report(report: dict) -> None:
         met = "–" if name.startswith("safetensors") else ("met" if r["wall_s"] <= TARGET_LOAD_S else "missed")
         print(f"| {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['prepare_s']:.2f} | {r.get('read_and_copy_s', 0):.2f} | "
               f"{r.get('merge_s', 0):.2f} | {r.get('hash_wait_s', 0):.2f} | {r['wall_vs_base']:+.0%} | {met} |")
+    splits = {name: r["merge_split_s"] for name, r in report["loading_only"].items() if "merge_split_s" in r}
+    if splits:
+        parts = list(next(iter(splits.values())))
+        print("\n| inside the merge, one thread (profiled run) | " + " | ".join(f"{p} s" for p in parts) + " |")
+        print("|---|" + "---|" * len(parts))
+        for name, split in splits.items():
+            print(f"| {name} | " + " | ".join(f"{split[p]:.2f}" for p in parts) + " |")
     if not report["configs"]:
         return
     print("\n| engine (best of %d) | start-up s | weight loading s | + rvec prepare s | load vs base | tokens/s | vs base | tokens/CPU-s | vs base |" % report["repeat"])
