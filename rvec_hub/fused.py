@@ -13,6 +13,7 @@ nearest even, as torch casts. Compiled by numba; without it the callers keep the
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,30 @@ BAD_VALUE = 8  # a status: a sum is NaN or infinite in bf16 (as in rvec_hub._ker
 def available() -> bool:
     """Whether the kernels compile here (numba installed and working)."""
     return _kernels() is not None
+
+
+def warm_up() -> threading.Thread:
+    """Import numba and load every kernel on a thread, and return it.
+
+    A process's first kernel call pays for numba's import and runtime (about a second, even with every
+    kernel cached on disk); started while other set-up runs (checks, model construction), the first
+    tensor does not wait for it. A kernel called before the thread ends waits for numba's lock.
+    """
+    thread = threading.Thread(target=_first_calls, name="rvec-numba-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+def _first_calls() -> None:
+    if not available():
+        return
+    rows = torch.zeros(2, dtype=torch.bfloat16)
+    add_dense(rows, torch.zeros(2, dtype=torch.bfloat16), 1.0)
+    add_dense(rows, torch.zeros(2, dtype=torch.float32), 1.0)
+    add_at(rows, torch.zeros(1, dtype=torch.int64), torch.zeros(1), 1.0)
+    one, none = np.ones(1, dtype=np.float32), np.zeros(0, dtype=np.float32)
+    add_coded(rows, np.ones(1, dtype=np.uint8), np.zeros(1, dtype=np.uint8), one, none, 1.0)
+    add_coded(rows, np.ones(1, dtype=np.uint8), np.zeros(1, dtype=np.uint8), one, none, 1.0, scales=np.ones(2, dtype=np.float32))
 
 
 def applies(vector: Any, source: str, base: torch.Tensor, out_dtype: torch.dtype) -> bool:

@@ -17,6 +17,7 @@ from vllm.config.load import LoadConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
+from rvec_hub import fused
 from rvec_hub.arith import Survival
 from rvec_hub.check import dtype_name
 from rvec_hub.errors import CompatibilityError, RvecError
@@ -59,6 +60,7 @@ class RvecModelLoader(DefaultModelLoader):
         """
         if self.vectors:
             return
+        fused.warm_up()  # numba's import and runtime load beside the checks and the model's construction
         started = time.perf_counter()
         base = open_checkpoint(self._base_folder(model_config))
         # Payloads are hashed on a thread while the weights merge; get_all_weights waits before it returns.
