@@ -308,7 +308,7 @@ def _loadavg() -> str:
 
 
 def markdown(out: dict) -> str:
-    """Accuracy % [Wilson 95 % CI] per setting (rows) and task set (columns); "not run" where a run stopped."""
+    """Accuracy % [Wilson 95 % CI] (correct/n) per setting (rows) and task set (columns); "not run" where a run stopped."""
     cfg = PRESETS[out["preset"]]
     tasks = [ARITH, *CROSS]
     rows = ["target", "target - 1·vector", *[f"target + {a:g}·vector" for a in cfg["alphas"]],
@@ -318,8 +318,9 @@ def markdown(out: dict) -> str:
     for m in out["measurements"]:
         for r in m["results"]:
             name = m["label"]
-            cells.setdefault(name, {})[m["task"]] = f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
-    head = "| setting | " + " | ".join(f"{t} % [95% CI]" for t in tasks) + " |\n|---|" + "---|" * len(tasks)
+            cells.setdefault(name, {})[m["task"]] = (f"{100 * r['accuracy']:.1f} [{100 * r['ci95'][0]:.1f}, {100 * r['ci95'][1]:.1f}]"
+                                                    f" ({r['correct']}/{r['n']})")
+    head = "| setting | " + " | ".join(f"{t} % [95% CI] (correct/n)" for t in tasks) + " |\n|---|" + "---|" * len(tasks)
     lines = [f"| {name.replace(' - ', ' − ')} | " + " | ".join(cells.get(name, {}).get(t, "not run") for t in tasks) + " |" for name in rows]
     return head + "\n" + "\n".join(lines)
 
