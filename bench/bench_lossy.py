@@ -46,7 +46,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _measure import log_line, measure, warm_cache  # noqa: E402
+from _measure import CommandFailed, log_line, measure, warm_cache  # noqa: E402
 
 from rvec_hub import Vector  # noqa: E402
 from rvec_hub.compress import Survey, Target, _packed_size, make_plans  # noqa: E402
@@ -312,6 +312,13 @@ def _busy() -> list[str]:
     return [" ".join(line.split())[:160] for line in out[1:9]]
 
 
+def _cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="0.5b", choices=list(SIZES), help="synthetic donors (without --reference/--tuned)")
@@ -351,23 +358,31 @@ def main(argv: list[str] | None = None) -> int:
     results = {"label": label, "vector": str(vec.relative_to(ROOT)) if vec.is_relative_to(ROOT) else str(vec), "probe_base": str(base),
                "density": moved / weights, "survey_s": survey_s, "curve": curve(data)}
     log_line(markdown(results))
+    name = "lossy" if label == "0.5b" else f"lossy-{label}"
+    out = BENCH / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every step, so a run stopped late keeps what it measured
+        out.write_text(json.dumps({**results, "environment": env}, indent=2, default=str) + "\n")
+
+    save()
     results["measured"] = {}
     for point in (_setting(s) for s in args.probe_points.split(",") if s):
         log_line(f"measuring quantized {point} against --budget at equal bytes, with --probe {base}")
         results["measured"][f"{point[0]}:{point[1]:g}"] = measured_pair(vec, base, point, work)
+        save()
     if args.mergekit:
         mergekit_bin = ROOT / ".venv-mergekit" / "bin" / "mergekit-extract-lora"
         log_line("mergekit-extract-lora --max-rank 64")
-        results["mergekit"] = mergekit_point(sft, grpo, vec, work, mergekit_bin, 64)
+        try:
+            results["mergekit"] = mergekit_point(sft, grpo, vec, work, mergekit_bin, 64)
+        except CommandFailed as exc:
+            results["mergekit_failed"] = str(exc).splitlines()[0]
     env.update({
-        "loadavg_at_end": os.getloadavg(), "busy_at_end": _busy(), "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+        "loadavg_at_end": os.getloadavg(), "busy_at_end": _busy(), "cpus": os.cpu_count(), "cpu": _cpu_model(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__, "total_s": time.perf_counter() - start,
     })
-    results["environment"] = env
-    name = "lossy" if label == "0.5b" else f"lossy-{label}"
-    out = BENCH / "results" / f"{name}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    save()
     plot(results, BENCH / ("lossy_curve.png" if label == "0.5b" else f"lossy_curve-{label}.png"))
     print(markdown(results))
     return 0
