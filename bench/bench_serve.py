@@ -71,7 +71,7 @@ def prepare(work: Path, rank: int) -> dict[str, Path]:
     if not paths["lowrank"].exists():
         _rvec("compress", str(paths["dense"]), "-o", str(paths["lowrank"]), "--method", "lowrank", "--rank", str(rank), "--device", "cpu")
     if not paths["quantized"].exists():
-        _rvec("compress", str(paths["dense"]), "-o", str(paths["quantized"]), "--method", "quantized", "--device", "cpu")
+        _rvec("compress", str(paths["dense"]), "-o", str(paths["quantized"]), "--method", "quantized", "--bits", "2", "--device", "cpu")
     if paths["applied"].exists():
         import shutil
 
@@ -290,11 +290,11 @@ def main() -> int:
         "rvec dense": rvec(paths["dense"]),
         "rvec packed": rvec(paths["sparse"]),
         f"rvec lowrank r{args.rank}": rvec(paths["lowrank"]),
-        "rvec quantized": rvec(paths["quantized"]),
+        "rvec quantized (2 bits)": rvec(paths["quantized"]),
         "safetensors (rvec apply output)": {"model": str(paths["applied"]), "load_format": "safetensors"},
     }
     loading = loading_only(paths["base"], {"safetensors (base)": None, "rvec dense": paths["dense"], "rvec packed": paths["sparse"],
-                                           f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized": paths["quantized"]},
+                                           f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized (2 bits)": paths["quantized"]},
                            args.loading_repeat, [int(t) for t in args.threads.split(",")])
     runs: dict[str, list[dict]] = {name: [] for name in configs}
     for i in range(0 if args.no_engine else args.repeat):
