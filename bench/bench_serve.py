@@ -44,7 +44,7 @@ TARGET_LOAD_S = 1.0  # weight loading of the 0.5B bench vector, every encoding
 ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 16, "gpu_memory_utilization": 0.15,
           "distributed_executor_backend": "uni"}
 _LOAD_RE = re.compile(r"Loading weights took ([0-9.]+) seconds")
-_CHECK_RE = re.compile(r"rvec: .* \(checked in ([0-9.]+) s\)")
+_CHECK_RE = re.compile(r"rvec: .* \(checked, kernels loaded, in ([0-9.]+) s\)")
 
 
 def _du(path: Path) -> int:

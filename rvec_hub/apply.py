@@ -67,7 +67,6 @@ def apply_vectors(
     Example:
         >>> apply_vectors([(Vector.open("vec"), 1.0)], open_checkpoint("Qwen/Qwen2.5-1.5B-Instruct"), "merged")
     """
-    fused.warm_up()  # numba loads beside the checks below
     refs = vector_refs or [str(v.path) for v, _ in vectors]
     vectors = [(vector, check_alpha(alpha, f"alpha of {ref}")) for (vector, alpha), ref in zip(vectors, refs)]
     for (vector, _), ref in zip(vectors, refs):

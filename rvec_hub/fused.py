@@ -13,7 +13,6 @@ nearest even, as torch casts. Compiled by numba; without it the callers keep the
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
@@ -32,16 +31,10 @@ def available() -> bool:
     return _kernels() is not None
 
 
-def warm_up() -> threading.Thread:
-    """Import numba and load every kernel on a thread, and return it.
-
-    A process's first kernel call pays for numba's import and runtime (about a second, even with every
-    kernel cached on disk); started while other set-up runs (checks, model construction), the first
-    tensor does not wait for it. A kernel called before the thread ends waits for numba's lock.
-    """
-    thread = threading.Thread(target=_first_calls, name="rvec-numba-warm-up", daemon=True)
-    thread.start()
-    return thread
+def load_kernels() -> None:
+    """Import numba and load every kernel now (a process's first call pays about a second for numba's
+    import and runtime, even with every kernel cached on disk); a no-op without numba."""
+    _first_calls()
 
 
 def _first_calls() -> None:

@@ -60,8 +60,8 @@ class RvecModelLoader(DefaultModelLoader):
         """
         if self.vectors:
             return
-        fused.warm_up()  # numba's import and runtime load beside the checks and the model's construction
         started = time.perf_counter()
+        fused.load_kernels()  # numba's import and runtime (about a second), here rather than on the first tensor
         base = open_checkpoint(self._base_folder(model_config))
         # Payloads are hashed on a thread while the weights merge; get_all_weights waits before it returns.
         vectors = open_specs(self.specs, endpoint=self.endpoint, verify="background")
@@ -69,7 +69,7 @@ class RvecModelLoader(DefaultModelLoader):
         base.close()
         self.vectors = vectors
         self.survival = [Survival() for _ in vectors]
-        logger.info("rvec: %s fit %s (checked in %.2f s)", describe(vectors), model_config.model, time.perf_counter() - started)
+        logger.info("rvec: %s fit %s (checked, kernels loaded, in %.2f s)", describe(vectors), model_config.model, time.perf_counter() - started)
 
     def load_model(self, vllm_config: VllmConfig, model_config: ModelConfig, prefix: str = "") -> nn.Module:
         device = torch.device(self.load_config.device or vllm_config.device_config.device)
