@@ -9,6 +9,32 @@ from __future__ import annotations
 import numba
 import numba.extending
 import numpy as np
+from llvmlite.binding import ffi as _llvm_ffi
+
+
+def _llvm_lib_without_dunders() -> None:
+    """Make llvmlite's `ffi.lib` answer `__dict__` and other dunders with AttributeError.
+
+    It answers every attribute with a wrapped C function, `__dict__` included (its ctypes library has
+    one), and vLLM's Triton-kernel scan (`vllm.triton_utils.dispatcher._rebind_kernels`) calls
+    `vars(x).get(...)` on every module attribute when a worker starts: once numba is imported, a second
+    vLLM engine started in the same process failed with "'_lib_fn_wrapper' object has no attribute 'get'".
+    """
+    wrapper = _llvm_ffi._lib_wrapper
+    if getattr(wrapper, "_rvec_no_dunders", False):
+        return
+    lookup = wrapper.__getattr__
+
+    def __getattr__(self, name):
+        if name.startswith("__") and name.endswith("__"):
+            raise AttributeError(name)
+        return lookup(self, name)
+
+    wrapper.__getattr__ = __getattr__
+    wrapper._rvec_no_dunders = True
+
+
+_llvm_lib_without_dunders()
 
 BAD_VALUE = 8
 # Reassociation lets LLVM vectorise the sums; NaN and Inf stay meaningful (no nnan / ninf).
