@@ -81,6 +81,16 @@ def dense(out, delta, alpha):
 
 
 @_jit
+def _add_at(out, p, a, value):
+    """out[p] ← bf16(out[p] + a·value); (rounding error², whether the sum left bf16's finite range)."""
+    exact = _widen(out[p]) + a * value
+    y = _to_bf16(exact)
+    out[p] = y
+    d = _widen(y) - exact
+    return d * d, (y & 0x7F80) == 0x7F80
+
+
+@_jit
 def indexed(out, where, values, alpha):
     """out ← bf16(out + α·value) at each flat position of `where` (checked positions, in any order)."""
     a = np.float32(alpha)
@@ -88,13 +98,10 @@ def indexed(out, where, values, alpha):
     for i in range(where.size):
         p, value = where[i], values[i]
         if value != 0:
-            exact = _widen(out[p]) + a * value
-            y = _to_bf16(exact)
-            out[p] = y
-            d = _widen(y) - exact
-            err_sq += d * d
+            sq, over = _add_at(out, p, a, value)
+            err_sq += sq
             norm_sq += value * value
-            bad |= (y & 0x7F80) == 0x7F80
+            bad |= over
     return (BAD_VALUE if bad else 0), err_sq, norm_sq * a * a
 
 
@@ -143,13 +150,10 @@ def coded(gaps, codes, table, escaped, scales, cols, out, alpha):
                 row_end += cols
             value = value * scales[row]
         if value != 0:
-            exact = _widen(out[p]) + a * value
-            y = _to_bf16(exact)
-            out[p] = y
-            d = _widen(y) - exact
-            err_sq += d * d
+            sq, over = _add_at(out, p, a, value)
+            err_sq += sq
             norm_sq += value * value
-            bad |= (y & 0x7F80) == 0x7F80
+            bad |= over
     if k != n_codes:
         return 5, 0.0, 0.0
     if e != n_escaped:
