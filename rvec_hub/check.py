@@ -213,7 +213,7 @@ def verify_vector(path: str | Path, *, vector_ref: str | None = None, quiet: boo
     ref = vector_ref or str(path)
     problems: list[str] = []
     try:
-        verify_files(path, manifest)
+        verify_files(path, manifest, rehash=True)
     except IntegrityError as exc:
         problems += exc.problems
     vector = Vector(path, manifest)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from . import digests
 from ._version import __version__
 from .encodings import ENCODINGS
 from .errors import FormatError, IntegrityError
@@ -21,14 +22,25 @@ PAYLOAD_PREFIX = "vector"
 _HASH_BLOCK = 1024 * 1024
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in blocks."""
+def sha256_file(path: Path, *, rehash: bool = False) -> str:
+    """Hex sha256 of a file, read in blocks, or the one recorded for it if it is unchanged since (`rvec_hub.digests`).
+
+    Args:
+        path: the file.
+        rehash: read and hash the file even when a record vouches for it (`rvec check` does).
+    """
+    real = Path(path).resolve()
+    if not rehash and (known := digests.recorded(real)) is not None:
+        return known
+    before = digests.settled(real)
     digest = hashlib.sha256()
     block = bytearray(_HASH_BLOCK)
     view = memoryview(block)
-    with open(path, "rb", buffering=0) as f:
+    with open(real, "rb", buffering=0) as f:
         while n := f.readinto(block):
             digest.update(view[:n])
+    if before is not None:
+        digests.record(real, before, digest.hexdigest())
     return digest.hexdigest()
 
 
@@ -47,8 +59,11 @@ def _inside(directory: Path, relative: str) -> Path:
     raise FormatError(f"{directory}: manifest file {relative!r} points outside the vector directory")
 
 
-def verify_files(directory: Path, manifest: Manifest) -> None:
+def verify_files(directory: Path, manifest: Manifest, *, rehash: bool = False) -> None:
     """Check that every payload file exists with the manifest's size and sha256.
+
+    A file whose digest was recorded when rvec wrote or last hashed it, and whose size, times and inode are
+    unchanged since, is not read again unless `rehash` (see `rvec_hub.digests`).
 
     Raises:
         IntegrityError: listing every file that differs.
@@ -65,8 +80,8 @@ def verify_files(directory: Path, manifest: Manifest) -> None:
             hashed.append((entry, path))
     # hashlib releases the GIL, so shards hash side by side on as many cores as there are shards.
     with ThreadPoolExecutor(max_workers=max(1, min(len(hashed), os.cpu_count() or 1))) as pool:
-        digests = list(pool.map(sha256_file, [path for _, path in hashed]))
-    for (entry, _), digest in zip(hashed, digests):
+        found = list(pool.map(lambda path: sha256_file(path, rehash=rehash), [path for _, path in hashed]))
+    for (entry, _), digest in zip(hashed, found):
         if digest != entry.sha256:
             problems.append(f"{entry.path} sha256 differs from the manifest")
     if problems:

@@ -165,8 +165,8 @@ def check_cmd(vector, base, alpha, out_dtype, no_precision, endpoint, quiet, as_
     """Check a vector against a base, or on its own: every problem, exit 0 when sound, 1 when not.
 
     With --base: every mismatch, and the share of the vector the output dtype keeps. Without: every
-    checksum, every stored shape and dtype against the manifest, and every value (NaN, Inf, corrupt
-    sparse indexes).
+    checksum (each file read and hashed again, whatever digest rvec recorded for it), every stored shape
+    and dtype against the manifest, and every value (NaN, Inf, corrupt sparse indexes).
 
     \b
     Examples:
