@@ -117,7 +117,7 @@ def coded(gaps, codes, table, escaped, scales, cols, out, alpha):
         return 7, 0.0, 0.0
     row, row_end = 0, cols
     p, k, e = -1, 0, 0
-    every = gaps.size == 0
+    every = gaps.size == 0 and n_codes > 0  # a block without entries has neither gaps nor codes
     if every and n_codes != n:
         return 7, 0.0, 0.0
     for i in range(n_codes if every else gaps.size):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from rvec_hub import FormatError, UsageError, Vector, apply_vectors, compress, open_checkpoint
+from rvec_hub import FormatError, UsageError, Vector, apply_vectors, compress, fused, open_checkpoint
+from rvec_hub.arith import add_rows
 from rvec_hub.cli._errors import run_cli
 from rvec_hub.cli.main import cli
 from rvec_hub.encodings import ENCODINGS, quantized
@@ -95,6 +96,17 @@ def test_compiled_and_torch_scatters_agree(monkeypatch: pytest.MonkeyPatch) -> N
     fast = CODEC.decode_rows(entry, stored, 0, 8)
     monkeypatch.setattr(quantized, "_numba_kernel", lambda: None)
     assert torch.equal(CODEC.decode_rows(entry, stored, 0, 8), fast)
+
+
+@pytest.mark.skipif(not fused.available(), reason="the fused add needs numba")
+def test_fused_add_passes_over_blocks_without_kept_entries() -> None:
+    delta = torch.zeros(8, 16)
+    delta[0, 3], delta[1, 5] = 1e-3, -2e-3
+    entry, stored = _encoded(delta, bits=2, rows_per_block=2)  # rows 2-8: three blocks without entries
+    rows = (torch.randn(8, 16, generator=torch.Generator().manual_seed(0)) * 0.02).to(torch.bfloat16)
+    expected = add_rows(rows, [(CODEC.decode_rows(entry, stored, 0, 8), 1.0)], torch.bfloat16)
+    status, _, _ = CODEC.add_into(entry, stored, 0, 8, rows, 1.0)
+    assert status == 0 and torch.equal(rows.view(torch.int16), expected.view(torch.int16))
 
 
 def _frames(stored: _Stored) -> tuple[list[int], np.ndarray, np.ndarray]:
