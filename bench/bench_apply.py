@@ -4,7 +4,8 @@ For each size, on a synthetic family (SFT, GRPO, Instruct; bf16) it measures, as
 warm page cache, the wall time and peak RSS of:
 
 - `rvec extract` (bf16 storage, the default, and fp32 storage),
-- `rvec apply` of each vector to Instruct,
+- `rvec apply` of each vector to Instruct (extract recorded the vector's digests, so apply does not hash it
+  again; one more run with `RVEC_VERIFY=full` reads and hashes the whole vector as `rvec check` does),
 - `mergekit-yaml` task_arithmetic with base_model SFT and models GRPO (weight 1) and Instruct (weight 1),
   which is the same enhanced model: Instruct + (GRPO − SFT).
 
@@ -83,10 +84,10 @@ def run_size(label: str, shapes: Shapes, work: Path, repeat: int, mergekit_bin: 
     logs = work / "logs"
     runs: dict[str, list[Measurement]] = {}
 
-    def timed(name: str, argv: list[str], out: Path) -> None:
+    def timed(name: str, argv: list[str], out: Path, env: dict[str, str] | None = None) -> None:
         _fresh(out)
         warm_cache(*donors.values(), *(p for p in work.glob("vec-*") if p != out))
-        m = measure(name, argv, log=logs / f"{name}-{len(runs.get(name, []))}.log")
+        m = measure(name, argv, log=logs / f"{name}-{len(runs.get(name, []))}.log", env=env)
         runs.setdefault(name, []).append(m)
         log_line(f"  {label} {name}: {m.wall_s:.2f} s, peak RSS {m.peak_rss_gb:.2f} GB")
 
@@ -101,6 +102,9 @@ def run_size(label: str, shapes: Shapes, work: Path, repeat: int, mergekit_bin: 
     for _ in range(repeat):  # interleaved, so load from other work on the machine hits both alike
         timed("rvec apply", [*rvec, "apply", str(vec16), "--base", str(donors["instruct"]), "-o", str(out16), "--quiet"], out16)
         timed("mergekit-yaml", [str(mergekit_bin), str(config), str(out_mk), "--lazy-unpickle", "--out-shard-size", "5B"], out_mk)
+    # The vector's digests were recorded when extract wrote it; this run reads and hashes it all again.
+    timed("rvec apply, RVEC_VERIFY=full", [*rvec, "apply", str(vec16), "--base", str(donors["instruct"]), "-o", str(out16), "--quiet"],
+          out16, env={"RVEC_VERIFY": "full"})
     timed("rvec apply (fp32 vector)", [*rvec, "apply", str(vec32), "--base", str(donors["instruct"]), "-o", str(out32), "--quiet"], out32)
 
     log_line(f"  {label}: comparing outputs with the float32 reference")

@@ -124,7 +124,11 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     torch thread count (vLLM CPU gives its worker one thread per bound core), so a contended host disturbs it
     less than a whole engine start. The wall time splits into opening and checking the vectors, reading
     the base, adding the vectors (decode, add and cast: one fused pass for one vector into bf16), and
-    waiting for the hash."""
+    waiting for the hash.
+
+    Each vector is measured twice: as a server start finds a vector rvec wrote or verified before (its
+    digests recorded, `rvec_hub.digests`, so nothing is hashed), and with `RVEC_VERIFY=full`, which
+    hashes every payload byte as a first open after download does ("hashed")."""
     import torch
     from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
 
@@ -136,10 +140,20 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     ckpt = open_checkpoint(base)
     files = sorted(str(p) for p in base.glob("*.safetensors"))
     params = {n: torch.empty(i.shape, dtype=torch.bfloat16) for n, i in ckpt.tensors.items()}
+    from rvec_hub.vector import Vector
+
+    for vec in vectors.values():
+        if vec:
+            Vector.open(vec).close()  # records the digests, as extract, compress and pull do
+    modes = [(name, vec, full) for name, vec in vectors.items() for full in ((False, True) if vec else (False,))]
     out = {}
     for count in threads:
         torch.set_num_threads(count)
-        for name, vec in vectors.items():
+        for name, vec, full in modes:
+            if full:
+                os.environ["RVEC_VERIFY"] = "full"
+            else:
+                os.environ.pop("RVEC_VERIFY", None)
             runs = []
             for _ in range(repeat):
                 warm_cache(base, *([vec] if vec else []))
@@ -160,9 +174,9 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
                 runs.append({"wall_s": done - started, "cpu_s": time.process_time() - cpu, "prepare_s": prepared - started,
                              "merge_s": merging, "read_and_copy_s": loaded - prepared - merging, "hash_wait_s": done - loaded})
             best = min(runs, key=lambda r: r["wall_s"])
-            label = f"{name} ({count} thread{'s' if count > 1 else ''})"
-            out[label] = {**best, "cpu_s": min(r["cpu_s"] for r in runs), "threads": count}
-            if vec and count == 1:
+            label = f"{name}{', hashed' if full else ''} ({count} thread{'s' if count > 1 else ''})"
+            out[label] = {**best, "cpu_s": min(r["cpu_s"] for r in runs), "threads": count, "hashed": full}
+            if vec and count == 1 and not full:
                 out[label]["merge_split_s"] = _merge_split(files, opened, params)
             log_line(f"loading only, {label}: {best['wall_s']:.2f} s wall (merge {best['merge_s']:.2f}), {out[label]['cpu_s']:.2f} s CPU")
         base_row = out[f"safetensors (base) ({count} thread{'s' if count > 1 else ''})"]
@@ -170,6 +184,7 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
             if row["threads"] == count:
                 row["wall_vs_base"] = row["wall_s"] / base_row["wall_s"] - 1
                 row["cpu_vs_base"] = row["cpu_s"] / base_row["cpu_s"] - 1
+    os.environ.pop("RVEC_VERIFY", None)
     return out
 
 
