@@ -107,8 +107,11 @@ def _ask(url: str, question: str) -> str:
 
 def _serve(base: Path, vector: str, port: int) -> list[str]:
     # float32: the RL part of the update is mostly below one bf16 step of the weights it is added to.
+    # Eager: on the CPU, torch.compile's warm-up costs each server 1 to 3 minutes, more than a 135M
+    # model's answers to every question take without it.
     return [sys.executable, "-m", "rvec_hub.cli", "serve", "--base", str(base), "--vector", vector, "--port", str(port), "--",
-            "--served-model-name", SERVED, "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "16"]
+            "--served-model-name", SERVED, "--dtype", "float32", "--max-model-len", "2048", "--max-num-seqs", "16",
+            "--enforce-eager"]
 
 
 def vector_share(vector_dir: Path, base: Path) -> dict:
