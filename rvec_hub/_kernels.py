@@ -1,4 +1,5 @@
-"""numba kernels of `fused` (imported only where numba is installed). Each is compiled once and cached.
+"""numba kernels of `fused`, and the walk the `packed` and `quantized` decoders share with the fused add
+(`coded`); imported only where numba is installed. Each is compiled once and cached.
 
 Arithmetic is float32: with `contract`, LLVM fuses base + α·Δ into one multiply-add (torch's add with
 alpha does the same), and the per-call sums (a chunk or a block, about a million weights) stay float32.
@@ -105,25 +106,96 @@ def indexed(out, where, values, alpha):
     return (BAD_VALUE if bad else 0), err_sq, norm_sq * a * a
 
 
+def _clear(out):  # a decoded block starts at zero; an add leaves the base as it is
+    raise NotImplementedError  # compiled only, through the overload below
+
+
+@numba.extending.overload(_clear, inline="always")
+def _clear_impl(out):
+    if out.dtype == numba.types.float32:
+        def impl(out):
+            out[:] = 0.0  # a memset, while the block is about to be in cache anyway
+        return impl
+    return lambda out: None
+
+
+def _put(out, p, a, value, err_sq, norm_sq, bad):  # one entry into `out`, the add's sums carried along
+    raise NotImplementedError  # compiled only, through the overload below
+
+
+@numba.extending.overload(_put, inline="always")
+def _put_impl(out, p, a, value, err_sq, norm_sq, bad):
+    if out.dtype == numba.types.float32:  # decoding: the value itself
+        def write(out, p, a, value, err_sq, norm_sq, bad):
+            out[p] = value
+            return err_sq, norm_sq, bad
+        return write
+
+    def add(out, p, a, value, err_sq, norm_sq, bad):  # bf16 bits: the fused add
+        if value == 0:
+            return err_sq, norm_sq, bad
+        sq, over = _add_at(out, p, a, value)
+        return err_sq + sq, norm_sq + value * value, bad | over
+    return add
+
+
+def _size(x):  # elements of an optional array: 0 for None
+    raise NotImplementedError  # compiled only, through the overload below
+
+
+@numba.extending.overload(_size, inline="always")
+def _size_impl(x):
+    if x is numba.types.none:
+        return lambda x: 0
+    return lambda x: x.size
+
+
+def _at(x, i):  # element i of an optional array, read only where `_size` says it exists
+    raise NotImplementedError  # compiled only, through the overload below
+
+
+@numba.extending.overload(_at, inline="always")
+def _at_impl(x, i):
+    if x is numba.types.none:
+        return lambda x, i: np.float32(0.0)
+    return lambda x, i: x[i]
+
+
 @_jit
 def coded(gaps, codes, table, escaped, scales, cols, out, alpha):
-    """out ← bf16(out + α·value) at each coded entry: a `packed` block, or with per-row `scales` (one per
-    row of `cols` elements; empty for none) a `quantized` one. Returns (status, error², ‖α·Δ‖²)."""
-    n, n_codes, n_table, n_escaped = out.size, codes.size, table.size, escaped.size
+    """Each coded entry of a `packed` block, or with per-row `scales` (one per row of `cols` elements) a
+    `quantized` one, into `out`: float32 `out` is filled with the decoded block (zeros between the entries),
+    bf16 bits (uint16) get out ← bf16(out + α·value).
+
+    `escaped` None is an encoding without escaped values (code 255 is then one more code outside the
+    codebook); `scales` None or empty, no scales. Each combination of types compiles once, without the code
+    it does not need. Returns (status, error², ‖α·Δ‖²): a status other than 0 is a `packed` decoding status
+    or BAD_VALUE; the sums are 0 for a decode.
+    """
+    n, n_codes, n_table, n_escaped, n_scales = out.size, codes.size, table.size, _size(escaped), _size(scales)
     a = np.float32(alpha)
     err_sq, norm_sq, bad = np.float32(0.0), np.float32(0.0), 0
-    scaled = scales.size > 0
-    if scaled and scales.size * cols != n:
+    scaled = n_scales > 0
+    if scaled and n_scales * cols != n:
         return 7, 0.0, 0.0
-    row, row_end = 0, cols
-    p, k, e = -1, 0, 0
-    every = gaps.size == 0 and n_codes > 0  # a block without entries has neither gaps nor codes
-    if every and n_codes != n:
-        return 7, 0.0, 0.0
-    for i in range(n_codes if every else gaps.size):
-        if every:
-            p = i
-        else:
+    e = 0
+    if gaps.size == 0 and n_codes > 0 and not scaled:  # a code for every element (a block without entries has neither)
+        if n_codes != n:
+            return 7, 0.0, 0.0
+        for p in range(n):  # each branch puts its own value: one put of either value costs this loop 5 %
+            c = codes[p]
+            if c < n_table:
+                err_sq, norm_sq, bad = _put(out, p, a, table[c], err_sq, norm_sq, bad)
+            elif c == 255 and e < n_escaped:
+                err_sq, norm_sq, bad = _put(out, p, a, _at(escaped, e), err_sq, norm_sq, bad)
+                e += 1
+            else:
+                return (4 if c == 255 and escaped is not None else 3), 0.0, 0.0
+        k = n
+    else:
+        _clear(out)
+        p, k, row, row_end = -1, 0, 0, cols
+        for i in range(gaps.size):
             g = gaps[i]
             if g == 0:
                 p += 255
@@ -133,27 +205,21 @@ def coded(gaps, codes, table, escaped, scales, cols, out, alpha):
                 return 1, 0.0, 0.0
             if k >= n_codes:
                 return 2, 0.0, 0.0
-        c = codes[k]
-        k += 1
-        if c < n_table:
-            value = table[c]
-        elif c == 255:
-            if e >= n_escaped:
-                return 4, 0.0, 0.0
-            value = escaped[e]
-            e += 1
-        else:
-            return 3, 0.0, 0.0
-        if scaled:
-            while p >= row_end:
-                row += 1
-                row_end += cols
-            value = value * scales[row]
-        if value != 0:
-            sq, over = _add_at(out, p, a, value)
-            err_sq += sq
-            norm_sq += value * value
-            bad |= over
+            c = codes[k]
+            k += 1
+            if c < n_table:
+                value = table[c]
+            elif c == 255 and e < n_escaped:
+                value = _at(escaped, e)
+                e += 1
+            else:
+                return (4 if c == 255 and escaped is not None else 3), 0.0, 0.0
+            if scaled:
+                while p >= row_end:
+                    row += 1
+                    row_end += cols
+                value = value * _at(scales, row)
+            err_sq, norm_sq, bad = _put(out, p, a, value, err_sq, norm_sq, bad)
     if k != n_codes:
         return 5, 0.0, 0.0
     if e != n_escaped:

@@ -350,56 +350,15 @@ def _gather_torch(code: torch.Tensor, table: torch.Tensor, escaped: torch.Tensor
 
 @lru_cache(maxsize=1)
 def _numba_kernel() -> Any:
-    """The compiled scatter, or None without numba (or where it cannot compile)."""
+    """The compiled scatter, or None without numba: `rvec_hub._kernels.coded`, the walk the fused add
+    takes too, writing into float32 instead of adding into bf16."""
     try:
-        import numba
+        from .._kernels import coded
     except ImportError:
         return None
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def kernel(gaps, codes, table, escaped, out):  # pragma: no cover - compiled
-        n, n_codes, n_table, n_escaped = out.size, codes.size, table.size, escaped.size
-        p, k, e = -1, 0, 0
-        if gaps.size == 0 and n_codes == n:  # a code for every element
-            for i in range(n):
-                c = codes[i]
-                if c < n_table:
-                    out[i] = table[c]
-                elif c == 255:
-                    if e >= n_escaped:
-                        return 4
-                    out[i] = escaped[e]
-                    e += 1
-                else:
-                    return 3
-            return 0 if e == n_escaped else 6
-        out[:] = 0.0  # a memset, while the block is about to be in cache anyway
-        for i in range(gaps.size):
-            g = gaps[i]
-            if g == 0:
-                p += 255
-                continue
-            p += g
-            if p >= n:
-                return 1
-            if k >= n_codes:
-                return 2
-            c = codes[k]
-            k += 1
-            if c < n_table:
-                out[p] = table[c]
-            elif c == 255:
-                if e >= n_escaped:
-                    return 4
-                out[p] = escaped[e]
-                e += 1
-            else:
-                return 3
-        if k != n_codes:
-            return 5
-        if e != n_escaped:
-            return 6
-        return 0
+    def kernel(gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray, out: np.ndarray) -> int:
+        return coded(gaps, codes, table, escaped, None, 1, out, 0.0)[0]
 
     return kernel
 

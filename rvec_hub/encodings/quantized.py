@@ -222,6 +222,7 @@ _STATUS = {
     1: "places an entry past its last element",
     2: "has more gaps than codes",
     3: "uses a code outside its codebook",
+    4: "uses a code outside its codebook",  # the escape code, which only packed gives a value
     5: "leaves codes unused",
 }
 
@@ -256,38 +257,15 @@ def _scatter_torch(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, sca
 
 @lru_cache(maxsize=1)
 def _numba_kernel() -> Any:
-    """The compiled scatter, or None without numba."""
+    """The compiled scatter, or None without numba: `rvec_hub._kernels.coded` (packed's and the fused
+    add's walk) with row scales and no escaped values."""
     try:
-        import numba
+        from .._kernels import coded
     except ImportError:
         return None
 
-    @numba.njit(nogil=True, cache=True, boundscheck=False)
-    def kernel(gaps, codes, table, scales, cols, out):  # pragma: no cover - compiled
-        n, n_codes, n_table = out.size, codes.size, table.size
-        out[:] = 0.0
-        p, k, row, row_end = -1, 0, 0, cols
-        for i in range(gaps.size):
-            g = gaps[i]
-            if g == 0:
-                p += 255
-                continue
-            p += g
-            if p >= n:
-                return 1
-            if k >= n_codes:
-                return 2
-            c = codes[k]
-            k += 1
-            if c >= n_table:
-                return 3
-            while p >= row_end:
-                row += 1
-                row_end += cols
-            out[p] = table[c] * scales[row]
-        if k != n_codes:
-            return 5
-        return 0
+    def kernel(gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, scales: np.ndarray, cols: int, out: np.ndarray) -> int:
+        return coded(gaps, codes, table, None, scales, cols, out, 0.0)[0]
 
     return kernel
 
