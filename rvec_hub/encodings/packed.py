@@ -22,7 +22,8 @@ counts, and the end offsets of its three frames in `data` (uint8).
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -171,20 +172,79 @@ def _rounding_error_sq(exact: torch.Tensor, stored: torch.Tensor) -> float:
     return torch.linalg.vector_norm(exact - stored.float()).item() ** 2
 
 
-def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
+@dataclass(frozen=True)
+class Streams:
+    """One block's streams, decompressed: gap bytes and codes (uint8), escaped values and row scales
+    (float32; None for an encoding without them)."""
+
+    gaps: np.ndarray
+    codes: np.ndarray
+    escaped: torch.Tensor | None
+    scales: torch.Tensor | None = None
+
+
+# (entry, payload, its index row, its first byte in `data`, its first row) → the block's checked streams
+StreamReader = Callable[[TensorEntry, Payload, list[int], int, int], Streams]
+TableReader = Callable[[TensorEntry, Payload], torch.Tensor]  # the checked codebook, float32
+
+
+def decode_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, table: TableReader, streams: StreamReader) -> torch.Tensor:
+    """Rows `[start, stop)`, float32, of a tensor stored in coded blocks (`packed`, `quantized`): each block
+    it touches decoded from `streams`."""
     shape = tuple(entry.shape)
     rows, cols = as_rows(shape)
     blocks = _checked_index(entry, payload, rows, cols)
-    table = payload.read(entry.keys["table"]).float()
+    codebook = table(entry, payload)
     out = torch.empty(stop - start, cols, dtype=torch.float32)
     for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
         target = out[lo - start : hi - start]
         inside = lo == first and hi == block[0]
         buf = target if inside else torch.empty(block[0] - first, cols, dtype=torch.float32)
-        _decode_block(entry, payload, block, begin, table, buf.reshape(-1), first)
+        _decode_block(entry, first, codebook, streams(entry, payload, block, begin, first), buf)
         if not inside:
             target.copy_(buf[lo - first : hi - first])
     return out.reshape((stop - start, *shape[1:])) if shape else out.reshape(())
+
+
+def add_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, table: TableReader, streams: StreamReader) -> tuple[int, float, float]:
+    """α·Δ added to bf16 `rows` (rows `[start, stop)`) of a tensor stored in coded blocks, entry by entry
+    straight from each block's `streams`; a block the range cuts is decoded whole and its rows in range added."""
+    rows_n, cols = as_rows(tuple(entry.shape))
+    blocks = _checked_index(entry, payload, rows_n, cols)
+    codebook = table(entry, payload)
+    values = codebook.numpy()
+    flat = rows.reshape(stop - start, cols)
+    status, err_sq, norm_sq = 0, 0.0, 0.0
+    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
+        target = flat[lo - start : hi - start]
+        coded = streams(entry, payload, block, begin, first)
+        if lo == first and hi == block[0]:
+            escaped = _NO_VALUES if coded.escaped is None else coded.escaped.numpy()
+            scales = None if coded.scales is None else coded.scales.numpy()
+            step, e, n = fused.add_coded(target, coded.gaps, coded.codes, values, escaped, alpha, scales)
+            if 0 < step < fused.BAD_VALUE:
+                raise _corrupt_block(entry, first, _problem(step, coded.escaped))
+        else:
+            buf = torch.empty(block[0] - first, cols, dtype=torch.float32)
+            _decode_block(entry, first, codebook, coded, buf)
+            step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
+        status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
+    return status, err_sq, norm_sq
+
+
+_NO_VALUES = np.zeros(0, dtype=np.float32)
+
+
+def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
+    return decode_blocks(entry, payload, start, stop, _table, _streams)
+
+
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams)
+
+
+def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
+    return payload.read(entry.keys["table"]).float()
 
 
 def blocks_in(blocks: list[list[int]], start: int, stop: int) -> Iterator[tuple[list[int], int, int, int, int]]:
@@ -222,14 +282,17 @@ def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -
     return blocks
 
 
-def _decode_block(entry: TensorEntry, payload: Payload, block: list[int], begin: int, table: torch.Tensor, out: torch.Tensor, first_row: int) -> None:
-    gaps, codes, escaped = _streams(entry, payload, block, begin, first_row)
-    problem = scatter(gaps, codes, table, escaped, out)
+def _decode_block(entry: TensorEntry, first_row: int, table: torch.Tensor, coded: Streams, out: torch.Tensor) -> None:
+    problem = scatter(coded.gaps, coded.codes, table, coded.escaped, out, coded.scales)
     if problem:
-        raise FormatError(f"tensor {entry.name}: the packed block from row {first_row} {problem}; the vector is corrupt")
+        raise _corrupt_block(entry, first_row, problem)
 
 
-def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first_row: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+def _corrupt_block(entry: TensorEntry, first_row: int, problem: str) -> FormatError:
+    return FormatError(f"tensor {entry.name}: the {entry.encoding} block from row {first_row} {problem}; the vector is corrupt")
+
+
+def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first_row: int) -> Streams:
     """A block's gap bytes, codes and escaped values (float32), decompressed."""
     _, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes = block
     itemsize = _item_size(entry)
@@ -240,29 +303,7 @@ def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int,
     escaped = torch.zeros(0, dtype=torch.float32)
     if escapes:
         escaped = torch.from_numpy(planes.reshape(itemsize, escapes).T.copy()).view(storage_dtype(entry)).reshape(-1).float()
-    return gaps, codes, escaped
-
-
-def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
-    """α·Δ added to bf16 `rows` (rows `[start, stop)`) entry by entry, straight from each block's streams."""
-    rows_n, cols = as_rows(tuple(entry.shape))
-    blocks = _checked_index(entry, payload, rows_n, cols)
-    table = payload.read(entry.keys["table"]).float().numpy()
-    flat = rows.reshape(stop - start, cols)
-    status, err_sq, norm_sq = 0, 0.0, 0.0
-    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
-        target = flat[lo - start : hi - start]
-        if lo == first and hi == block[0]:
-            gaps, codes, escaped = _streams(entry, payload, block, begin, first)
-            step, e, n = fused.add_coded(target, gaps, codes, table, escaped.numpy(), alpha)
-            if 0 < step < fused.BAD_VALUE:
-                raise FormatError(f"tensor {entry.name}: the packed block from row {first} {_STATUS[step]}; the vector is corrupt")
-        else:  # a block the range cuts: decoded whole, its rows in range added
-            buf = torch.empty(block[0] - first, cols, dtype=torch.float32)
-            _decode_block(entry, payload, block, begin, torch.from_numpy(table), buf.reshape(-1), first)
-            step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
-        status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
-    return status, err_sq, norm_sq
+    return Streams(gaps, codes, escaped)
 
 
 def _unzstd(entry: TensorEntry, frame: torch.Tensor, size: int, first_row: int) -> np.ndarray:
@@ -283,20 +324,30 @@ def _item_size(entry: TensorEntry) -> int:
     return torch.empty((), dtype=storage_dtype(entry)).element_size()
 
 
-def scatter(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor, out: torch.Tensor) -> str | None:
-    """Fill `out` (float32) with zeros and each coded entry; a description of what is wrong, or None.
+def scatter(
+    gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor, scales: torch.Tensor | None = None
+) -> str | None:
+    """Fill the float32 block `out` with zeros and each coded entry; a description of what is wrong, or None.
 
-    Compiled by numba when it is installed (one pass, about a nanosecond per element); otherwise the
-    same in torch operations (`scatter_torch`).
+    `escaped` None is an encoding without escaped values (`quantized`); with `scales`, one per row of the
+    2-D `out`, each value is multiplied by its row's. Compiled by numba when it is installed (one pass,
+    about a nanosecond per element); otherwise the same in torch operations (`scatter_torch`).
     """
-    if not gaps.size and codes.size:  # a code for every element
+    if not gaps.size and codes.size and scales is None:  # a code for every element
         if codes.size != out.numel():
             return _STATUS[7]
     kernel = _numba_kernel()
     if kernel is None:
-        return scatter_torch(gaps, codes, table, escaped, out)
-    status = kernel(gaps, codes, table.numpy(), escaped.numpy(), out.numpy())
-    return _STATUS.get(int(status))
+        return scatter_torch(gaps, codes, table, escaped, out, scales)
+    status = kernel(
+        gaps, codes, table.numpy(), None if escaped is None else escaped.numpy(), out.reshape(-1).numpy(),
+        None if scales is None else scales.numpy(), _cols(out),
+    )
+    return _problem(int(status), escaped) if status else None
+
+
+def _cols(out: torch.Tensor) -> int:
+    return out.shape[1] if out.dim() == 2 else max(1, out.numel())
 
 
 _STATUS = {
@@ -310,41 +361,51 @@ _STATUS = {
 }
 
 
-def scatter_torch(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor, out: torch.Tensor) -> str | None:
+def _problem(status: int, escaped: torch.Tensor | None) -> str:
+    """What a decoding status says is wrong with a block; the escape code of an encoding without escaped
+    values is one more code outside its codebook."""
+    return _STATUS[3 if status == 4 and escaped is None else status]
+
+
+def scatter_torch(
+    gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor, scales: torch.Tensor | None = None
+) -> str | None:
     """`scatter` in torch operations, for an installation without numba."""
     out.zero_()
-    if not gaps.size and codes.size:  # a code for every element
-        return _gather_torch(torch.from_numpy(codes.astype(np.int64)), table, escaped, out)
+    flat = out.view(-1)
+    code = torch.from_numpy(codes.astype(np.int64))
+    if not gaps.size and codes.size and scales is None:  # a code for every element
+        return _gather_torch(code, table, escaped, flat)
     steps = torch.from_numpy(gaps.astype(np.int64))
     filler = steps == 0
     position = torch.cumsum(torch.where(filler, _FILLER, steps), 0) - 1
     position = position[~filler]
-    code = torch.from_numpy(codes.astype(np.int64))
     if position.numel() > code.numel():
         return _STATUS[2]
     if position.numel() < code.numel():
         return _STATUS[5]
-    if position.numel() and int(position[-1]) >= out.numel():
+    if position.numel() and int(position[-1]) >= flat.numel():
         return _STATUS[1]
     values = torch.empty(code.numel(), dtype=torch.float32)
     problem = _gather_torch(code, table, escaped, values)
     if problem is None:
-        out[position] = values
+        flat[position] = values if scales is None else values * scales[position // _cols(out)]
     return problem
 
 
-def _gather_torch(code: torch.Tensor, table: torch.Tensor, escaped: torch.Tensor, out: torch.Tensor) -> str | None:
-    """Each code's value (an escaped one for code 255) into `out`, which has one element per code."""
-    escape = code == ESCAPE
+def _gather_torch(code: torch.Tensor, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor) -> str | None:
+    """Each code's value (an escaped one for code 255 beyond the codebook) into `out`, one element per code."""
+    escape = (code == ESCAPE) & (code >= table.numel())  # a codebook of 256 values (8 bits) has no escape code
     if bool((code[~escape] >= table.numel()).any()):
         return _STATUS[3]
-    n_escaped = int(escape.sum())
-    if n_escaped > escaped.numel():
-        return _STATUS[4]
-    if n_escaped < escaped.numel():
+    n_escaped, stored = int(escape.sum()), 0 if escaped is None else escaped.numel()
+    if n_escaped > stored:
+        return _problem(4, escaped)
+    if n_escaped < stored:
         return _STATUS[6]
     out[~escape] = table[code[~escape]]
-    out[escape] = escaped
+    if n_escaped:
+        out[escape] = escaped
     return None
 
 
@@ -357,8 +418,8 @@ def _numba_kernel() -> Any:
     except ImportError:
         return None
 
-    def kernel(gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray, out: np.ndarray) -> int:
-        return coded(gaps, codes, table, escaped, None, 1, out, 0.0)[0]
+    def kernel(gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray | None, out: np.ndarray, scales: np.ndarray | None = None, cols: int = 1) -> int:
+        return coded(gaps, codes, table, escaped, scales, cols, out, 0.0)[0]
 
     return kernel
 

@@ -12,25 +12,23 @@ BitDelta (a sign and a scale per weight matrix) and DeltaZip (sparse positions, 
 
 The payload is laid out as `packed` lays out its own, per block of rows: an `index` (int64, one row per
 block: last row + 1, entries, 0 escapes, gap bytes and the end offsets of the gap, code and (empty)
-escape frames in `data`), gap-coded positions and one byte per code, each stream one zstd frame.
+escape frames in `data`), gap-coded positions and one byte per code, each stream one zstd frame; `packed`'s
+block walks (`decode_blocks`, `add_blocks`) read it, with this encoding's codebook and streams.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from functools import lru_cache
-from typing import Any
 
 import numpy as np
 import torch
 
-from .. import fused
 from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .packed import _checked_index, _compressor, _entries, _unzstd, as_rows, blocks_in
+from .packed import Streams, _compressor, _entries, _unzstd, add_blocks, as_rows, decode_blocks
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
@@ -153,19 +151,11 @@ def _codebook(flat: np.ndarray, chunks: list[tuple[int, int]], cut: tuple[float,
 
 
 def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
-    shape = tuple(entry.shape)
-    rows, cols = as_rows(shape)
-    blocks = _checked_index(entry, payload, rows, cols)
-    table = _table(entry, payload)
-    out = torch.empty(stop - start, cols, dtype=torch.float32)
-    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
-        target = out[lo - start : hi - start]
-        inside = lo == first and hi == block[0]
-        buf = target if inside else torch.empty(block[0] - first, cols, dtype=torch.float32)
-        _decode_block(entry, payload, block, begin, first, table, buf)
-        if not inside:
-            target.copy_(buf[lo - first : hi - first])
-    return out.reshape((stop - start, *shape[1:])) if shape else out.reshape(())
+    return decode_blocks(entry, payload, start, stop, _table, _streams)
+
+
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams)
 
 
 def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
@@ -175,7 +165,7 @@ def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
     return table
 
 
-def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int) -> tuple[np.ndarray, np.ndarray, torch.Tensor]:
+def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int) -> Streams:
     """A block's gap bytes, codes and row scales (float32), checked and decompressed."""
     last, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes = block
     if escapes or end_escapes != end_codes:
@@ -186,88 +176,7 @@ def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int,
     raw = payload.read(entry.keys["data"], begin, end_codes)
     gaps = _unzstd(entry, raw[: end_gaps - begin], gap_bytes, first)
     codes = _unzstd(entry, raw[end_gaps - begin :], count, first)
-    return gaps, codes, scales
-
-
-def _decode_block(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int, table: torch.Tensor, out: torch.Tensor) -> None:
-    gaps, codes, scales = _streams(entry, payload, block, begin, first)
-    problem = scatter_scaled(gaps, codes, table, scales, out)
-    if problem:
-        raise FormatError(f"tensor {entry.name}: the quantized block from row {first} {problem}; the vector is corrupt")
-
-
-def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
-    """α·Δ added to bf16 `rows` (rows `[start, stop)`) entry by entry, straight from each block's streams."""
-    rows_n, cols = as_rows(tuple(entry.shape))
-    blocks = _checked_index(entry, payload, rows_n, cols)
-    table = _table(entry, payload)
-    flat = rows.reshape(stop - start, cols)
-    status, err_sq, norm_sq = 0, 0.0, 0.0
-    for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
-        target = flat[lo - start : hi - start]
-        if lo == first and hi == block[0]:
-            gaps, codes, scales = _streams(entry, payload, block, begin, first)
-            step, e, n = fused.add_coded(target, gaps, codes, table.numpy(), np.zeros(0, dtype=np.float32), alpha, scales.numpy())
-            if 0 < step < fused.BAD_VALUE:
-                raise FormatError(f"tensor {entry.name}: the quantized block from row {first} {_STATUS.get(step, 'is corrupt')}; the vector is corrupt")
-        else:  # a block the range cuts: decoded whole, its rows in range added
-            buf = torch.empty(block[0] - first, cols, dtype=torch.float32)
-            _decode_block(entry, payload, block, begin, first, table, buf)
-            step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
-        status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
-    return status, err_sq, norm_sq
-
-
-_STATUS = {
-    1: "places an entry past its last element",
-    2: "has more gaps than codes",
-    3: "uses a code outside its codebook",
-    4: "uses a code outside its codebook",  # the escape code, which only packed gives a value
-    5: "leaves codes unused",
-}
-
-
-def scatter_scaled(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> str | None:
-    """Fill the 2-D float32 block `out` with zeros and `table[code] · scales[row]` at each gap-coded position.
-
-    Returns what is wrong with the streams, or None. Compiled by numba when it is installed (one pass over
-    the entries); otherwise the same in torch operations.
-    """
-    kernel = _numba_kernel()
-    if kernel is None:
-        return _scatter_torch(gaps, codes, table, scales, out)
-    return _STATUS.get(int(kernel(gaps, codes, table.numpy(), scales.numpy(), out.shape[1], out.reshape(-1).numpy())))
-
-
-def _scatter_torch(gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, scales: torch.Tensor, out: torch.Tensor) -> str | None:
-    out.zero_()
-    steps = torch.from_numpy(gaps.astype(np.int64))
-    filler = steps == 0
-    position = (torch.cumsum(torch.where(filler, 255, steps), 0) - 1)[~filler]
-    code = torch.from_numpy(codes.astype(np.int64))
-    if position.numel() != code.numel():
-        return _STATUS[2] if position.numel() > code.numel() else _STATUS[5]
-    if position.numel() and int(position[-1]) >= out.numel():
-        return _STATUS[1]
-    if code.numel() and int(code.max()) >= table.numel():
-        return _STATUS[3]
-    out.view(-1)[position] = table[code] * scales[position // out.shape[1]]
-    return None
-
-
-@lru_cache(maxsize=1)
-def _numba_kernel() -> Any:
-    """The compiled scatter, or None without numba: `rvec_hub._kernels.coded` (packed's and the fused
-    add's walk) with row scales and no escaped values."""
-    try:
-        from .._kernels import coded
-    except ImportError:
-        return None
-
-    def kernel(gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, scales: np.ndarray, cols: int, out: np.ndarray) -> int:
-        return coded(gaps, codes, table, None, scales, cols, out, 0.0)[0]
-
-    return kernel
+    return Streams(gaps, codes, None, scales)
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
