@@ -136,7 +136,7 @@ def _rebuilt(stored: _Stored, gaps: np.ndarray, codes: np.ndarray) -> _Stored:
         (lambda g, c: (g, np.r_[c[:-1], np.uint8(4)]), "code outside its codebook"),
         (lambda g, c: (g, c[:-1]), "more gaps than codes"),
         (lambda g, c: (g[:-1], c[:-1].copy()), None),  # consistent but shorter: decodes
-        (lambda g, c: (g[:-1], c), "index counts .* entries, 0 escapes and .* gap bytes"),
+        (lambda g, c: (g[:-1], c), "counts .* entries, 0 escapes and .* gap bytes"),
     ],
 )
 def test_corrupt_streams_are_refused_with_the_tensor_named(corrupt, message) -> None:
@@ -147,7 +147,7 @@ def test_corrupt_streams_are_refused_with_the_tensor_named(corrupt, message) -> 
     if message is None:
         CODEC.decode_rows(entry, broken, 0, 6)
         return
-    with pytest.raises(FormatError, match=f"tensor w: .*{message}.*; the vector is corrupt"):
+    with pytest.raises(FormatError, match=f"tensor w: the quantized (block from row 0|index) .*{message}.*; the vector is corrupt"):
         CODEC.decode_rows(entry, broken, 0, 6)
 
 
@@ -156,7 +156,7 @@ def test_corrupt_index_scales_and_codebook_are_refused() -> None:
     entry, stored = _encoded(delta, bits=2, rows_per_block=5)
     index = stored.tensors["index"].clone()
     index[-1, 0] = 19
-    with pytest.raises(FormatError, match="tensor w: .*index covers 19 of 20 rows"):
+    with pytest.raises(FormatError, match="tensor w: the quantized index covers 19 of 20 rows"):
         CODEC.decode_rows(entry, _Stored({**stored.tensors, "index": index}), 0, 20)
     escaped = stored.tensors["index"].clone()
     escaped[0, 2] = 1
@@ -172,7 +172,7 @@ def test_corrupt_index_scales_and_codebook_are_refused() -> None:
         CODEC.decode_rows(entry, _Stored({**stored.tensors, "table": table}), 0, 20)
     data = stored.tensors["data"].clone()
     data[:8] = 0
-    with pytest.raises(FormatError, match="tensor w: .*(does not decompress|holds .* bytes)"):
+    with pytest.raises(FormatError, match="tensor w: a quantized frame of the block from row 0 (does not decompress|holds .* bytes)"):
         CODEC.decode_rows(entry, _Stored({**stored.tensors, "data": data}), 0, 20)
 
 

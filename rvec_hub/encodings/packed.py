@@ -278,7 +278,7 @@ def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -
     if problem is None and (first != rows or offset != size):
         problem = f"covers {first} of {rows} rows and {offset} of {size} stored bytes"
     if problem:
-        raise FormatError(f"tensor {entry.name}: the packed index {problem}; the vector is corrupt")
+        raise FormatError(f"tensor {entry.name}: the {entry.encoding} index {problem}; the vector is corrupt")
     return blocks
 
 
@@ -314,9 +314,9 @@ def _unzstd(entry: TensorEntry, frame: torch.Tensor, size: int, first_row: int) 
     try:
         data = zstandard.ZstdDecompressor().decompress(frame.numpy(), max_output_size=size)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"tensor {entry.name}: a packed frame of the block from row {first_row} does not decompress ({exc}); the vector is corrupt") from None
+        raise FormatError(f"tensor {entry.name}: a {entry.encoding} frame of the block from row {first_row} does not decompress ({exc}); the vector is corrupt") from None
     if len(data) != size:
-        raise FormatError(f"tensor {entry.name}: a packed frame of the block from row {first_row} holds {len(data)} bytes, the index says {size}; the vector is corrupt")
+        raise FormatError(f"tensor {entry.name}: a {entry.encoding} frame of the block from row {first_row} holds {len(data)} bytes, the index says {size}; the vector is corrupt")
     return np.frombuffer(data, dtype=np.uint8)
 
 
