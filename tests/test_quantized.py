@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -13,43 +14,12 @@ from rvec_hub.arith import add_rows
 from rvec_hub.cli._errors import run_cli
 from rvec_hub.cli.main import cli
 from rvec_hub.encodings import ENCODINGS, packed
-from rvec_hub.manifest import TensorEntry, load_manifest
+from rvec_hub.manifest import load_manifest
+
+from codec_common import StoredPayload, encode_one, rl_delta
 
 CODEC = ENCODINGS["quantized"]
-
-
-class _Stored:
-    """The Payload protocol over encoded tensors held in memory."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
-
-    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        return self.tensors[key][start:stop]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.tensors[key].shape)
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self.tensors[key].dtype
-
-
-def _rl_delta(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
-    """bf16 weights moved by far less than a step and rounded back: a sparse delta of a few ULPs."""
-    g = torch.Generator().manual_seed(seed)
-    w = (torch.randn(rows, cols, generator=g) * 0.02).to(torch.bfloat16).float()
-    return ((w + torch.randn(rows, cols, generator=g) * 1.5e-5).to(torch.bfloat16).float() - w)
-
-
-def _encoded(delta: torch.Tensor, **options) -> tuple[TensorEntry, _Stored]:
-    encoded = CODEC.encode(delta, **options)
-    entry = TensorEntry(
-        name="w", shape=tuple(delta.shape), dtype="bfloat16", encoding="quantized",
-        keys={role: role for role in encoded.stored}, params=encoded.params, stats=encoded.stats,
-    )
-    stored = _Stored(dict(encoded.stored))
-    assert CODEC.validate(entry, stored) == []
-    return entry, stored
+_encoded = partial(encode_one, "quantized")  # (entry, payload) of one quantized tensor "w"
 
 
 def _rel(delta: torch.Tensor, approx: torch.Tensor) -> float:
@@ -57,7 +27,7 @@ def _rel(delta: torch.Tensor, approx: torch.Tensor) -> float:
 
 
 def test_error_falls_with_bits_and_matches_the_recorded_error() -> None:
-    delta = _rl_delta(64, 200)
+    delta = rl_delta(64, 200)
     errors = []
     for bits in (1, 2, 4, 8):
         entry, stored = _encoded(delta, bits=bits, rows_per_block=10)
@@ -71,7 +41,7 @@ def test_error_falls_with_bits_and_matches_the_recorded_error() -> None:
 
 
 def test_keep_drops_the_smallest_entries() -> None:
-    delta = _rl_delta(32, 100)
+    delta = rl_delta(32, 100)
     entry, stored = _encoded(delta, bits=8, keep=0.5)
     decoded = CODEC.decode_rows(entry, stored, 0, 32)
     kept = decoded != 0
@@ -81,7 +51,7 @@ def test_keep_drops_the_smallest_entries() -> None:
 
 
 def test_any_row_range_decodes_as_the_same_rows_of_the_whole() -> None:
-    delta = _rl_delta(30, 70, seed=3)
+    delta = rl_delta(30, 70, seed=3)
     entry, stored = _encoded(delta, bits=3, rows_per_block=7)
     whole = CODEC.decode_rows(entry, stored, 0, 30)
     for start, stop in [(0, 7), (5, 9), (13, 30), (29, 30)]:
@@ -91,7 +61,7 @@ def test_any_row_range_decodes_as_the_same_rows_of_the_whole() -> None:
 def test_compiled_and_torch_scatters_agree(monkeypatch: pytest.MonkeyPatch) -> None:
     if packed._numba_kernel() is None:
         pytest.skip("numba is not installed")
-    delta = _rl_delta(8, 40)
+    delta = rl_delta(8, 40)
     entry, stored = _encoded(delta, bits=2, rows_per_block=3)
     fast = CODEC.decode_rows(entry, stored, 0, 8)
     monkeypatch.setattr(packed, "_numba_kernel", lambda: None)
@@ -109,7 +79,7 @@ def test_fused_add_passes_over_blocks_without_kept_entries() -> None:
     assert status == 0 and torch.equal(rows.view(torch.int16), expected.view(torch.int16))
 
 
-def _frames(stored: _Stored) -> tuple[list[int], np.ndarray, np.ndarray]:
+def _frames(stored: StoredPayload) -> tuple[list[int], np.ndarray, np.ndarray]:
     import zstandard
 
     index = stored.tensors["index"][0].tolist()
@@ -119,14 +89,14 @@ def _frames(stored: _Stored) -> tuple[list[int], np.ndarray, np.ndarray]:
     return index, gaps, codes
 
 
-def _rebuilt(stored: _Stored, gaps: np.ndarray, codes: np.ndarray) -> _Stored:
+def _rebuilt(stored: StoredPayload, gaps: np.ndarray, codes: np.ndarray) -> StoredPayload:
     """The one-block payload with other gap and code streams, its index made consistent with them."""
     import zstandard
 
     a, b = zstandard.ZstdCompressor().compress(gaps.tobytes()), zstandard.ZstdCompressor().compress(codes.tobytes())
     index = stored.tensors["index"].clone()
     index[0, 1:] = torch.tensor([codes.size, 0, gaps.size, len(a), len(a) + len(b), len(a) + len(b)])
-    return _Stored({**stored.tensors, "index": index, "data": torch.frombuffer(bytearray(a + b), dtype=torch.uint8)})
+    return StoredPayload({**stored.tensors, "index": index, "data": torch.frombuffer(bytearray(a + b), dtype=torch.uint8)})
 
 
 @pytest.mark.parametrize(
@@ -140,7 +110,7 @@ def _rebuilt(stored: _Stored, gaps: np.ndarray, codes: np.ndarray) -> _Stored:
     ],
 )
 def test_corrupt_streams_are_refused_with_the_tensor_named(corrupt, message) -> None:
-    delta = _rl_delta(6, 50)
+    delta = rl_delta(6, 50)
     entry, stored = _encoded(delta, bits=2)
     _, gaps, codes = _frames(stored)
     broken = _rebuilt(stored, *corrupt(gaps, codes))
@@ -152,34 +122,34 @@ def test_corrupt_streams_are_refused_with_the_tensor_named(corrupt, message) -> 
 
 
 def test_corrupt_index_scales_and_codebook_are_refused() -> None:
-    delta = _rl_delta(20, 30)
+    delta = rl_delta(20, 30)
     entry, stored = _encoded(delta, bits=2, rows_per_block=5)
     index = stored.tensors["index"].clone()
     index[-1, 0] = 19
     with pytest.raises(FormatError, match="tensor w: the quantized index covers 19 of 20 rows"):
-        CODEC.decode_rows(entry, _Stored({**stored.tensors, "index": index}), 0, 20)
+        CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "index": index}), 0, 20)
     escaped = stored.tensors["index"].clone()
     escaped[0, 2] = 1
     with pytest.raises(FormatError, match="tensor w: the quantized block from row 0 lists escaped values"):
-        CODEC.decode_rows(entry, _Stored({**stored.tensors, "index": escaped}), 0, 20)
+        CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "index": escaped}), 0, 20)
     scales = stored.tensors["scales"].clone()
     scales[3] = float("nan")
     with pytest.raises(FormatError, match="tensor w: a quantized row scale from row 0 is NaN"):
-        CODEC.decode_rows(entry, _Stored({**stored.tensors, "scales": scales}), 0, 20)
+        CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "scales": scales}), 0, 20)
     table = stored.tensors["table"].clone()
     table[0] = float("inf")
     with pytest.raises(FormatError, match="tensor w: the quantized codebook holds NaN or Inf"):
-        CODEC.decode_rows(entry, _Stored({**stored.tensors, "table": table}), 0, 20)
+        CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "table": table}), 0, 20)
     data = stored.tensors["data"].clone()
     data[:8] = 0
     with pytest.raises(FormatError, match="tensor w: a quantized frame of the block from row 0 (does not decompress|holds .* bytes)"):
-        CODEC.decode_rows(entry, _Stored({**stored.tensors, "data": data}), 0, 20)
+        CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "data": data}), 0, 20)
 
 
 def test_validate_names_bad_bits_and_stored_shapes() -> None:
-    entry, stored = _encoded(_rl_delta(4, 30), bits=2)
+    entry, stored = _encoded(rl_delta(4, 30), bits=2)
     assert "quantized bits 9" in CODEC.validate(entry.model_copy(update={"params": {**entry.params, "bits": 9}}), stored)[0]
-    short = _Stored({**stored.tensors, "table": stored.tensors["table"][:3], "scales": stored.tensors["scales"].float()})
+    short = StoredPayload({**stored.tensors, "table": stored.tensors["table"][:3], "scales": stored.tensors["scales"].float()})
     problems = CODEC.validate(entry, short)
     assert len(problems) == 2 and "stored table 'table' has shape [3], expected [4]" in problems[0] and "expected bfloat16" in problems[1]
 

@@ -1,0 +1,47 @@
+"""Encoded tensors held in memory for the encoding tests: a payload over a dict, an RL-like delta, one tensor encoded."""
+
+from __future__ import annotations
+
+import torch
+
+from rvec_hub.encodings import ENCODINGS
+from rvec_hub.manifest import TensorEntry
+
+DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
+
+
+class StoredPayload:
+    """The Payload protocol over encoded tensors held in memory."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        return self.tensors[key][start:stop]
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return tuple(self.tensors[key].shape)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self.tensors[key].dtype
+
+
+def rl_delta(rows: int, cols: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """An RL-like delta: bf16 weights moved by far less than a step, rounded back; most entries stay zero."""
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(rows, cols, generator=g) * 0.02).to(dtype).float()
+    tuned = (w + torch.randn(rows, cols, generator=g) * 1.5e-5).to(dtype).float()
+    return (tuned - w).to(dtype).float()
+
+
+def encode_one(encoding: str, delta: torch.Tensor, dtype: torch.dtype = torch.bfloat16, **options: object) -> tuple[TensorEntry, StoredPayload]:
+    """`delta` encoded as tensor "w" with `encoding`: its manifest entry and its payload, which the codec validates."""
+    codec = ENCODINGS[encoding]
+    encoded = codec.encode(delta, dtype=dtype, **options)
+    entry = TensorEntry(
+        name="w", shape=tuple(delta.shape), dtype=DTYPE_NAMES[dtype], encoding=encoding,
+        keys={role: role for role in encoded.stored}, params=encoded.params, stats=encoded.stats,
+    )
+    stored = StoredPayload(dict(encoded.stored))
+    assert codec.validate(entry, stored) == []
+    return entry, stored
