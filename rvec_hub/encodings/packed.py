@@ -219,6 +219,7 @@ def add_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, rows
         target = flat[lo - start : hi - start]
         coded = streams(entry, payload, block, begin, first)
         if lo == first and hi == block[0]:
+            # No escaped values as an empty array, not None: the types `fused.load_kernels` compiles in advance.
             escaped = _NO_VALUES if coded.escaped is None else coded.escaped.numpy()
             scales = None if coded.scales is None else coded.scales.numpy()
             step, e, n = fused.add_coded(target, coded.gaps, coded.codes, values, escaped, alpha, scales)
