@@ -14,43 +14,13 @@ from rvec_hub.io.safetensors_io import ShardWriter
 from rvec_hub.manifest import TensorEntry
 from rvec_hub.package import PAYLOAD_METADATA, finalize_vector
 
+from codec_common import StoredPayload, encode_one, rl_delta
+
 CODEC = ENCODINGS["packed"]
-_DTYPE_NAMES = {torch.bfloat16: "bfloat16", torch.float16: "float16", torch.float32: "float32"}
 
 
-class _Stored:
-    """The Payload protocol over encoded tensors held in memory."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
-
-    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        return self.tensors[key][start:stop]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.tensors[key].shape)
-
-    def dtype(self, key: str) -> torch.dtype:
-        return self.tensors[key].dtype
-
-
-def _round_trip(delta: torch.Tensor, dtype: torch.dtype = torch.bfloat16, **options) -> tuple[TensorEntry, _Stored]:
-    encoded = CODEC.encode(delta, dtype=dtype, **options)
-    entry = TensorEntry(
-        name="w", shape=tuple(delta.shape), dtype=_DTYPE_NAMES[dtype], encoding="packed",
-        keys={role: role for role in encoded.stored}, params=encoded.params, stats=encoded.stats,
-    )
-    stored = _Stored(dict(encoded.stored))
-    assert CODEC.validate(entry, stored) == []
-    return entry, stored
-
-
-def _rl_delta(rows: int, cols: int, seed: int = 0, dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
-    """An RL-like delta: bf16 weights moved by far less than a step, rounded back; most entries stay zero."""
-    g = torch.Generator().manual_seed(seed)
-    w = (torch.randn(rows, cols, generator=g) * 0.02).to(dtype).float()
-    tuned = (w + torch.randn(rows, cols, generator=g) * 1.5e-5).to(dtype).float()
-    return (tuned - w).to(dtype).float()
+def _round_trip(delta: torch.Tensor, dtype: torch.dtype = torch.bfloat16, **options) -> tuple[TensorEntry, StoredPayload]:
+    return encode_one("packed", delta, dtype, **options)
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -59,7 +29,7 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
 def test_packed_round_trips_bit_exactly_by_row_range_across_blocks(dtype: torch.dtype) -> None:
-    delta = _rl_delta(50, 300, dtype=dtype)
+    delta = rl_delta(50, 300, dtype=dtype)
     entry, stored = _round_trip(delta, dtype, rows_per_block=7)
     assert stored.shape("index")[0] == 8
     for start, stop in [(0, 50), (0, 7), (7, 14), (3, 5), (6, 22), (49, 50)]:
@@ -68,7 +38,7 @@ def test_packed_round_trips_bit_exactly_by_row_range_across_blocks(dtype: torch.
 
 def test_packed_codes_every_element_of_a_mostly_nonzero_tensor_with_either_decoder() -> None:
     g = torch.Generator().manual_seed(5)
-    delta = (_rl_delta(30, 200) + torch.randn(30, 200, generator=g) * 1e-3).to(torch.bfloat16).float()
+    delta = (rl_delta(30, 200) + torch.randn(30, 200, generator=g) * 1e-3).to(torch.bfloat16).float()
     entry, stored = _round_trip(delta, rows_per_block=8)
     assert torch.equal(stored.tensors["index"][:, 3], torch.zeros(4, dtype=torch.long))  # no gap bytes: a code per element
     assert _same_bits(CODEC.decode_rows(entry, stored, 5, 27), delta[5:27])
@@ -103,7 +73,7 @@ def test_packed_bridges_runs_of_zeros_longer_than_a_byte() -> None:
 
 
 def test_packed_decodes_vectors_by_element_range_scalars_and_zeros() -> None:
-    vector = _rl_delta(1, 1000).reshape(1000)
+    vector = rl_delta(1, 1000).reshape(1000)
     entry, stored = _round_trip(vector)
     assert _same_bits(CODEC.decode_rows(entry, stored, 100, 350), vector[100:350])
     scalar = torch.tensor(3e-4).to(torch.bfloat16).float()
@@ -125,11 +95,11 @@ def test_a_tensor_whose_values_are_all_distinct_writes_an_empty_codebook(tmp_pat
 
     back = load_file(str(tmp_path / "vector.safetensors"))
     entry = TensorEntry(name="w", shape=(3,), dtype="bfloat16", encoding="packed", keys={r: r for r in stored})
-    assert _same_bits(CODEC.decode_rows(entry, _Stored(back), 0, 3), delta)
+    assert _same_bits(CODEC.decode_rows(entry, StoredPayload(back), 0, 3), delta)
 
 
-def test_packed_is_far_smaller_than_sparse_on_an_rl_delta() -> None:
-    delta = _rl_delta(256, 512)
+def test_packed_is_far_smaller_than_sparse_on_anrl_delta() -> None:
+    delta = rl_delta(256, 512)
     packed_bytes = CODEC.encode(delta, dtype=torch.bfloat16).nbytes
     sparse_bytes = ENCODINGS["sparse"].encode(delta, dtype=torch.bfloat16).nbytes
     assert packed_bytes < 0.5 * sparse_bytes
@@ -152,7 +122,7 @@ def _block_streams(delta: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.T
 def test_compiled_and_torch_decoders_agree_and_refuse_the_same_corruptions() -> None:
     if packed._numba_kernel() is None:
         pytest.skip("numba is not installed")
-    delta = _rl_delta(16, 64)
+    delta = rl_delta(16, 64)
     gaps, codes, table, escaped = _block_streams(delta)
     kernel = packed._numba_kernel()
 
@@ -175,25 +145,25 @@ def test_compiled_and_torch_decoders_agree_and_refuse_the_same_corruptions() -> 
 
 
 def test_decoding_refuses_an_index_that_does_not_cover_the_tensor() -> None:
-    entry, stored = _round_trip(_rl_delta(20, 30), rows_per_block=5)
+    entry, stored = _round_trip(rl_delta(20, 30), rows_per_block=5)
     index = stored.tensors["index"].clone()
     index[-1, 0] = 19
-    broken = _Stored({**stored.tensors, "index": index})
+    broken = StoredPayload({**stored.tensors, "index": index})
     with pytest.raises(FormatError, match="packed index covers 19 of 20 rows"):
         CODEC.decode_rows(entry, broken, 0, 20)
 
 
 def test_decoding_refuses_a_frame_that_does_not_decompress() -> None:
-    entry, stored = _round_trip(_rl_delta(20, 30))
+    entry, stored = _round_trip(rl_delta(20, 30))
     data = stored.tensors["data"].clone()
     data[:8] = 0
     with pytest.raises(FormatError, match="does not decompress|holds .* bytes"):
-        CODEC.decode_rows(entry, _Stored({**stored.tensors, "data": data}), 0, 20)
+        CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "data": data}), 0, 20)
 
 
 def test_validate_names_a_codebook_in_the_wrong_dtype() -> None:
-    entry, stored = _round_trip(_rl_delta(4, 30))
-    wrong = _Stored({**stored.tensors, "table": stored.tensors["table"].float()})
+    entry, stored = _round_trip(rl_delta(4, 30))
+    wrong = StoredPayload({**stored.tensors, "table": stored.tensors["table"].float()})
     problems = CODEC.validate(entry, wrong)
     assert len(problems) == 1 and "stored table 'table' has dtype float32, expected bfloat16" in problems[0]
 

@@ -12,27 +12,12 @@ from rvec_hub.budget import RankCandidate, allocate_ranks, parse_size, uniform_r
 from rvec_hub.encodings import ENCODINGS
 from rvec_hub.manifest import TensorEntry
 
-
-class _Stored:
-    """The Payload protocol over encoded tensors held in memory."""
-
-    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.tensors = tensors
-
-    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        return self.tensors[key][start:stop]
-
-    def shape(self, key: str) -> tuple[int, ...]:
-        return tuple(self.tensors[key].shape)
+from codec_common import StoredPayload, encode_one
 
 
-def _round_trip(delta: torch.Tensor, encoding: str, **options) -> tuple[TensorEntry, _Stored, dict]:
-    encoded = ENCODINGS[encoding].encode(delta, **options)
-    entry = TensorEntry(
-        name="w", shape=tuple(delta.shape), dtype="bfloat16", encoding=encoding,
-        keys={role: role for role in encoded.stored}, params=encoded.params, stats=encoded.stats,
-    )
-    return entry, _Stored(encoded.stored), encoded.stats
+def _round_trip(delta: torch.Tensor, encoding: str, **options) -> tuple[TensorEntry, StoredPayload, dict]:
+    entry, stored = encode_one(encoding, delta, **options)
+    return entry, stored, entry.stats
 
 
 def _sparse_delta(rows: int, cols: int, density: float, seed: int = 0) -> torch.Tensor:
