@@ -89,9 +89,9 @@ def apply_vectors(
                     writer.begin(name, shape, dtype)
                     changed += bool(terms)
                 fresh = True  # rows read for this chunk alone: the writer may keep them without a copy
-                if len(terms) == 1 and terms[0][2] is None:  # one vector, fused into the bf16 rows in place
-                    i, (vector, src), _, alpha = terms[0]
-                    fused.add_in_place(rows, vector, src, start, stop, alpha, survival[i], name=name,
+                if len(terms) == 1 and not isinstance(terms[0][2], torch.Tensor):  # one vector, fused into the bf16 rows in place
+                    i, (vector, src), staged, alpha = terms[0]
+                    fused.add_in_place(rows, vector, src, start, stop, alpha, survival[i], name=name, staged=staged,
                                        pristine=lambda: base.read_rows(name, start, stop) if shape else base.read_rows(name))
                 elif terms:
                     rows = add_rows(
@@ -128,8 +128,9 @@ def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
 
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):
     """Per chunk of rows, in plan order: the tensor, its row range, the base rows, and per vector
-    (index, (vector, source tensor), delta rows, alpha); the delta rows are None where one vector's
-    delta is to be fused into the rows (`rvec_hub.fused`) instead of decoded here."""
+    (index, (vector, source tensor), delta rows, alpha). Where one vector's delta is to be fused into
+    the rows (`rvec_hub.fused`) instead of decoded here, the delta rows' place holds the vector's payload
+    with what the fused add reads staged (`Vector.staged`)."""
     for name, shape, dtype in plan:
         # A tied-donor vector's embedding delta also reaches a base's separate output head (rvec_hub.tied).
         active = [(i, v, a, src) for i, (v, a) in enumerate(vectors) if (src := delta_source(v, name)) and a != 0.0]
@@ -137,7 +138,7 @@ def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], d
             rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
             if len(active) == 1 and device.type == "cpu" and fused.applies(active[0][1], active[0][3], rows, dtype):
                 i, v, a, src = active[0]
-                yield name, shape, dtype, start, stop, rows, [(i, (v, src), None, a)]
+                yield name, shape, dtype, start, stop, rows, [(i, (v, src), v.staged(src, start, stop), a)]
                 continue
             yield name, shape, dtype, start, stop, rows, [(i, (v, src), v.decode_rows(src, start, stop).to(device), a) for i, v, a, src in active]
 

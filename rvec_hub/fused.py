@@ -68,6 +68,7 @@ def add_in_place(
     *,
     name: str,
     pristine: Callable[[], torch.Tensor],
+    staged: Any = None,
 ) -> None:
     """rows ← bf16(rows + α·Δ) for one vector's rows `[start, stop)` of `source`, in one fused pass.
 
@@ -76,13 +77,14 @@ def add_in_place(
         vector: the `Vector`; `source` the tensor whose delta `name` takes (see `rvec_hub.tied`).
         survival: accumulates what the bf16 rounding kept of α·Δ.
         pristine: reads the base rows again, to name the cause when a sum is not finite.
+        staged: the vector's payload with these rows read ahead (`Vector.staged`), or None.
 
     Only for what `applies` accepts.
 
     Raises:
         What `arith.add_rows` raises for the same rows: FormatError, CheckpointError or UsageError.
     """
-    status, err_sq, norm_sq = vector.add_into(source, start, stop, rows, alpha)
+    status, err_sq, norm_sq = vector.add_into(source, start, stop, rows, alpha, staged)
     if status:
         from .arith import add_rows, non_finite_error
 

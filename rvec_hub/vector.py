@@ -12,6 +12,7 @@ import torch
 from . import digests
 from ._version import __version__
 from .encodings import ENCODINGS
+from .encodings.base import Payload
 from .errors import FormatError, IntegrityError
 from .io.safetensors_io import SafetensorsFile
 from .manifest import Manifest, TensorEntry, load_manifest
@@ -203,12 +204,25 @@ class Vector:
         """Whether the encoding of `name` adds its delta into bf16 rows itself (`add_into`)."""
         return ENCODINGS[self.entries[name].encoding].add_into is not None
 
-    def add_into(self, name: str, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float] | None:
+    def add_into(
+        self, name: str, start: int, stop: int, rows: torch.Tensor, alpha: float, staged: Payload | None = None
+    ) -> tuple[int, float, float] | None:
         """Add α·(rows `[start, stop)` of the delta for `name`) to bf16 `rows` in place with the encoding's
-        fused kernel (`rvec_hub.fused`); None, rows untouched, when the encoding has none."""
+        fused kernel (`rvec_hub.fused`); None, rows untouched, when the encoding has none. `staged`: what
+        `staged` read for the same rows."""
         entry = self.entries[name]
         add = ENCODINGS[entry.encoding].add_into
-        return None if add is None else add(entry, self, start, stop, rows, alpha)
+        return None if add is None else add(entry, staged or self, start, stop, rows, alpha)
+
+    def staged(self, name: str, start: int, stop: int) -> Payload:
+        """The payload with the stored rows the encoding of `name` reads for rows `[start, stop)` already
+        read, where the encoding declares them (`Codec.reads`): a reader thread calls this so that the
+        thread adding the delta does not wait on the file; other reads go to the files as usual."""
+        entry = self.entries[name]
+        reads = ENCODINGS[entry.encoding].reads
+        if reads is None:
+            return self
+        return _Staged(self, {(key, lo, hi): self.read(key, lo, hi) for key, lo, hi in reads(entry, start, stop)})
 
     def decode(self, name: str) -> torch.Tensor:
         """The whole delta for `name`, in float32."""
@@ -224,3 +238,20 @@ class Vector:
         """Close the payload files."""
         for f in self._files.values():
             f.close()
+
+
+class _Staged:
+    """A vector's payload with some row ranges read ahead (`Vector.staged`)."""
+
+    def __init__(self, vector: Vector, rows: dict[tuple[str, int, int | None], torch.Tensor]) -> None:
+        self._vector, self._rows = vector, rows
+
+    def read(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        found = self._rows.get((key, start, stop))
+        return found if found is not None else self._vector.read(key, start, stop)
+
+    def shape(self, key: str) -> tuple[int, ...]:
+        return self._vector.shape(key)
+
+    def dtype(self, key: str) -> torch.dtype:
+        return self._vector.dtype(key)

@@ -56,6 +56,8 @@ class Codec:
             `rvec_hub.fused`'s kernels, and returns (status, rounding error², ‖α·Δ‖²). Status 0 is
             success, `fused.BAD_VALUE` a sum that is not finite (the rows are then garbage). It raises
             FormatError as `decode_rows` does. Without it, callers decode and add in float32.
+        reads: optional; the stored rows (key, start, stop) that `decode_rows` and `add_into` read for
+            rows `[start, stop)`, so a reader thread can fetch them ahead (`Vector.staged`).
     """
 
     name: str
@@ -63,6 +65,7 @@ class Codec:
     encode: Callable[..., Encoded] | None = None
     validate: Callable[[TensorEntry, Payload], list[str]] = field(kw_only=True)
     add_into: Callable[[TensorEntry, Payload, int, int, torch.Tensor, float], tuple[int, float, float]] | None = field(default=None, kw_only=True)
+    reads: Callable[[TensorEntry, int, int], list[tuple[str, int, int | None]]] | None = field(default=None, kw_only=True)
 
 
 def expect_keys(entry: TensorEntry, roles: Collection[str]) -> list[str]:

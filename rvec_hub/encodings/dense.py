@@ -21,6 +21,10 @@ def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows:
     return fused.add_dense(rows, payload.read(key) if not entry.shape else payload.read(key, start, stop), alpha)
 
 
+def _reads(entry: TensorEntry, start: int, stop: int) -> list[tuple[str, int, int | None]]:
+    return [(entry.keys["delta"], start, stop) if entry.shape else (entry.keys["delta"], 0, None)]
+
+
 def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, **_: object) -> Encoded:
     stored = delta.to(dtype)
     err = torch.linalg.vector_norm(delta - stored.float()).item()
@@ -33,4 +37,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return expect_keys(entry, ("delta",)) or expect_stored(entry, payload, "delta", tuple(entry.shape), [storage_dtype(entry)])
 
 
-CODEC = Codec("dense", _decode_rows, _encode, validate=_validate, add_into=_add_into)
+CODEC = Codec("dense", _decode_rows, _encode, validate=_validate, add_into=_add_into, reads=_reads)
