@@ -16,7 +16,7 @@ def test_eval_serves_base_and_vector_and_scores_both(family: dict[str, Path], ve
     pytest.importorskip("vllm")
     report = evaluate(
         str(family["instruct"]), [generate("arith", 4)], settings_for([str(vector_fp32)], [1.0]),
-        EvalOptions(cot=True, max_tokens=8), engine="vllm", serve_args=["--dtype", "float32", "--max-model-len", "512"],
+        EvalOptions(cot=True, max_tokens=8), engine="vllm", serve_args=["--dtype", "float32", "--max-model-len", "512", "--enforce-eager"],
     )
     assert [(s.setting.label, s.result.n) for s in report.scores] == [("base", 4), ("base + 1·tiny-reasoning-fp32", 4)]
     assert all(len(s.completions) == 4 for s in report.scores)
@@ -27,7 +27,7 @@ def test_eval_uses_a_server_already_running_through_its_endpoint(family: dict[st
     from rvec_hub.evaluate import Setting, served
 
     setting = Setting(((str(vector_fp32), 0.5),))
-    with served(str(family["instruct"]), setting, serve_args=["--dtype", "float32", "--max-model-len", "512"]) as url:
+    with served(str(family["instruct"]), setting, serve_args=["--dtype", "float32", "--max-model-len", "512", "--enforce-eager"]) as url:
         report = evaluate(None, [generate("tracking", 3)], settings_for([]), EvalOptions(max_tokens=4), endpoint=url)
     (score,) = report.scores
     assert score.setting.label == "instruct+tiny-reasoning-fp32"
