@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .alpha import check_alpha  # noqa: F401  (re-exported: callers import it from here)
 from .errors import CheckpointError, FormatError, UsageError
-from .manifest import ALPHA_LIMIT
 
 # Rows per chunk are chosen so one float32 chunk stays near this many elements (4 MB). Chunks this small
 # stay in cache across the few passes made over them, and their buffers are reused from the heap
@@ -19,21 +19,6 @@ CHUNK_ELEMENTS = 1024 * 1024
 # Below this |α|·‖Δ‖ of a chunk, base + α·Δ cannot overflow float32 weights of any trained model, so a
 # float32 output needs no finiteness pass of its own (a narrower output is checked through its rounding error).
 _OVERFLOW_GUARD = 1e30
-
-
-def check_alpha(alpha: object, source: str = "alpha") -> float:
-    """`alpha` as a float, refused when NaN, infinite or beyond what float32 weights can take.
-
-    Args:
-        alpha: the scale, from a flag, a `VEC:ALPHA` suffix or a manifest's `default_alpha`.
-        source: where it came from, for the message.
-
-    Raises:
-        UsageError: naming the source and the value.
-    """
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or abs(alpha) > ALPHA_LIMIT:
-        raise UsageError(f"{source} {alpha!r} is not a finite scale a float32 can hold (|alpha| ≤ {ALPHA_LIMIT:.4g}); use a value like 1.0 or -0.5")
-    return float(alpha)
 
 
 def row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:

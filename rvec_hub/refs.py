@@ -5,27 +5,11 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .arith import check_alpha
+from .alpha import split_alpha  # noqa: F401  (re-exported: callers import it from here)
 from .errors import FormatError, UsageError
 from .vector import Vector
 
 _REPO_RE = re.compile(r"^[\w.-]+/[\w.-]+(@[\w.+-]+)?$")
-
-
-def split_alpha(spec: str) -> tuple[str, float | None]:
-    """`REF:ALPHA` → (REF, ALPHA); a spec without a numeric suffix has no alpha.
-
-    Raises:
-        UsageError: a suffix that parses as a number but is NaN, infinite or beyond float32 (`vec:nan`, `vec:1e39`).
-    """
-    head, sep, tail = spec.rpartition(":")
-    if sep and head:
-        try:
-            value = float(tail)
-        except ValueError:
-            return spec, None
-        return head, check_alpha(value, f"alpha in {spec!r}:")
-    return spec, None
 
 
 def is_hub_ref(ref: str) -> bool:

@@ -5,8 +5,21 @@ Importing this package does not import vLLM; `rvec_serving.loader` does.
 
 from __future__ import annotations
 
-from .merge import merge_tensor, merged_weights
-from .spec import OpenedVector, VectorSpec, check_all, extra_config, open_specs, split_extra_config
+import importlib
+from typing import Any
+
+# Loaded on first use, so that light modules (`rvec_serving.swap`) do not pull in torch.
+_EXPORTS = {
+    "OpenedVector": ".spec", "VectorSpec": ".wire", "check_all": ".spec", "extra_config": ".spec",
+    "merge_tensor": ".merge", "merged_weights": ".merge", "open_specs": ".spec", "split_extra_config": ".spec",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "OpenedVector",

@@ -19,12 +19,11 @@ from rvec_hub.check import dtype_name
 from rvec_hub.errors import UsageError
 
 from .spec import OpenedVector, VectorSpec, base_env, base_model_args, check_all, extra_config, open_base, open_specs
+from .wire import ADMIN_PATH, ADMIN_TOKEN_ENV  # noqa: F401  (ADMIN_PATH re-exported)
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 # Mirrors of rvec_serving.admin's names, so planning a launch does not import starlette.
 ADMIN_MIDDLEWARE = "rvec_serving.admin.AdminMiddleware"
-ADMIN_PATH = "/rvec/vectors"
-ADMIN_TOKEN_ENV = "RVEC_ADMIN_TOKEN"
 ADMIN_TOKEN_FILE_ENV = "RVEC_ADMIN_TOKEN_FILE"
 ADMIN_MIN_TOKEN = 16
 # Flags rvec sets itself; passing them after `--` would contradict the launch.

@@ -10,34 +10,13 @@ from rvec_hub.arith import check_alpha
 from rvec_hub.check import compatibility
 from rvec_hub.errors import CompatibilityError, UsageError
 from rvec_hub.io.checkpoint import Checkpoint, open_checkpoint_headers
-from rvec_hub.refs import open_vector, split_alpha
+from rvec_hub.refs import open_vector
 from rvec_hub.vector import Vector
+
+from .wire import VectorSpec  # noqa: F401  (re-exported: callers import it from here)
 
 # Keys of `model_loader_extra_config` that belong to rvec; everything else goes to vLLM's loader.
 EXTRA_KEYS = ("vectors", "endpoint")
-
-
-@dataclass(frozen=True)
-class VectorSpec:
-    """One vector as the server applies it.
-
-    Attributes:
-        ref: a vector directory or `REPO_ID@VERSION`.
-        alpha: its scale; None means the manifest's `default_alpha`.
-    """
-
-    ref: str
-    alpha: float | None = None
-
-    @classmethod
-    def parse(cls, text: str) -> VectorSpec:
-        """`REF[:ALPHA]` as the command line writes it."""
-        ref, alpha = split_alpha(text)
-        return cls(ref, alpha)
-
-    def to_json(self) -> dict:
-        """The entry written into `model_loader_extra_config`."""
-        return {"ref": self.ref} if self.alpha is None else {"ref": self.ref, "alpha": self.alpha}
 
 
 @dataclass(frozen=True)

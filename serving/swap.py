@@ -10,8 +10,7 @@ from pathlib import Path
 
 from rvec_hub.errors import RvecError, UsageError
 
-from .launch import ADMIN_PATH, ADMIN_TOKEN_ENV
-from .spec import VectorSpec
+from .wire import ADMIN_PATH, ADMIN_TOKEN_ENV, VectorSpec
 
 
 def admin_token(token_file: str | None) -> str:

@@ -79,8 +79,8 @@ def swap_cmd(server, vectors, token_file, as_json):
       rvec swap --server http://127.0.0.1:8000 --vector ./vec-b:0.5 --token-file admin.token
       rvec swap --server http://127.0.0.1:8000 --vector acme/reasoning@1.1.0 --json
     """
-    from rvec_serving.spec import VectorSpec
     from rvec_serving.swap import admin_token, swap
+    from rvec_serving.wire import VectorSpec
 
     answer = swap(server, [VectorSpec.parse(v) for v in vectors], admin_token(token_file))
     if as_json:
