@@ -42,6 +42,17 @@ def test_cli_starts_without_loading_torch_or_the_hub_client():
     assert out.strip() == "[]"
 
 
+def test_swap_client_runs_without_loading_torch_or_vllm():
+    # `rvec swap` runs beside a busy server, where every second of imports stretches to a minute.
+    code = (
+        "import sys; from rvec_serving.swap import admin_token, swap; from rvec_serving.wire import VectorSpec; "
+        "VectorSpec.parse('vec:0.5'); "
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'vllm', 'safetensors', 'transformers'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_package_names_resolve_to_functions_even_after_their_modules_load():
     code = (
         "import rvec_hub, rvec_hub.check, rvec_hub.compress, rvec_hub.extract; from rvec_hub.probe import probe; "
