@@ -33,6 +33,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from .defaults import hf_rvec_dir
 from .errors import DataError, UsageError
 from .tasks import Task, TaskSet
 
@@ -48,8 +49,7 @@ _CHUNK = 1 << 20
 
 def cache_dir() -> Path:
     """`$HF_HOME/rvec/bigbench-1.0.0`, read from the environment when called."""
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    return Path(home).expanduser() / "rvec" / f"bigbench-{VERSION}"
+    return hf_rvec_dir(f"bigbench-{VERSION}")
 
 
 def _check_name(name: str) -> str:

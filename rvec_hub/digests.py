@@ -26,13 +26,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from .defaults import hf_rvec_dir
+
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def record_dir() -> Path:
     """`$HF_HOME/rvec/digests`, read from the environment when called."""
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "huggingface"
-    return Path(home).expanduser() / "rvec" / "digests"
+    return hf_rvec_dir("digests")
 
 
 # Well over two ticks of the kernel's coarse file-time clock (at most 10 ms at HZ=100).
