@@ -58,7 +58,7 @@ _WHERE = {
     "ProbeResult": ".probe",
     "probe": ".probe",
     "open_vector": ".refs",
-    "split_alpha": ".refs",
+    "split_alpha": ".alpha",
     "Task": ".tasks",
     "TaskSet": ".tasks",
     "load_jsonl": ".tasks",
@@ -95,6 +95,7 @@ sys.modules[__name__].__class__ = _Package
 
 
 if TYPE_CHECKING:
+    from .alpha import split_alpha
     from .answers import Accuracy, extract_answer
     from .apply import ApplyResult, apply_vectors
     from .check import CompatReport, check, compatibility
@@ -117,6 +118,6 @@ if TYPE_CHECKING:
     from .manifest import Manifest, TensorEntry, load_manifest
     from .peft_export import PeftExport, export_peft
     from .probe import ProbeResult, probe
-    from .refs import open_vector, split_alpha
+    from .refs import open_vector
     from .tasks import Task, TaskSet, load_jsonl, load_tasks
     from .vector import Vector

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from . import fused
-from .arith import Survival, Workspace, add_rows, check_alpha, resolve_device, row_chunks, streaming_threads
+from .alpha import check_alpha
+from .arith import Survival, Workspace, add_rows, resolve_device, row_chunks, streaming_threads
 from .card import write_merged_card
 from .check import compatibility, dtype_name
 from .errors import RvecError

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 
-from .alpha import check_alpha  # noqa: F401  (re-exported: callers import it from here)
 from .errors import CheckpointError, FormatError, UsageError
 
 # Rows per chunk are chosen so one float32 chunk stays near this many elements (4 MB). Chunks this small

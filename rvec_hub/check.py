@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from .arith import Survival, add_rows, check_alpha, row_chunks
+from .alpha import check_alpha
+from .arith import Survival, add_rows, row_chunks
 from .errors import CompatibilityError, FormatError, IntegrityError, RvecError
 from .io.checkpoint import Checkpoint
 from .manifest import config_signature, fingerprint, load_manifest, touched_shapes

@@ -339,8 +339,7 @@ def served(
 
 def settings_for(vectors: list[str], alphas: list[float] | None = None, *, include_base: bool = True) -> list[Setting]:
     """The settings to evaluate: the base, then each `REF[:ALPHA]` (a ref without α at every `alphas`)."""
-    from .arith import check_alpha
-    from .refs import split_alpha
+    from .alpha import check_alpha, split_alpha
 
     out = [Setting()] if include_base else []
     for spec in vectors:

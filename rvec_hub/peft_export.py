@@ -21,7 +21,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from .arith import check_alpha, non_finite_error
+from .alpha import check_alpha
+from .arith import non_finite_error
 from .defaults import LORA_RANK
 from .errors import OutputExistsError, UsageError
 from .io.atomic import atomic_directory

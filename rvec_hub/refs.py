@@ -1,11 +1,10 @@
-"""Vector references as users type them: a directory, or REPO_ID[@VERSION], with an optional :ALPHA."""
+"""Vector references as users type them: a directory, or REPO_ID[@VERSION] (an optional :ALPHA is split off by `rvec_hub.alpha`)."""
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
-from .alpha import split_alpha  # noqa: F401  (re-exported: callers import it from here)
 from .errors import FormatError, UsageError
 from .vector import Vector
 

@@ -31,9 +31,9 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .launch import ADMIN_PATH as PATH
-from .launch import ADMIN_TOKEN_ENV as TOKEN_ENV
 from .launch import ADMIN_TOKEN_FILE_ENV as TOKEN_FILE_ENV
+from .wire import ADMIN_PATH as PATH
+from .wire import ADMIN_TOKEN_ENV as TOKEN_ENV
 
 MAX_BODY = 64 * 1024
 

@@ -19,7 +19,7 @@ from rvec_hub.check import dtype_name
 from rvec_hub.errors import UsageError
 
 from .spec import OpenedVector, VectorSpec, base_env, base_model_args, check_all, extra_config, open_base, open_specs
-from .wire import ADMIN_PATH, ADMIN_TOKEN_ENV  # noqa: F401  (ADMIN_PATH re-exported)
+from .wire import ADMIN_PATH, ADMIN_TOKEN_ENV
 
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 # Mirrors of rvec_serving.admin's names, so planning a launch does not import starlette.

@@ -6,14 +6,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rvec_hub.arith import check_alpha
+from rvec_hub.alpha import check_alpha
 from rvec_hub.check import compatibility
 from rvec_hub.errors import CompatibilityError, UsageError
 from rvec_hub.io.checkpoint import Checkpoint, open_checkpoint_headers
 from rvec_hub.refs import open_vector
 from rvec_hub.vector import Vector
 
-from .wire import VectorSpec  # noqa: F401  (re-exported: callers import it from here)
+from .wire import VectorSpec
 
 # Keys of `model_loader_extra_config` that belong to rvec; everything else goes to vLLM's loader.
 EXTRA_KEYS = ("vectors", "endpoint")

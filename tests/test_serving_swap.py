@@ -13,8 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rvec_serving.launch import ADMIN_PATH, plan_merged
+from rvec_serving.launch import plan_merged
 from rvec_serving.spec import VectorSpec
+from rvec_serving.wire import ADMIN_PATH
 from servetest_common import free_port, running_server
 from vector_edit import rewrite_vector
 

@@ -19,7 +19,7 @@ from rvec_hub.cli._errors import run_cli
 from rvec_hub.cli.main import cli
 from rvec_hub.encodings import ENCODINGS
 from rvec_hub.manifest import parse_manifest
-from rvec_hub.refs import split_alpha
+from rvec_hub.alpha import split_alpha
 from vector_edit import rewrite_vector
 
 UP = "model.layers.0.mlp.up_proj.weight"

@@ -88,7 +88,8 @@ def apply_cmd(vector, base, out, alpha, out_dtype, force, device, endpoint, quie
     from ..apply import apply_vectors
     from ..check import dtype_from_name
     from ..io.checkpoint import open_checkpoint
-    from ..refs import open_vector, split_alpha
+    from ..alpha import split_alpha
+    from ..refs import open_vector
 
     pairs, refs = [], []
     for spec in vector:
