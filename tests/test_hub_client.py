@@ -291,21 +291,33 @@ def test_search_base_finds_exactly_the_matching_vectors(vector_dir: Path, url: s
 
 _KILLED_PULL = textwrap.dedent(
     """
-    import os, signal, sys, threading, time
-    from pathlib import Path
+    import os, signal, sys
+    from huggingface_hub import file_download
     from rvec_hub.hub.client import pull
 
-    url, blobs = sys.argv[1], Path(sys.argv[2])
+    url = sys.argv[1]
+    http_get = file_download.http_get
 
-    def kill_once_partial():
+    class KillAfterFirstChunk:
         # SIGKILL: no cleanup runs, exactly like a crash or a pulled plug.
-        while True:
-            for part in blobs.glob("*.incomplete"):
-                if part.stat().st_size > 0:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            time.sleep(0.0005)
+        def __init__(self, file):
+            self.file = file
 
-    threading.Thread(target=kill_once_partial, daemon=True).start()
+        def write(self, chunk):
+            written = self.file.write(chunk)
+            self.file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+            return written
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+    def killed_midway(url, temp_file, *args, expected_size=None, **kwargs):
+        if expected_size is not None and expected_size > 1024 * 1024:
+            temp_file = KillAfterFirstChunk(temp_file)
+        return http_get(url, temp_file, *args, expected_size=expected_size, **kwargs)
+
+    file_download.http_get = killed_midway
     pull("alice/big@1.0.0", endpoint=url)
     print("finished before it could be killed")
     """
@@ -316,7 +328,7 @@ def test_pull_killed_midway_leaves_no_complete_looking_snapshot_and_the_next_pul
     big = _variant(vector_dir, tmp_path / "big", asset_bytes=64 * 1024 * 1024)
     push(big, "alice/big", "1.0.0", endpoint=url, token=ALICE, quiet=True)
     storage = Path(os.environ["HF_HUB_CACHE"]) / "models--alice--big"
-    killed = subprocess.run([sys.executable, "-c", _KILLED_PULL, url, str(storage / "blobs")], capture_output=True, text=True, timeout=120)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_PULL, url], capture_output=True, text=True, timeout=120)
     assert killed.returncode == -9, killed.stdout + killed.stderr
     assert list((storage / "blobs").glob("*.incomplete")), "the pull was not killed while downloading"
     assert not list(storage.glob("snapshots/*/assets/noise.bin")), "a partial file is linked into the snapshot"
