@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -18,6 +21,7 @@ CHUNK_ELEMENTS = 1024 * 1024
 # Below this |α|·‖Δ‖ of a chunk, base + α·Δ cannot overflow float32 weights of any trained model, so a
 # float32 output needs no finiteness pass of its own (a narrower output is checked through its rounding error).
 _OVERFLOW_GUARD = 1e30
+T, R = TypeVar("T"), TypeVar("R")
 
 
 def row_chunks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
@@ -45,6 +49,26 @@ def streaming_threads(count: int = 1) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def ordered_map(work: Callable[[T], R], items: Iterable[T], workers: int) -> Iterator[R]:
+    """`work` on each item, results in item order, on up to `workers` threads (for work that releases the
+    GIL). At most `workers` items are in flight or waiting to be taken, so memory stays that of `workers` results."""
+    if workers <= 1:
+        yield from map(work, items)
+        return
+    pending: deque[Future[R]] = deque()
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rvec-work") as pool:
+        try:
+            for item in items:
+                if len(pending) >= workers:
+                    yield pending.popleft().result()
+                pending.append(pool.submit(work, item))
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            for future in pending:
+                future.cancel()
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -8,7 +8,10 @@ payload through `ShardWriter`, reusing the survey's `packed` encodings up to KEE
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,7 @@ from typing import Any
 import torch
 
 from ._version import __version__
-from .arith import resolve_device
+from .arith import ordered_map, resolve_device, streaming_threads
 from .budget import RankCandidate, allocate_ranks, minimum_bytes, parse_size
 from .check import dtype_from_name, dtype_name
 from .defaults import COMPRESS_METHODS
@@ -236,30 +239,36 @@ def compress(
 def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[str, Survey]:
     """Measure what each encoding would cost, decoding a tensor only when a number needs it."""
     want_spectrum = target.energy is not None or target.budget is not None
-    out, kept = {}, 0
     changed = [e for e in vector.manifest.tensors if e.encoding != "zero"]
-    with progress(len(changed), "survey", quiet=quiet, unit="tensor") as bar:
-        for entry in changed:
-            shape, dtype = tuple(entry.shape), _TORCH_DTYPES[entry.dtype]
-            matrix = len(shape) >= 2
-            # A fixed-rank low-rank run needs packed sizes only where factors would not pay.
-            factored = target.method == "lowrank" and target.rank is not None and matrix and _factors_pay(shape, dtype, target)
-            measure = target.method != "dense" and not factored
-            if not measure and not (want_spectrum and matrix):
-                out[entry.name] = Survey(entry.name, shape, dtype)
-                bar.update(1)
-                continue
-            delta = vector.decode(entry.name)
-            norm = _check_finite(entry.name, delta)
-            encoded = packed.CODEC.encode(delta, dtype=dtype) if measure else None
-            nnz, stored = _packed_size(encoded) if encoded is not None else (None, None)
-            energies = lowrank.spectrum(delta, device=device) if want_spectrum and matrix else None
-            coded = _quantized_size(delta, target) if target.method == "quantized" and matrix else None
-            del delta
+
+    def measure(entry: TensorEntry) -> Survey:
+        shape, dtype = tuple(entry.shape), _TORCH_DTYPES[entry.dtype]
+        matrix = len(shape) >= 2
+        # A fixed-rank low-rank run needs packed sizes only where factors would not pay.
+        factored = target.method == "lowrank" and target.rank is not None and matrix and _factors_pay(shape, dtype, target)
+        encode = target.method != "dense" and not factored
+        if not encode and not (want_spectrum and matrix):
+            return Survey(entry.name, shape, dtype)
+        delta = vector.decode(entry.name)
+        norm = _check_finite(entry.name, delta)
+        encoded = packed.CODEC.encode(delta, dtype=dtype) if encode else None
+        nnz, stored = _packed_size(encoded) if encoded is not None else (None, None)
+        energies = lowrank.spectrum(delta, device=device) if want_spectrum and matrix else None
+        coded = _quantized_size(delta, target) if target.method == "quantized" and matrix else None
+        return Survey(entry.name, shape, dtype, nnz, stored, energies, quantized=coded, norm=norm, encoded=encoded)
+
+    # Packed encoding is numpy and zstd, which release the GIL: one tensor per core. Spectra and quantized
+    # codes use torch's own threads, so a run that needs them measures one tensor at a time.
+    workers = 1 if want_spectrum or target.method == "quantized" or device != "cpu" else os.cpu_count() or 1
+    out, kept = {}, 0
+    one_thread_each = streaming_threads() if workers > 1 else contextlib.nullcontext()  # nested settings would race
+    with progress(len(changed), "survey", quiet=quiet, unit="tensor") as bar, one_thread_each:
+        for survey in ordered_map(measure, changed, workers):
             # Kept, the write pass need not encode the tensor again; beyond the cap memory would grow with the model.
+            encoded = survey.encoded
             keep = encoded is not None and kept + encoded.nbytes <= KEEP_ENCODED_BYTES
             kept += encoded.nbytes if keep else 0
-            out[entry.name] = Survey(entry.name, shape, dtype, nnz, stored, energies, quantized=coded, norm=norm, encoded=encoded if keep else None)
+            out[survey.name] = survey if keep or encoded is None else dataclasses.replace(survey, encoded=None)
             bar.update(1)
     return out
 

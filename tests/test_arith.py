@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
-from rvec_hub.arith import CHUNK_ELEMENTS, Survival, Workspace, add_rows, row_chunks, streaming_threads
+from rvec_hub.arith import CHUNK_ELEMENTS, Survival, Workspace, add_rows, ordered_map, row_chunks, streaming_threads
 
 
 def _rows(seed: int, shape: tuple[int, ...], scale: float, dtype: torch.dtype) -> torch.Tensor:
@@ -55,3 +58,34 @@ def test_streaming_threads_restores_the_thread_count() -> None:
     with streaming_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_ordered_map_keeps_item_order_and_holds_at_most_workers_results() -> None:
+    lock, started, taken, ahead = threading.Lock(), [0], [0], []
+
+    def work(i: int) -> int:
+        with lock:
+            started[0] += 1
+            ahead.append(started[0] - taken[0])
+        time.sleep(0.002 * (i % 3))
+        return i * i
+
+    out = []
+    for value in ordered_map(work, range(20), workers=2):
+        taken[0] += 1
+        out.append(value)
+    assert out == [i * i for i in range(20)]
+    assert max(ahead) <= 3  # two in flight, plus the one handed out and not yet counted
+
+
+def test_ordered_map_raises_the_first_failure_in_order() -> None:
+    def work(i: int) -> int:
+        if i == 3:
+            raise ValueError("three")
+        return i
+
+    seen = []
+    with pytest.raises(ValueError, match="three"):
+        for value in ordered_map(work, range(10), workers=2):
+            seen.append(value)
+    assert seen == [0, 1, 2]

@@ -83,6 +83,35 @@ def test_packed_decodes_vectors_by_element_range_scalars_and_zeros() -> None:
     assert _same_bits(CODEC.decode_rows(entry, stored, 0, 4), torch.zeros(4, 9))
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_codebook_holds_the_most_frequent_repeated_values_ties_broken_by_storage_bits(dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(3)
+    frequent = rng.normal(0, 1e-3, 400).astype(np.float32)
+    counts = rng.integers(1, 60, frequent.size)
+    values = np.repeat(frequent, counts)
+    delta = torch.from_numpy(rng.permutation(values)).to(dtype).float().reshape(-1, 1)
+    table = CODEC.encode(delta, dtype=dtype, rows_per_block=700).stored["table"]
+
+    bits = delta.to(dtype).view(packed._INT[dtype.itemsize]).reshape(-1)
+    uniq, n = torch.unique(bits[bits != 0], return_counts=True)
+    tie = (lambda v: v & 0xFFFF) if dtype.itemsize == 2 else (lambda v: v)  # 16-bit values: as unsigned patterns
+    ranked = sorted(((-c, tie(v), v) for v, c in zip(uniq.tolist(), n.tolist()) if c >= 2))[: packed.ESCAPE]
+    assert table.view(packed._INT[dtype.itemsize]).tolist() == [v for _, _, v in ranked]
+
+
+def test_a_wide_codebook_keeps_the_frequent_values_through_blocks_of_distinct_ones() -> None:
+    # 70 000 distinct float32 values in the first block push the tally past its cap; the values
+    # repeated in every block must still be the codebook, most frequent first.
+    rng = np.random.default_rng(4)
+    repeated = np.float32([3e-4, -5e-4, 7e-4])
+    noise = rng.permutation(np.arange(1, 70_001, dtype=np.float32) * np.float32(1e-7))
+    first = np.concatenate([noise, np.tile(repeated, 1000)])
+    later = np.tile(np.repeat(repeated, [5, 3, 1]), 2000)
+    delta = torch.from_numpy(np.concatenate([first, later])).reshape(-1, 1)
+    table = CODEC.encode(delta, dtype=torch.float32, rows_per_block=first.size).stored["table"]
+    assert table.tolist() == [float(v) for v in repeated]
+
+
 def test_a_tensor_whose_values_are_all_distinct_writes_an_empty_codebook(tmp_path: Path) -> None:
     delta = torch.tensor([1e-3, -2e-3, 3e-3]).to(torch.bfloat16).float()
     stored = CODEC.encode(delta, dtype=torch.bfloat16).stored

@@ -37,6 +37,17 @@ def test_lossless_compress_is_bit_exact_and_smaller(vector_dir: Path, tmp_path: 
     assert "packed" in encodings and "lowrank" not in encodings
 
 
+def test_lossless_compress_writes_the_same_bytes_on_one_thread_and_on_several(vector_fp32: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    threads = torch.get_num_threads()
+    written = {}
+    for cores in (4, 1):
+        monkeypatch.setattr("os.cpu_count", lambda: cores)
+        result = compress(Vector.open(vector_fp32), tmp_path / f"on-{cores}", device="cpu", quiet=True)
+        written[cores] = [p.read_bytes() for p in sorted(result.path.glob("*.safetensors"))]
+        assert torch.get_num_threads() == threads
+    assert written[4] == written[1]
+
+
 def test_every_entry_records_keys_params_and_stats(vector_dir: Path, tmp_path: Path) -> None:
     result = compress(Vector.open(vector_dir), tmp_path / "r8", method="lowrank", rank=8, device="cpu", quiet=True)
     for t in result.manifest.tensors:

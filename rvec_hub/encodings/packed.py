@@ -22,6 +22,7 @@ counts, and the end offsets of its three frames in `data` (uint8).
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -42,6 +43,7 @@ _FILLER = 255
 _EVERY_ELEMENT_ABOVE = 0.65  # share of non-zeros above which coding every element is smaller (measured)
 _INDEX_COLUMNS = 7  # row stop, entries, escapes, gap bytes, end of gaps, end of codes, end of escapes
 _INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+_NUMPY_INT = {2: np.int16, 4: np.int32, 8: np.int64}
 
 
 def as_rows(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -51,15 +53,21 @@ def as_rows(shape: tuple[int, ...]) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
-@lru_cache(maxsize=1)
-def _compressor() -> Any:
-    import zstandard
+_local = threading.local()
 
-    params = zstandard.ZstdCompressionParameters(
-        window_log=20, hash_log=14, chain_log=14, search_log=1, min_match=3, target_length=32,
-        strategy=zstandard.STRATEGY_BTOPT, write_checksum=False, write_content_size=True,
-    )
-    return zstandard.ZstdCompressor(compression_params=params)
+
+def _compressor() -> Any:
+    """This thread's zstd compressor (one is not safe to share between threads)."""
+    compressor = getattr(_local, "compressor", None)
+    if compressor is None:
+        import zstandard
+
+        params = zstandard.ZstdCompressionParameters(
+            window_log=20, hash_log=14, chain_log=14, search_log=1, min_match=3, target_length=32,
+            strategy=zstandard.STRATEGY_BTOPT, write_checksum=False, write_content_size=True,
+        )
+        compressor = _local.compressor = zstandard.ZstdCompressor(compression_params=params)
+    return compressor
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:
@@ -76,15 +84,20 @@ def _codebook(blocks: list[tuple[np.ndarray, np.ndarray]], dtype: torch.dtype) -
         top = np.argsort(-counts, kind="stable")[:ESCAPE]
         top = top[counts[top] >= 2]
         return torch.from_numpy(top.astype(np.uint16).view(np.int16).copy())
-    tally: dict[int, int] = {}
-    for _, values in blocks:
-        uniq, n = np.unique(values, return_counts=True)
-        for value, count in zip(uniq.tolist(), n.tolist()):
-            tally[value] = tally.get(value, 0) + count
-        if len(tally) > 1 << 16:  # keep the most frequent; any codebook decodes, this one only codes worse
-            tally = dict(sorted(tally.items(), key=lambda kv: (-kv[1], kv[0]))[: 1 << 15])
-    ranked = sorted(((v, c) for v, c in tally.items() if c >= 2), key=lambda kv: (-kv[1], kv[0]))[:ESCAPE]
-    return torch.tensor([v for v, _ in ranked], dtype=_INT[dtype.itemsize])
+    # Wider values: a running tally (values, counts) merged block by block, in numpy so that threads
+    # surveying other tensors run beside it.
+    values, counts = np.zeros(0, dtype=blocks[0][1].dtype if blocks else np.int32), np.zeros(0, dtype=np.int64)
+    for _, block in blocks:
+        uniq, n = np.unique(block, return_counts=True)
+        values, slot = np.unique(np.concatenate([values, uniq]), return_inverse=True)
+        counts = np.bincount(slot, weights=np.concatenate([counts, n]), minlength=values.size).astype(np.int64)
+        if values.size > 1 << 16:  # keep the most frequent; any codebook decodes, this one only codes worse
+            top = np.lexsort((values, -counts))[: 1 << 15]
+            values, counts = values[top], counts[top]
+    frequent = counts >= 2
+    values, counts = values[frequent], counts[frequent]
+    ranked = values[np.lexsort((values, -counts))[:ESCAPE]]
+    return torch.from_numpy(np.ascontiguousarray(ranked).astype(_NUMPY_INT[dtype.itemsize]))
 
 
 def _coder(table: torch.Tensor) -> Any:
