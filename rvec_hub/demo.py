@@ -185,6 +185,8 @@ def run_demo(
     from .models.builder import build_model, cache_root
     from .tasks import load_tasks
     from .vector import Vector
+    from rvec_serving.swap import swap
+    from rvec_serving.wire import ADMIN_TOKEN_ENV, VectorSpec
 
     if schedule not in SCHEDULES:
         raise RvecError(f"unknown schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")
@@ -231,18 +233,23 @@ def run_demo(
          f"({tasksets[1].name}), asked step by step")
     answers: dict[str, list[str]] = {}
     scores: dict[str, list] = {}
-    for label, alpha in (("plain", 0.0), ("enhanced", 1.0)):
-        port = _free_port()
-        log = workdir / f"serve-{label}.log"
-        t0 = time.monotonic()
-        with _background(_serve(base, f"{pulled.path}:{alpha}", port), log) as server:
-            url = f"http://127.0.0.1:{port}/v1"
-            _wait_http(f"{url}/models", server, timeout, "rvec serve", log)
-            step(f"rvec serve: target + {alpha:g}·vector on {url} (up in {time.monotonic() - t0:.0f} s)")
+    swapped: dict = {}
+    # One server: it starts on the plain target (α = 0, the base's own weights: + 0·v adds nothing in
+    # float32), then a live swap reloads base + 1·vector in place, from the same base files.
+    port, log, admin = _free_port(), workdir / "serve.log", secrets.token_hex(24)
+    url, t0 = f"http://127.0.0.1:{port}/v1", time.monotonic()
+    with _background(_serve(base, f"{pulled.path}:0", port), log, {ADMIN_TOKEN_ENV: admin}) as server:
+        _wait_http(f"{url}/models", server, timeout, "rvec serve", log)
+        step(f"rvec serve: target + 0·vector (the plain target) on {url} (up in {time.monotonic() - t0:.0f} s)")
+        for label, alpha in (("plain", 0.0), ("enhanced", 1.0)):
+            if alpha:
+                swapped = swap(url, [VectorSpec(str(pulled.path), alpha)], admin)
+                step(f"rvec swap: the same server now serves target + {alpha:g}·vector "
+                     f"(weights reloaded in {swapped['seconds']['reload']:.1f} s, the vector verified first)")
             answers[label] = [_ask(url, q) for q in QUESTIONS]
             scores[label] = _measure(url, label, tasksets, plan.max_tokens)
-            step(f"asked {len(QUESTIONS)} questions and measured {sum(len(t.tasks) for t in tasksets)} more")
-    step("stopped the Hub and both servers")
+            step(f"{label}: asked {len(QUESTIONS)} questions and measured {sum(len(t.tasks) for t in tasksets)} more")
+    step("stopped the Hub and the server")
 
     echo("\nThe vector: GRPO donor − SFT donor, both trained here from SmolLM2-135M-Instruct; "
          f"{dense / 1e6:.0f} MB dense, {small.payload_bytes / 1e6:.0f} MB compressed losslessly.")
@@ -260,7 +267,7 @@ def run_demo(
                                                            "grpo_rewards": record["grpo"]["rewards"]},
         "vector": share, "dense_bytes": dense, "lossless_bytes": small.payload_bytes, "commit": pushed.commit,
         "answers": {label: dict(zip(QUESTIONS, texts)) for label, texts in answers.items()},
-        "accuracy": {label: [s.to_dict() for s in ss] for label, ss in scores.items()},
+        "accuracy": {label: [s.to_dict() for s in ss] for label, ss in scores.items()}, "swap": swapped,
         "seconds": time.monotonic() - started,
     }
     (workdir / "demo.json").write_text(json.dumps(result, indent=2) + "\n")

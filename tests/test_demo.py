@@ -53,12 +53,13 @@ def test_demo_trains_serves_and_measures_the_real_model_and_stops_everything(tmp
     assert proc.returncode == 0, proc.stderr[-2000:]
     for step in ("target: SmolLM2-135M-Instruct", "donor pair", "extracted the vector grpo − sft", "compressed it losslessly",
                  "started the local Hub", "pushed demo/smollm2-arith-grpo version 1.0.0", "every file verified",
-                 "target + 0·vector", "target + 1·vector", "stopped the Hub and both servers", "Q: What is 12 + 7?",
+                 "target + 0·vector", "rvec swap: the same server now serves target + 1·vector", "stopped the Hub and the server", "Q: What is 12 + 7?",
                  "plain:", "enhanced:", "95 % Wilson intervals"):
         assert step in proc.stdout, step
     result = json.loads((workdir / "demo.json").read_text())
     assert result["lossless_bytes"] < result["dense_bytes"]
     assert 0 < result["vector"]["changed"] <= result["vector"]["parameters"] and result["vector"]["relative_norm"] > 0
+    assert [v["alpha"] for v in result["swap"]["vectors"]] == [1.0]
     assert len(result["donors"]["sft_losses"]) == 1 and len(result["donors"]["grpo_rewards"]) == 1
     for label in ("plain", "enhanced"):
         assert all(text.strip() for text in result["answers"][label].values()), result["answers"][label]
