@@ -50,7 +50,7 @@ from _measure import CommandFailed, log_line, measure, warm_cache  # noqa: E402
 
 from rvec_hub import Vector  # noqa: E402
 from rvec_hub.compress import Survey, Target, _packed_size, make_plans  # noqa: E402
-from rvec_hub.encodings import lowrank, quantized  # noqa: E402
+from rvec_hub.encodings import lowrank, packed, quantized  # noqa: E402
 from rvec_hub.synthetic import QWEN25_05B, TINY, Shapes, write_member  # noqa: E402
 
 SIZES: dict[str, Shapes] = {"tiny": TINY, "0.5b": QWEN25_05B}
@@ -97,7 +97,7 @@ def survey(vector_dir: Path, settings: list[tuple[int, float]]) -> dict:
         norm = torch.linalg.vector_norm(delta).item()
         norm_sq += norm**2
         start = time.process_time()
-        nnz, packed_shapes = _packed_size(delta, dtype)
+        nnz, packed_shapes = _packed_size(packed.CODEC.encode(delta, dtype=dtype))
         packed_s += time.process_time() - start
         matrix = len(shape) >= 2
         energies = lowrank.spectrum(delta) if matrix else None
