@@ -1,6 +1,6 @@
 """`rvec compress`: re-encode a vector tensor by tensor (packed, low-rank, quantized, dense), within a target.
 
-Two streaming passes over the input, one tensor in memory at a time. The survey pass measures what each
+Two streaming passes over the input, one tensor per core in memory at a time. The survey pass measures what each
 encoding would cost (the exact `packed` size, by encoding the tensor, and the singular spectrum when an
 energy or byte budget needs it); the plan fixes every tensor's encoding and payload shapes; the write pass encodes and streams the
 payload through `ShardWriter`, reusing the survey's `packed` encodings up to KEEP_ENCODED_BYTES instead of encoding again. Any input encoding works: tensors are decoded to float32 first.
@@ -34,6 +34,8 @@ from .vector import Vector
 
 DEFAULT_SHARD_BYTES = 2 * 1024**3
 KEEP_ENCODED_BYTES = 256 * 1024**2  # packed encodings the survey keeps for the write pass, at most
+SURVEY_WORKERS = 4  # tensors the survey encodes at once, at most (and at most one per core)
+SURVEY_BYTES = 2 * 1024**3  # their float32 deltas, at most, unless one tensor alone is larger
 _TORCH_DTYPES = {dtype_name(d): d for d in DTYPES.values()}
 # Bytes of safetensors header per stored key, and per file, kept out of a byte budget.
 _HEADER_PER_KEY, _HEADER_BASE = 128, 512
@@ -257,9 +259,13 @@ def _survey(vector: Vector, target: Target, device: str, quiet: bool) -> dict[st
         coded = _quantized_size(delta, target) if target.method == "quantized" and matrix else None
         return Survey(entry.name, shape, dtype, nnz, stored, energies, quantized=coded, norm=norm, encoded=encoded)
 
-    # Packed encoding is numpy and zstd, which release the GIL: one tensor per core. Spectra and quantized
-    # codes use torch's own threads, so a run that needs them measures one tensor at a time.
-    workers = 1 if want_spectrum or target.method == "quantized" or device != "cpu" else os.cpu_count() or 1
+    # Packed encoding is numpy and zstd, which release the GIL: one tensor per core, as many as fit in
+    # SURVEY_BYTES of float32 deltas. Spectra and quantized codes use torch's own threads, so a run that
+    # needs them measures one tensor at a time.
+    largest = max((math.prod(e.shape) * 4 for e in changed), default=1)
+    workers = min(os.cpu_count() or 1, SURVEY_WORKERS, max(1, SURVEY_BYTES // max(1, largest)))
+    if want_spectrum or target.method == "quantized" or device != "cpu":
+        workers = 1
     out, kept = {}, 0
     one_thread_each = streaming_threads() if workers > 1 else contextlib.nullcontext()  # nested settings would race
     with progress(len(changed), "survey", quiet=quiet, unit="tensor") as bar, one_thread_each:
