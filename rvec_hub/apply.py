@@ -85,18 +85,18 @@ def apply_vectors(
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
         chunks = read_ahead(_chunks(plan, base, vectors, device))
         with progress(sum(tensor_bytes(s, d) for _, s, d in plan), "apply", quiet=quiet) as bar, closing(chunks), _corruption_first(vectors):
-            for name, shape, dtype, start, stop, rows, terms in chunks:
+            for name, shape, dtype, start, stop, rows, terms, one in chunks:
                 if start == 0:
                     writer.begin(name, shape, dtype)
-                    changed += bool(terms)
+                    changed += bool(terms or one)
                 fresh = True  # rows read for this chunk alone: the writer may keep them without a copy
-                if len(terms) == 1 and not isinstance(terms[0][2], torch.Tensor):  # one vector, fused into the bf16 rows in place
-                    i, (vector, src), staged, alpha = terms[0]
+                if one is not None:  # one vector, fused into the bf16 rows in place
+                    i, vector, src, staged, alpha = one
                     fused.add_in_place(rows, vector, src, start, stop, alpha, survival[i], name=name, staged=staged,
                                        pristine=lambda: base.read_rows(name, start, stop) if shape else base.read_rows(name))
                 elif terms:
                     rows = add_rows(
-                        rows.to(device), [(d, a) for _, _, d, a in terms], dtype, [survival[i] for i, _, _, _ in terms], workspace=workspace, name=name
+                        rows.to(device), [(d, a) for _, d, a in terms], dtype, [survival[i] for i, _, _ in terms], workspace=workspace, name=name
                     ).cpu()
                     fresh = device.type != "cpu"  # on the CPU the sum lives in the reused workspace
                 elif rows.dtype != dtype:
@@ -128,10 +128,10 @@ def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
 
 
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):
-    """Per chunk of rows, in plan order: the tensor, its row range, the base rows, and per vector
-    (index, (vector, source tensor), delta rows, alpha). Where one vector's delta is to be fused into
-    the rows (`rvec_hub.fused`) instead of decoded here, the delta rows' place holds the vector's payload
-    with what the fused add reads staged (`Vector.staged`)."""
+    """Per chunk of rows, in plan order: the tensor, its row range, the base rows, per vector
+    (index, delta rows, alpha), and None. Where one vector's delta is to be fused
+    into the rows (`rvec_hub.fused`) instead of decoded here, no delta rows but, last, (index, vector,
+    source tensor, its payload with what the fused add reads staged (`Vector.staged`), alpha)."""
     for name, shape, dtype in plan:
         # A tied-donor vector's embedding delta also reaches a base's separate output head (rvec_hub.tied).
         active = [(i, v, a, src) for i, (v, a) in enumerate(vectors) if (src := delta_source(v, name)) and a != 0.0]
@@ -139,9 +139,9 @@ def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], d
             rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
             if len(active) == 1 and device.type == "cpu" and fused.applies(active[0][1], active[0][3], rows, dtype):
                 i, v, a, src = active[0]
-                yield name, shape, dtype, start, stop, rows, [(i, (v, src), v.staged(src, start, stop), a)]
+                yield name, shape, dtype, start, stop, rows, [], (i, v, src, v.staged(src, start, stop), a)
                 continue
-            yield name, shape, dtype, start, stop, rows, [(i, (v, src), v.decode_rows(src, start, stop).to(device), a) for i, v, a, src in active]
+            yield name, shape, dtype, start, stop, rows, [(i, v.decode_rows(src, start, stop).to(device), a) for i, v, a, src in active], None
 
 
 def _copy_sidecars(source: Path, target: Path, out_dtype: torch.dtype | None) -> None:
