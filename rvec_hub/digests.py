@@ -14,6 +14,8 @@ What a record does not catch is a change below the file system, such as a failin
 
 Records live in `$HF_HOME/rvec/digests/` (`HF_HOME` defaults to `~/.cache/huggingface`), one small JSON
 file per payload file, written beside and renamed. A record that cannot be written is simply not kept.
+The folder keeps the `KEEP` most recently written records: past that, writing one removes the oldest
+quarter (a file whose record went is hashed again on its next open, and recorded again).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from .defaults import hf_rvec_dir
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+KEEP = 4096  # records, about 250 bytes each
 
 
 def record_dir() -> Path:
@@ -102,5 +105,22 @@ def record(real: Path, before: os.stat_result, digest: str) -> None:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        _prune(target.parent)
     except OSError:
         return
+
+
+def _prune(folder: Path) -> None:
+    """Past `KEEP` records, remove the oldest written until three quarters of `KEEP` remain."""
+    with os.scandir(folder) as it:
+        names = [e.name for e in it if e.name.endswith(".json") and not e.name.startswith(".")]
+    if len(names) <= KEEP:
+        return
+    ages = []
+    for name in names:
+        try:
+            ages.append((os.stat(folder / name).st_mtime_ns, name))
+        except OSError:  # another process removed it meanwhile
+            continue
+    for _, name in sorted(ages)[: max(0, len(ages) - KEEP * 3 // 4)]:
+        (folder / name).unlink(missing_ok=True)

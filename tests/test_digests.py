@@ -98,3 +98,20 @@ def test_a_file_written_just_now_is_read_only_after_its_change_time_settles(tmp_
     path.write_bytes(b"x" * 1000)
     st = digests.settled(path)
     assert st is not None and st.st_ctime_ns <= digests.time.time_ns() - digests._SETTLE_NS
+
+
+def test_the_record_folder_keeps_the_newest_records_and_prunes_the_oldest_past_its_cap(tmp_path, monkeypatch):
+    monkeypatch.setattr(digests, "KEEP", 8)
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"payload-{i}.bin"
+        path.write_bytes(bytes([i]) * 100)
+        st = digests.settled(path)
+        digests.record(path, st, f"{i:064x}")
+        os.utime(digests._record_path(st), ns=(i * 10**9, i * 10**9))  # written in this order
+        paths.append(path)
+        assert len(list(digests.record_dir().glob("*.json"))) <= 8
+    kept = [digests.recorded(p) is not None for p in paths]
+    # The 9th record left the newest 6 (3 to 8), the 12th the newest 6 again (6 to 11).
+    assert kept == [False] * 6 + [True] * 6
+    assert digests.recorded(paths[-1]) == f"{11:064x}"
