@@ -60,23 +60,26 @@ def merge_tensor(
     return out
 
 
-def _fused(name: str, base: torch.Tensor, item: OpenedVector, source: str, survival: Survival) -> torch.Tensor:
-    """base + α·Δ for one vector into a bf16 copy of `base`, with `rvec_hub.fused`'s kernels.
+def _fused(name: str, base: torch.Tensor, item: OpenedVector, source: str, survival: Survival, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """base + α·Δ for one vector into a bf16 copy of `base` (of its rows `[start, stop)` when given), with
+    `rvec_hub.fused`'s kernels.
 
     Chunks are independent (disjoint rows, kernels that release the GIL), so they spread over the
     threads torch may use: the cores vLLM gave this worker.
     """
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
     shape = tuple(base.shape)
-    parts = [Survival() for _ in row_chunks(shape)]
+    if shape and (start, stop) != (0, None):
+        base = base[start:stop]
+    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    chunks = row_chunks(tuple(out.shape))
+    parts = [Survival() for _ in chunks]
 
     def one(chunk: tuple[int, int], kept: Survival) -> None:
-        start, stop = chunk
-        rows, pristine = (out, base) if not shape else (out[start:stop], base[start:stop])
+        lo, hi = chunk
+        rows, pristine = (out, base) if not shape else (out[lo:hi], base[lo:hi])
         rows.copy_(pristine)
-        fused.add_in_place(rows, item.vector, source, start, stop, item.alpha, kept, name=name, pristine=lambda: pristine)
+        fused.add_in_place(rows, item.vector, source, start + lo, start + hi, item.alpha, kept, name=name, pristine=lambda: pristine)
 
-    chunks = row_chunks(shape)
     workers = min(len(chunks), torch.get_num_threads())
     if workers > 1:
         list(_pool(workers).map(one, chunks, parts))

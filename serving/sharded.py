@@ -15,10 +15,11 @@ from collections.abc import Callable, Iterable, Iterator
 
 import torch
 
+from rvec_hub import fused
 from rvec_hub.arith import Survival, add_rows, row_chunks
 from rvec_hub.tied import delta_source
 
-from .merge import _active, merge_tensor
+from .merge import _active, _fused, merge_tensor
 from .spec import OpenedVector
 
 # Reading these never needs the merged values.
@@ -66,14 +67,18 @@ def merge_slice(
 ) -> torch.Tensor:
     """`merge_tensor(...).narrow(dim, start, length)` without merging the rest of the tensor.
 
-    Along dim 0 only the slice's rows are decoded; along another dim every row is decoded (the encodings
-    decode by rows) but only the slice is added and cast.
+    Along dim 0 only the slice's rows are decoded, and one vector into bf16 is added by the fused kernels
+    as `merge_tensor` adds it; along another dim every row is decoded (the encodings decode by rows) but
+    only the slice is added and cast.
     """
     active = _active(vectors, name)
     rows = base.narrow(dim, start, length)
     if not active or not base.dtype.is_floating_point:
         return rows
     src = {i: delta_source(vectors[i].vector, name) for i in active}
+    if dim == 0 and len(active) == 1 and fused.applies(vectors[active[0]].vector, src[active[0]], base, out_dtype):
+        i = active[0]
+        return _fused(name, base, vectors[i], src[i], survival[i], start, start + length)
     span = (start, start + length) if dim == 0 else (0, base.shape[0])
     out = torch.empty(tuple(rows.shape), dtype=out_dtype)
     for a, b in row_chunks((span[1] - span[0], *base.shape[1:])):

@@ -52,3 +52,30 @@ def test_any_other_use_sees_the_whole_merged_tensor(family, opened) -> None:
             assert not torch.equal(target, weights[name].to(torch.bfloat16))
             return
     pytest.fail("no tensor was touched by the vectors")
+
+
+@pytest.mark.parametrize("method", ["dense", "auto", "quantized"])
+def test_one_vector_into_bf16_merges_a_row_slice_with_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method) -> None:
+    from rvec_hub import fused
+
+    path = vector_dir
+    if method != "dense":
+        path = tmp_path / method
+        compress(Vector.open(vector_dir), path, method=method, quiet=True, **({"bits": 2} if method == "quantized" else {}))
+    one = [OpenedVector(method, Vector.open(path), 0.7)]
+    calls = []
+    add_in_place = fused.add_in_place
+    monkeypatch.setattr(fused, "add_in_place", lambda rows, vector, source, start, stop, *a, **k: (
+        calls.append((source, start, stop)), add_in_place(rows, vector, source, start, stop, *a, **k))[1])
+    checked = 0
+    for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
+        if not isinstance(lazy, MergeOnNarrow) or lazy.dim() == 0 or lazy.shape[0] < 2:
+            continue
+        whole = merge_tensor(name, lazy.as_subclass(torch.Tensor), one, torch.bfloat16, [Survival()])
+        size = lazy.shape[0] // 2
+        calls.clear()
+        part = lazy.narrow(0, size, size)
+        assert calls and calls[0][1] == size and calls[-1][2] == 2 * size, (name, calls)
+        assert torch.equal(part, whole.narrow(0, size, size)), name
+        checked += 1
+    assert checked >= 8
