@@ -47,6 +47,7 @@ from huggingface_hub import constants, snapshot_download  # noqa: E402
 from rvec_hub import extract  # noqa: E402
 from rvec_hub.hub.client import pull, push  # noqa: E402
 from rvec_hub.manifest import load_manifest  # noqa: E402
+from rvec_hub.procs import free_port  # noqa: E402
 from rvec_hub.synthetic import QWEN25_05B, TINY, write_family  # noqa: E402
 from rvec_hub.vector import verify_files  # noqa: E402
 
@@ -66,14 +67,8 @@ def _vector(work: Path, size: str) -> Path:
     return vec
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start_server(root: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RVEC_HUB_TOKEN": TOKEN, "RVEC_HUB_USER": USER}
     rvec = str(Path(sys.executable).parent / "rvec")
     proc = subprocess.Popen([rvec, "hub", "serve", "--root", str(root), "--port", str(port)],

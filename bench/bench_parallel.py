@@ -22,7 +22,6 @@ import os
 import platform
 import re
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -36,6 +35,7 @@ sys.path.insert(0, str(BENCH))
 
 from _measure import log_line, warm_cache  # noqa: E402
 
+from rvec_hub.procs import free_port  # noqa: E402
 from rvec_hub.synthetic import QWEN25_05B, write_family  # noqa: E402
 
 ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 16, "dtype": "float32"}
@@ -91,18 +91,12 @@ def tensor_parallel(paths: dict[str, Path], work: Path, size: int) -> dict:
             "tokens": [o["tokens"] for o in result["outputs"]["base"]], "startup_s": round(result["startup_s"], 2)}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def live_swap(paths: dict[str, Path], work: Path) -> dict:
     """Cold start of `rvec serve`, then three live swaps, timed."""
     token = work / "admin.token"
     token.write_text(secrets.token_hex(24))
     token.chmod(0o600)
-    port = _free_port()
+    port = free_port()
     rvec = str(Path(sys.executable).with_name("rvec"))
     cmd = [rvec, "serve", "--base", str(paths["base"]), "--vector", str(paths["dense"]), "--port", str(port),
            "--admin-token-file", str(token), "--", "--enforce-eager", "--max-model-len", "512", "--max-num-seqs", "16"]

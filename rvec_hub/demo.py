@@ -9,21 +9,16 @@ process group and is stopped on the way out, on error too.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RvecError
+from .procs import background, free_port, wait_http
 
 QUESTIONS = (
     "What is 12 + 7?",
@@ -51,48 +46,6 @@ SCHEDULES: dict[str, Schedule] = {
     # One training step of each kind and a handful of questions: the same path in a few minutes, for tests.
     "smoke": Schedule(recipe="smoke", arith=4, bbh=2, max_tokens=32),
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, proc: subprocess.Popen, timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            tail = log.read_text(errors="replace").strip().splitlines()[-5:]
-            raise RvecError(f"{what} exited during start-up (code {proc.returncode}): {' | '.join(tail)}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(0.5)
-    raise RvecError(f"{what} did not answer {url} within {timeout:.0f} s; its log is {log}")
-
-
-@contextmanager
-def _background(argv: list[str], log: Path, env: dict[str, str] | None = None) -> Iterator[subprocess.Popen]:
-    """Run a command in its own process group; stop the whole group on exit."""
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, start_new_session=True)
-    try:
-        yield proc
-    finally:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            if proc.poll() is not None:
-                break
-            try:
-                os.killpg(proc.pid, sig)
-                proc.wait(timeout=wait)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                pass
-        try:  # children the server left behind in its group
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _ask(url: str, question: str) -> str:
@@ -217,11 +170,11 @@ def run_demo(
     small = compress(Vector.open(vec.path), workdir / "vector-lossless", method="auto", device="cpu", quiet=True)
     step(f"compressed it losslessly: {small.payload_bytes / 1e6:.1f} MB ({small.payload_bytes / small.dense_bytes:.0%} of dense), bit-exact")
 
-    token, hub_root, hub_port = secrets.token_hex(16), workdir / "hub", _free_port()
+    token, hub_root, hub_port = secrets.token_hex(16), workdir / "hub", free_port()
     endpoint = f"http://127.0.0.1:{hub_port}"
     hub_cmd = [sys.executable, "-m", "rvec_hub.cli", "hub", "serve", "--root", str(hub_root), "--port", str(hub_port)]
-    with _background(hub_cmd, workdir / "hub.log", {"RVEC_HUB_TOKEN": token, "RVEC_HUB_USER": "demo"}) as hub:
-        _wait_http(f"{endpoint}/api/models", hub, 60, "the Hub server", workdir / "hub.log")
+    with background(hub_cmd, workdir / "hub.log", {"RVEC_HUB_TOKEN": token, "RVEC_HUB_USER": "demo"}) as hub:
+        wait_http(f"{endpoint}/api/models", hub, 60, "the Hub server", workdir / "hub.log")
         step(f"started the local Hub at {endpoint}")
         pushed = push(small.path, REPO_ID, "1.0.0", endpoint=endpoint, token=token, quiet=True)
         step(f"pushed {REPO_ID} version 1.0.0 (commit {pushed.commit[:12]})")
@@ -236,10 +189,10 @@ def run_demo(
     swapped: dict = {}
     # One server: it starts on the plain target (α = 0, the base's own weights: + 0·v adds nothing in
     # float32), then a live swap reloads base + 1·vector in place, from the same base files.
-    port, log, admin = _free_port(), workdir / "serve.log", secrets.token_hex(24)
+    port, log, admin = free_port(), workdir / "serve.log", secrets.token_hex(24)
     url, t0 = f"http://127.0.0.1:{port}/v1", time.monotonic()
-    with _background(_serve(base, f"{pulled.path}:0", port), log, {ADMIN_TOKEN_ENV: admin}) as server:
-        _wait_http(f"{url}/models", server, timeout, "rvec serve", log)
+    with background(_serve(base, f"{pulled.path}:0", port), log, {ADMIN_TOKEN_ENV: admin}) as server:
+        wait_http(f"{url}/models", server, timeout, "rvec serve", log)
         step(f"rvec serve: target + 0·vector (the plain target) on {url} (up in {time.monotonic() - t0:.0f} s)")
         for label, alpha in (("plain", 0.0), ("enhanced", 1.0)):
             if alpha:

@@ -8,11 +8,8 @@ or, for small models, through transformers in this process with the vectors adde
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -271,12 +268,6 @@ class TransformersEngine:
         return self.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _serve_argv(base: str, setting: Setting, port: int, serve_args: list[str], zero_ref: str | None) -> list[str]:
     vectors = setting.vectors
     if not vectors and zero_ref is not None:
@@ -304,36 +295,15 @@ def served(
     Raises:
         RvecError: when the server exits or does not answer within `timeout` seconds (its log is kept).
     """
-    import urllib.request
+    from .procs import background, free_port, wait_http
 
-    port = _free_port()
+    port = free_port()
     argv = _serve_argv(base, setting, port, list(serve_args or []), zero_ref)
     log = Path(tempfile.mkstemp(prefix="rvec-eval-serve-", suffix=".log")[1])
-    with open(log, "wb") as sink:
-        env = {"VLLM_CPU_KVCACHE_SPACE": "1", **os.environ}
-        proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}/v1"
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-                raise RvecError(f"`rvec serve` for {setting.label} exited with {proc.returncode} ({tail[0]}); full log in {log}")
-            try:
-                with urllib.request.urlopen(url + "/models", timeout=5):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RvecError(f"`rvec serve` for {setting.label} did not answer within {timeout:.0f} s; its log is {log}") from None
-                time.sleep(2)
+    with background(argv, log, {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")}) as proc:
+        wait_http(url + "/models", proc, timeout, f"`rvec serve` for {setting.label}", log)
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     log.unlink(missing_ok=True)
 
 

@@ -22,7 +22,6 @@ from rvec_hub import Vector, apply_vectors, open_checkpoint
 from rvec_hub.errors import CheckpointError, FormatError, HubError, IntegrityError
 from rvec_hub.hub.client import pull, push
 from rvec_hub.io.checkpoint import open_checkpoint_headers
-from rvec_hub.manifest import load_manifest
 
 DEAD = "http://127.0.0.1:9"  # nothing listens there: any request would fail
 

@@ -6,7 +6,6 @@ import contextlib
 import hashlib
 import io
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -132,53 +132,25 @@ class Engines:
 
     @contextmanager
     def _swap_server(self):
-        import os
         import secrets
-        import signal
-        import subprocess
         import sys
-        import urllib.request
 
-        from rvec_hub.evaluate import _free_port
+        from rvec_hub.procs import background, free_port, wait_http
 
         self.token = secrets.token_hex(24)
         token_file = self.work / "admin.token"
         token_file.unlink(missing_ok=True)
         token_file.touch(mode=0o600)
         token_file.write_text(self.token + "\n")
-        port = _free_port()
+        port = free_port()
         argv = [sys.executable, "-m", "rvec_hub.cli", "serve", "--base", str(self.model), "--vector", f"{self.zero_ref}:0",
                 "--port", str(port), "--admin-token-file", str(token_file), "--", *SERVE_ARGS]
-        log_path = self.work / "serve.log"
-        with open(log_path, "wb") as sink:
-            proc = subprocess.Popen(argv, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
         url = f"http://127.0.0.1:{port}/v1"
         try:
-            deadline = time.monotonic() + 1800
-            while True:
-                if proc.poll() is not None:
-                    raise SystemExit(f"rvec serve exited with {proc.returncode}; its log is {log_path}")
-                try:
-                    with urllib.request.urlopen(url + "/models", timeout=5):
-                        break
-                except OSError:
-                    if time.monotonic() > deadline:
-                        raise SystemExit(f"rvec serve did not answer within 30 min; its log is {log_path}") from None
-                    time.sleep(2)
-            yield url
+            with background(argv, self.work / "serve.log") as proc:
+                wait_http(url + "/models", proc, 1800, "rvec serve", self.work / "serve.log")
+                yield url
         finally:
-            for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
-                if proc.poll() is not None:
-                    break
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(timeout=wait)
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    pass
-            try:  # what the server left behind in its group
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             token_file.unlink(missing_ok=True)
 
     def close(self) -> None:
