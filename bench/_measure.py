@@ -93,3 +93,32 @@ def warm_cache(*paths: Path) -> None:
 def log_line(text: str) -> None:
     """A progress line on stderr, flushed at once."""
     print(text, file=sys.stderr, flush=True)
+
+
+def size_error_axes(figsize: tuple[float, float]):
+    """A figure for a size-versus-error curve: (figure, axes), matplotlib without a display."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=figsize, dpi=120)
+
+
+def save_size_error_plot(fig, ax, path: Path, dense_bytes: int, title: str) -> None:
+    """Finish a size-versus-error curve as every one in bench/ is drawn (log payload in MB, relative
+    Frobenius error, dense bf16 marked) and write it to `path`."""
+    import matplotlib.pyplot as plt
+
+    ax.axvline(dense_bytes / 1e6, color="grey", ls=":", lw=1)
+    ax.text(dense_bytes / 1e6, 0.02, " dense bf16", fontsize=7, color="grey")
+    ax.set_xscale("log")
+    ax.set_xlabel("payload (MB, log scale)")
+    ax.set_ylabel("relative Frobenius error ‖Δ−Δ̂‖/‖Δ‖")
+    ax.set_title(title, fontsize=9)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)

@@ -39,7 +39,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _measure import Measurement, log_line, measure, warm_cache  # noqa: E402
+from _measure import Measurement, log_line, measure, save_size_error_plot, size_error_axes, warm_cache  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from rvec_hub import Vector, open_checkpoint  # noqa: E402
@@ -180,13 +180,8 @@ def point_bytes(surveys, rank: int) -> int:
 
 
 def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     c = results["curve"]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    fig, ax = size_error_axes((7, 4.2))
     xs = [v["payload_bytes"] / 1e6 for v in c["ranks"].values()]
     ax.plot(xs, [v["rel_error"] for v in c["ranks"].values()], "o-", label="uniform rank (8…512)")
     for r, v in c["ranks"].items():
@@ -200,18 +195,7 @@ def plot(results: dict, path: Path) -> None:
     lossless = results["commands_summary"].get("lossless_payload_bytes")
     if lossless:
         ax.plot([lossless / 1e6], [0.0], "g*", ms=11, label="sparse (lossless)")
-    ax.axvline(c["dense_bytes"] / 1e6, color="grey", ls=":", lw=1)
-    ax.text(c["dense_bytes"] / 1e6, 0.02, " dense bf16", fontsize=7, color="grey")
-    ax.set_xscale("log")
-    ax.set_xlabel("payload (MB, log scale)")
-    ax.set_ylabel("relative Frobenius error ‖Δ−Δ̂‖/‖Δ‖")
-    ax.set_title(f"rvec compress on {results['size']} donors (GRPO moves {results['moved']['fraction']:.1%} of weights)", fontsize=9)
-    ax.set_ylim(-0.02, 1.0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_size_error_plot(fig, ax, path, c["dense_bytes"], f"rvec compress on {results['size']} donors (GRPO moves {results['moved']['fraction']:.1%} of weights)")
 
 
 def _dir_payload(path: Path) -> int:

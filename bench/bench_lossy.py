@@ -46,7 +46,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _measure import CommandFailed, log_line, measure, warm_cache  # noqa: E402
+from _measure import CommandFailed, log_line, measure, save_size_error_plot, size_error_axes, warm_cache  # noqa: E402
 
 from rvec_hub import Vector  # noqa: E402
 from rvec_hub.compress import Survey, Target, _packed_size, make_plans  # noqa: E402
@@ -236,13 +236,8 @@ def _other_tensors(out: Path) -> set[str]:
 
 
 def plot(r: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     c = r["curve"]
-    fig, ax = plt.subplots(figsize=(7.2, 4.4), dpi=120)
+    fig, ax = size_error_axes((7.2, 4.4))
     q = sorted(c["quantized"].values(), key=lambda v: v["payload_bytes"])
     ax.plot([v["payload_bytes"] / 1e6 for v in q], [v["rel_error"] for v in q], "o", color="C3", label="quantized (bits:keep)")
     for v in q:
@@ -263,18 +258,7 @@ def plot(r: dict, path: Path) -> None:
     if mk:
         ax.plot([mk["payload_bytes"] / 1e6], [mk["rel_error"]], "rx", ms=9, label=f"mergekit-extract-lora r{mk['rank']}")
     ax.plot([c["lossless_bytes"] / 1e6], [0.0], "g*", ms=11, label="packed (lossless)")
-    ax.axvline(c["dense_bytes"] / 1e6, color="grey", ls=":", lw=1)
-    ax.text(c["dense_bytes"] / 1e6, 0.5, " dense bf16", fontsize=7, color="grey", rotation=90)
-    ax.set_xscale("log")
-    ax.set_xlabel("payload (MB, log scale)")
-    ax.set_ylabel("relative Frobenius error ‖Δ−Δ̂‖/‖Δ‖")
-    ax.set_title(f"quantized against low-rank on {r['label']} ({r['density']:.1%} of weights moved)", fontsize=9)
-    ax.set_ylim(-0.02, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_size_error_plot(fig, ax, path, c["dense_bytes"], f"quantized against low-rank on {r['label']} ({r['density']:.1%} of weights moved)")
 
 
 def markdown(r: dict) -> str:
