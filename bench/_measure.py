@@ -122,3 +122,21 @@ def save_size_error_plot(fig, ax, path: Path, dense_bytes: int, title: str) -> N
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def donor_family(work: Path, shapes, roles: tuple[str, ...] = ("sft", "grpo", "instruct")) -> dict[str, Path]:
+    """The synthetic donors `roles` of `shapes` (`rvec_hub.synthetic`) under `work/family`, built once
+    and reused while complete."""
+    import shutil
+
+    from rvec_hub.synthetic import write_family
+
+    root = work / "family"
+    done = root / ".complete"
+    paths = {role: root / role for role in roles}
+    if not (done.exists() and all(any(p.glob("*.safetensors")) for p in paths.values())):
+        log_line(f"building donors in {root} (once)")
+        shutil.rmtree(root, ignore_errors=True)
+        write_family(root, shapes, roles=roles)
+        done.write_text("complete\n")
+    return paths

@@ -34,10 +34,10 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import Measurement, log_line, measure, warm_cache  # noqa: E402
+from _measure import Measurement, donor_family, log_line, measure, warm_cache  # noqa: E402
 from _reference import compare_to_reference  # noqa: E402
 
-from rvec_hub.synthetic import QWEN25_05B, QWEN25_15B, TINY, Shapes, write_family  # noqa: E402
+from rvec_hub.synthetic import QWEN25_05B, QWEN25_15B, TINY, Shapes  # noqa: E402
 
 SIZES: dict[str, Shapes] = {"tiny": TINY, "0.5b": QWEN25_05B, "1.5b": QWEN25_15B}
 TARGET_WALL_RATIO = 0.3
@@ -58,19 +58,6 @@ dtype: bfloat16
 """
 
 
-def family(work: Path, shapes: Shapes) -> dict[str, Path]:
-    """The donor family under `work`, built once and reused while complete."""
-    root = work / "family"
-    done = root / ".complete"
-    paths = {role: root / role for role in ("sft", "grpo", "instruct")}
-    if not (done.exists() and all(any(p.glob("*.safetensors")) for p in paths.values())):
-        log_line(f"building donors in {root} (once)")
-        shutil.rmtree(root, ignore_errors=True)
-        write_family(root, shapes)
-        done.write_text("complete\n")
-    return paths
-
-
 def _fresh(path: Path) -> Path:
     shutil.rmtree(path, ignore_errors=True)
     return path
@@ -79,7 +66,7 @@ def _fresh(path: Path) -> Path:
 def run_size(label: str, shapes: Shapes, work: Path, repeat: int, mergekit_bin: Path) -> dict:
     """Measure every command for one model size and check its outputs."""
     work.mkdir(parents=True, exist_ok=True)
-    donors = family(work, shapes)
+    donors = donor_family(work, shapes)
     rvec = [str(ROOT / ".venv" / "bin" / "rvec")]
     logs = work / "logs"
     runs: dict[str, list[Measurement]] = {}

@@ -40,13 +40,13 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _measure import log_line, measure, warm_cache  # noqa: E402
+from _measure import donor_family, log_line, measure, warm_cache  # noqa: E402
 
 from rvec_hub import Vector  # noqa: E402
 from rvec_hub.arith import row_chunks  # noqa: E402
 from rvec_hub.encodings import ENCODINGS  # noqa: E402
 from rvec_hub.manifest import TensorEntry  # noqa: E402
-from rvec_hub.synthetic import QWEN25_05B, TINY, Shapes, write_family  # noqa: E402
+from rvec_hub.synthetic import QWEN25_05B, TINY, Shapes  # noqa: E402
 
 SIZES: dict[str, Shapes] = {"tiny": TINY, "0.5b": QWEN25_05B}
 TARGET_RATIO_TO_ZIPNN = 0.9
@@ -202,17 +202,6 @@ def vector_decode(path: Path, repeat: int) -> dict:
             "gbps_wall": dense / (clock.wall / repeat) / 1e9, "gbps_cpu": dense / (clock.cpu / repeat) / 1e9}
 
 
-def family(work: Path, shapes: Shapes) -> dict[str, Path]:
-    """SFT and GRPO donors under `work`, built once and reused while complete."""
-    root = work / "family"
-    if not (root / ".complete").exists():
-        log_line(f"building donors in {root} (once)")
-        shutil.rmtree(root, ignore_errors=True)
-        write_family(root, shapes, roles=("sft", "grpo"))
-        (root / ".complete").write_text("complete\n")
-    return {role: root / role for role in ("sft", "grpo")}
-
-
 def run(vector_dir: Path, work: Path, repeat: int) -> dict:
     rvec = str(ROOT / ".venv" / "bin" / "rvec")
     packed_dir = work / "vec-packed"
@@ -286,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         vector_dir = args.vector
     else:
         work = args.work / f"codec-{args.size.replace('.', '')}"
-        donors = family(work, SIZES[args.size])
+        donors = donor_family(work, SIZES[args.size], ("sft", "grpo"))
         vector_dir = work / "vec-bf16"
         if not (vector_dir / "rvec.json").exists():
             rvec = str(ROOT / ".venv" / "bin" / "rvec")

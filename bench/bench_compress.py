@@ -39,29 +39,18 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _measure import Measurement, log_line, measure, save_size_error_plot, size_error_axes, warm_cache  # noqa: E402
+from _measure import Measurement, donor_family, log_line, measure, save_size_error_plot, size_error_axes, warm_cache  # noqa: E402
 from safetensors import safe_open  # noqa: E402
 
 from rvec_hub import Vector, open_checkpoint  # noqa: E402
 from rvec_hub.compress import Target, _survey, make_plans  # noqa: E402
-from rvec_hub.synthetic import QWEN25_05B, TINY, Shapes, write_family  # noqa: E402
+from rvec_hub.synthetic import QWEN25_05B, TINY, Shapes  # noqa: E402
 
 SIZES: dict[str, Shapes] = {"tiny": TINY, "0.5b": QWEN25_05B}
 RANKS = (8, 16, 32, 64, 128, 256, 512)
 BUDGET_SHARES = (0.02, 0.05, 0.1, 0.2, 0.3)  # of the dense bf16 vector
 TARGET_WALL_RATIO = 0.25
 TARGET_ERROR_MARGIN = 0.01
-
-
-def family(work: Path, shapes: Shapes) -> dict[str, Path]:
-    """SFT and GRPO donors under `work`, built once and reused while complete."""
-    root = work / "family"
-    if not (root / ".complete").exists():
-        log_line(f"building donors in {root} (once)")
-        shutil.rmtree(root, ignore_errors=True)
-        write_family(root, shapes, roles=("sft", "grpo"))
-        (root / ".complete").write_text("complete\n")
-    return {role: root / role for role in ("sft", "grpo")}
 
 
 def moved_fraction(sft: Path, grpo: Path) -> dict:
@@ -205,7 +194,7 @@ def _dir_payload(path: Path) -> int:
 def run(size: str, work: Path, mergekit_bin: Path, repeat: int) -> dict:
     shapes = SIZES[size]
     work.mkdir(parents=True, exist_ok=True)
-    donors = family(work, shapes)
+    donors = donor_family(work, shapes, ("sft", "grpo"))
     rvec = str(ROOT / ".venv" / "bin" / "rvec")
     logs = work / "logs"
     runs: dict[str, list[Measurement]] = {}
