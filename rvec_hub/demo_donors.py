@@ -158,7 +158,7 @@ def sft(base: Path, out: Path, tasks, recipe: Recipe, *, device: str = "cpu", lo
     for step in range(recipe.sft_steps):
         for group in opt.param_groups:
             group["lr"] = recipe.sft_lr * min(1.0, (step + 1) / warmup)
-        ids, labels, mask = _batch(rng.sample(rows, recipe.sft_batch), tok.pad_token_id)
+        ids, labels, mask = completion_batch(rng.sample(rows, recipe.sft_batch), tok.pad_token_id)
         loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -236,7 +236,9 @@ def reward(completions: list[str], answer: list[str], **_: object) -> list[float
     return out
 
 
-def _batch(rows: list[tuple[list[int], int]], pad: int):
+def completion_batch(rows: list[tuple[list[int], int]], pad: int):
+    """(input ids, labels, attention mask) for a batch of (token ids, prompt length) rows, padded with
+    `pad` on the right: the labels are -100 outside each completion, so the loss is on completions only."""
     import torch
 
     width = max(len(ids) for ids, _ in rows)

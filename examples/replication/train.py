@@ -12,6 +12,8 @@ import torch
 
 from data import SPECIAL
 
+from rvec_hub.demo_donors import completion_batch
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -76,18 +78,6 @@ def pairs(tokenizer, examples: list[tuple[str, str]]) -> list[tuple[list[int], i
     return out
 
 
-def _batch_from_pairs(rows: list[tuple[list[int], int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    width = max(len(ids) for ids, _ in rows)
-    ids = torch.zeros(len(rows), width, dtype=torch.long)
-    labels = torch.full((len(rows), width), -100, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for i, (seq, start) in enumerate(rows):
-        ids[i, : len(seq)] = torch.tensor(seq)
-        labels[i, start: len(seq)] = torch.tensor(seq[start:])
-        mask[i, : len(seq)] = 1
-    return ids, labels, mask
-
-
 def train(model_dir: Path, out: Path, data, schedule: Schedule, *, device: str = "cpu", log=print) -> dict:
     """Train a saved model on packed blocks (a tensor) or (ids, prompt length) pairs; save it to `out`.
 
@@ -110,7 +100,7 @@ def train(model_dir: Path, out: Path, data, schedule: Schedule, *, device: str =
             ids = data[torch.tensor(rng.sample(range(len(data)), schedule.batch))]
             labels, mask = ids, torch.ones_like(ids)
         else:
-            ids, labels, mask = _batch_from_pairs(rng.sample(data, schedule.batch))
+            ids, labels, mask = completion_batch(rng.sample(data, schedule.batch), 0)
         loss = model(input_ids=ids.to(device), attention_mask=mask.to(device), labels=labels.to(device)).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
