@@ -60,25 +60,23 @@ def merge_tensor(
     return out
 
 
-def _fused(name: str, base: torch.Tensor, item: OpenedVector, source: str, survival: Survival, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """base + α·Δ for one vector into a bf16 copy of `base` (of its rows `[start, stop)` when given), with
-    `rvec_hub.fused`'s kernels.
+def _fused(name: str, base: torch.Tensor, item: OpenedVector, source: str, survival: Survival, first_row: int = 0) -> torch.Tensor:
+    """base + α·Δ for one vector into a bf16 copy of `base`, with `rvec_hub.fused`'s kernels; `base` holds
+    the tensor's rows from `first_row` on (a rank's slice), or all of it.
 
     Chunks are independent (disjoint rows, kernels that release the GIL), so they spread over the
     threads torch may use: the cores vLLM gave this worker.
     """
-    shape = tuple(base.shape)
-    if shape and (start, stop) != (0, None):
-        base = base[start:stop]
     out = torch.empty_like(base, memory_format=torch.contiguous_format)
-    chunks = row_chunks(tuple(out.shape))
+    shape = tuple(base.shape)
+    chunks = row_chunks(shape)
     parts = [Survival() for _ in chunks]
 
     def one(chunk: tuple[int, int], kept: Survival) -> None:
         lo, hi = chunk
         rows, pristine = (out, base) if not shape else (out[lo:hi], base[lo:hi])
         rows.copy_(pristine)
-        fused.add_in_place(rows, item.vector, source, start + lo, start + hi, item.alpha, kept, name=name, pristine=lambda: pristine)
+        fused.add_in_place(rows, item.vector, source, first_row + lo, first_row + hi, item.alpha, kept, name=name, pristine=lambda: pristine)
 
     workers = min(len(chunks), torch.get_num_threads())
     if workers > 1:

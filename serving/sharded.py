@@ -78,7 +78,7 @@ def merge_slice(
     src = {i: delta_source(vectors[i].vector, name) for i in active}
     if dim == 0 and len(active) == 1 and fused.applies(vectors[active[0]].vector, src[active[0]], base, out_dtype):
         i = active[0]
-        return _fused(name, base, vectors[i], src[i], survival[i], start, start + length)
+        return _fused(name, rows, vectors[i], src[i], survival[i], first_row=start)
     span = (start, start + length) if dim == 0 else (0, base.shape[0])
     out = torch.empty(tuple(rows.shape), dtype=out_dtype)
     for a, b in row_chunks((span[1] - span[0], *base.shape[1:])):
