@@ -130,11 +130,9 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     digests recorded, `rvec_hub.digests`, so nothing is hashed), and with `RVEC_VERIFY=full`, which
     hashes every payload byte as a first open after download does ("hashed")."""
     import torch
-    from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
 
     from rvec_hub.arith import Survival
     from rvec_hub.io.checkpoint import open_checkpoint
-    from rvec_serving.merge import merge_tensor
     from rvec_serving.spec import VectorSpec, open_specs
 
     ckpt = open_checkpoint(base)
@@ -160,13 +158,10 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
                 started, cpu = time.perf_counter(), time.process_time()
                 opened = open_specs([VectorSpec(str(vec), 1.0)], verify="background") if vec else []
                 prepared = time.perf_counter()
-                kept, merging = [Survival() for _ in opened], 0.0
-                for key, tensor in safetensors_weights_iterator(files, False):
-                    if opened:
-                        t = time.perf_counter()
-                        tensor = merge_tensor(key, tensor, opened, torch.bfloat16, kept)
-                        merging += time.perf_counter() - t
+                kept, seconds = [Survival() for _ in opened], [0.0]
+                for key, tensor in _weights(files, opened, kept, seconds):
                     params[key].copy_(tensor)
+                merging = seconds[0]
                 loaded = time.perf_counter()
                 for item in opened:
                     item.vector.wait_verified()
@@ -188,22 +183,29 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     return out
 
 
+def _weights(files: list[str], opened: list, kept: list, seconds: list[float]):
+    """vLLM's safetensors iterator over `files`, wrapped as the CPU loader wraps it (`lazily_merged_weights`:
+    a parameter copied from a touched tensor gets the vector added in place), the merging timed into `seconds`."""
+    import torch
+    from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
+
+    from rvec_serving.sharded import lazily_merged_weights
+
+    weights = safetensors_weights_iterator(files, False)
+    return lazily_merged_weights(weights, opened, torch.bfloat16, kept, seconds) if opened else weights
+
+
 def _merge_split(files: list[str], opened: list, params: dict) -> dict[str, float]:
     """One more single-threaded load under cProfile: the merge's time by what the core does. In the
     fused path decoding, adding and casting are one pass; the profile separates what can be separated."""
     import cProfile
     import pstats
 
-    import torch
-    from vllm.model_executor.model_loader.weight_utils import safetensors_weights_iterator
-
     from rvec_hub.arith import Survival
-    from rvec_serving.merge import merge_tensor
 
     def load() -> None:
-        kept = [Survival() for _ in opened]
-        for key, tensor in safetensors_weights_iterator(files, False):
-            params[key].copy_(merge_tensor(key, tensor, opened, torch.bfloat16, kept))
+        for key, tensor in _weights(files, opened, [Survival() for _ in opened], [0.0]):
+            params[key].copy_(tensor)
 
     profile = cProfile.Profile()
     profile.runcall(load)

@@ -103,7 +103,7 @@ class RvecModelLoader(DefaultModelLoader):
         ranks = _tensor_parallel()
         merging = [0.0]
         try:
-            yield from self._merged(base_weights(), model_config, ranks, reading, merging)
+            yield from self._merged(base_weights(), model_config, reading, merging)
         except RvecError:
             # Flipped bytes are the likeliest cause of a bad value; their fix (fetch again) differs from a bad vector's.
             for item in self.vectors:
@@ -119,13 +119,14 @@ class RvecModelLoader(DefaultModelLoader):
                 problems=missing,
             )
 
-    def _merged(self, weights: Generator, model_config: ModelConfig, ranks: tuple[int, int], reading: list[float], merging: list[float]) -> Generator:
+    def _merged(self, weights: Generator, model_config: ModelConfig, reading: list[float], merging: list[float]) -> Generator:
         """The base weights with every vector added, timing the adding into `merging`."""
-        if ranks[1] > 1 and self.merge_device is None:
-            # On CPU each rank adds the vectors only to the slice of each tensor its weight loaders keep;
-            # an accelerator merges whole tensors faster than its host could slice them.
+        if self.merge_device is None:
+            # On the CPU each tensor is added where the weight loaders put it: into the parameter itself, or
+            # under tensor parallelism into the slice this rank keeps (`rvec_serving.sharded`).
             yield from lazily_merged_weights(weights, self.vectors, model_config.dtype, self.survival, merging)
         else:
+            # An accelerator merges whole tensors faster than its host could slice them.
             yield from _timed(merged_weights(weights, self.vectors, model_config.dtype, self.survival, self.merge_device), merging)
             merging[0] -= reading[0]  # the time above includes reading the base tensors
 

@@ -62,12 +62,19 @@ def merge_tensor(
 
 def _fused(name: str, base: torch.Tensor, item: OpenedVector, source: str, survival: Survival, first_row: int = 0) -> torch.Tensor:
     """base + α·Δ for one vector into a bf16 copy of `base`, with `rvec_hub.fused`'s kernels; `base` holds
-    the tensor's rows from `first_row` on (a rank's slice), or all of it.
+    the tensor's rows from `first_row` on (a rank's slice), or all of it."""
+    out = torch.empty_like(base, memory_format=torch.contiguous_format)
+    fused_into(out, base, name, item, source, survival, first_row)
+    return out
+
+
+def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVector, source: str, survival: Survival, first_row: int = 0) -> None:
+    """out ← base + α·Δ, where `base` holds the tensor's rows from `first_row` on and `out` is contiguous
+    bf16 of its shape: a fresh tensor, or the parameter the weights load into.
 
     Chunks are independent (disjoint rows, kernels that release the GIL), so they spread over the
     threads torch may use: the cores vLLM gave this worker.
     """
-    out = torch.empty_like(base, memory_format=torch.contiguous_format)
     shape = tuple(base.shape)
     chunks = row_chunks(shape)
     parts = [Survival() for _ in chunks]
@@ -86,7 +93,6 @@ def _fused(name: str, base: torch.Tensor, item: OpenedVector, source: str, survi
             one(chunk, kept)
     for kept in parts:
         survival.merge(kept)
-    return out
 
 
 @lru_cache(maxsize=4)

@@ -1,25 +1,34 @@
-"""Tensor parallelism: each rank adds the vectors only to the slice of a tensor it keeps.
+"""Load-time merging on the CPU: each touched tensor is added to where, and as far as, the weight loader uses it.
 
-vLLM's weight loaders receive whole checkpoint tensors and cut out their rank's shard with
+vLLM's weight loaders receive whole checkpoint tensors, cut out their rank's shard with
 `loaded_weight.narrow(dim, start, length)` (column-parallel layers and the vocabulary along dim 0,
-row-parallel layers along dim 1). Under tensor parallelism the rvec loader therefore yields each touched
-tensor as a `MergeOnNarrow`: the base tensor, with the vectors added when it is used. `narrow` merges just
-the requested slice; any other use (a replicated norm copied whole, a reshape) merges the whole tensor first,
-so a loader that cuts its shard some other way still gets the right weights, only without the saving.
+row-parallel layers along dim 1; with one rank the "shard" is the whole tensor) and copy it into the
+parameter with `param.copy_(loaded_weight)`. The rvec loader therefore yields each touched tensor as a
+`MergeOnNarrow`: the base tensor, with the vectors added when it is used.
+
+- `narrow` along dim 0 gives the same kind of tensor over those rows; along another dim it merges just
+  that slice.
+- `param.copy_(it)` of one vector into contiguous bf16 copies the base rows into the parameter and adds
+  the vector there with the fused kernels (`rvec_hub.fused`): no merged copy is made and copied again.
+- Any other use (another dtype, a reshape, a replicated norm read whole) merges the tensor first, so a
+  loader that does something else still gets the right weights, only without the saving.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
+from torch.utils._pytree import tree_map
 
 from rvec_hub import fused
 from rvec_hub.arith import Survival, add_rows, row_chunks
 from rvec_hub.tied import delta_source
 
-from .merge import _active, _fused, merge_tensor
+from .merge import _active, _fused, fused_into, merge_tensor
 from .spec import OpenedVector
 
 # Reading these never needs the merged values.
@@ -30,15 +39,73 @@ _METADATA = {
 }
 
 
-class MergeOnNarrow(torch.Tensor):
-    """A base tensor that becomes base + Σ αᵢ·Δᵢ when used; `narrow` computes only the slice it returns."""
+@dataclass(frozen=True)
+class _Pending:
+    """Rows `[lo, hi)` of the checkpoint tensor `base` plus the vectors, not added yet."""
 
-    _merge: Callable[[int | None, int, int], torch.Tensor]
+    name: str
+    base: torch.Tensor
+    lo: int
+    hi: int
+    vectors: list[OpenedVector]
+    out_dtype: torch.dtype
+    survival: list[Survival]
+    seconds: list[float]
+
+    @property
+    def whole_rows(self) -> bool:
+        return (self.lo, self.hi) == (0, self.base.shape[0])
+
+    def rows(self, start: int, length: int) -> _Pending:
+        return replace(self, lo=self.lo + start, hi=self.lo + start + length)
+
+    def merged(self) -> torch.Tensor:
+        """These rows, merged."""
+        with self._timed():
+            if self.whole_rows:
+                return merge_tensor(self.name, self.base, self.vectors, self.out_dtype, self.survival)
+            return merge_slice(self.name, self.base, self.vectors, self.out_dtype, self.survival, 0, self.lo, self.hi - self.lo)
+
+    def merged_slice(self, dim: int, start: int, length: int) -> torch.Tensor:
+        """`merged().narrow(dim, start, length)` for a dim other than 0, merging only that slice where it can."""
+        if not self.whole_rows:
+            return self.merged().narrow(dim, start, length)
+        with self._timed():
+            return merge_slice(self.name, self.base, self.vectors, self.out_dtype, self.survival, dim, start, length)
+
+    def add_into(self, dst: torch.Tensor) -> bool:
+        """dst ← these rows merged, computed in `dst` itself by the fused kernels when one vector goes into
+        contiguous bf16 of this shape on the CPU; False (nothing done) otherwise."""
+        active = _active(self.vectors, self.name)
+        rows = self.base[self.lo:self.hi]
+        if len(active) != 1 or dst.dtype != self.out_dtype or dst.device.type != "cpu" or not dst.is_contiguous() or dst.shape != rows.shape:
+            return False
+        item = self.vectors[active[0]]
+        source = delta_source(item.vector, self.name)
+        if not fused.applies(item.vector, source, rows, self.out_dtype):
+            return False
+        with self._timed():
+            fused_into(dst, rows, self.name, item, source, self.survival[active[0]], self.lo)
+        return True
+
+    @contextmanager
+    def _timed(self) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[0] += time.perf_counter() - began
+
+
+class MergeOnNarrow(torch.Tensor):
+    """A base tensor that becomes base + Σ αᵢ·Δᵢ where it is used (see the module's text)."""
+
+    _pending: _Pending
 
     @staticmethod
-    def __new__(cls, base: torch.Tensor, merge: Callable[[int | None, int, int], torch.Tensor]) -> MergeOnNarrow:
+    def __new__(cls, base: torch.Tensor, pending: _Pending) -> MergeOnNarrow:
         out = torch.Tensor._make_subclass(cls, base, False)
-        out._merge = merge
+        out._pending = pending
         return out
 
     @classmethod
@@ -48,11 +115,20 @@ class MergeOnNarrow(torch.Tensor):
             with torch._C.DisableTorchFunctionSubclass():
                 return func(*args, **kwargs)
         if func is torch.Tensor.narrow and isinstance(args[0], MergeOnNarrow):
+            lazy = args[0]
             given = list(args[1:]) + [kwargs[k] for k in ("dim", "start", "length")[len(args) - 1:]]
             dim, start, length = (int(v) for v in given)
-            return args[0]._merge(dim % args[0].dim(), start, length)
-        whole = [a._merge(None, 0, 0) if isinstance(a, MergeOnNarrow) else a for a in args]
-        return func(*whole, **kwargs)
+            dim %= lazy.dim()
+            if dim == 0:
+                with torch._C.DisableTorchFunctionSubclass():
+                    rows = torch.Tensor.narrow(lazy, 0, start, length)
+                return MergeOnNarrow(rows, lazy._pending.rows(start, length))
+            return lazy._pending.merged_slice(dim, start, length)
+        if (func is torch.Tensor.copy_ and len(args) == 2 and not kwargs and isinstance(args[1], MergeOnNarrow)
+                and not isinstance(args[0], MergeOnNarrow) and args[1]._pending.add_into(args[0])):
+            return args[0]
+        merged = lambda a: a._pending.merged() if isinstance(a, MergeOnNarrow) else a  # noqa: E731
+        return func(*tree_map(merged, tuple(args)), **tree_map(merged, kwargs))
 
 
 def merge_slice(
@@ -99,24 +175,19 @@ def lazily_merged_weights(
     survival: list[Survival],
     seconds: list[float],
 ) -> Iterator[tuple[str, torch.Tensor]]:
-    """Like `merged_weights`, but each touched tensor is merged only where the rank's weight loader reads it.
+    """Like `merged_weights`, but each touched tensor is merged only where, and as far as, the weight loader uses it.
 
     Args:
-        seconds: a one-element accumulator of the time spent merging, for the per-rank report.
+        seconds: a one-element accumulator of the time spent merging, for the loader's report.
     """
     for name, tensor in weights:
-        if not _active(vectors, name) or not tensor.dtype.is_floating_point or tensor.dim() == 0:
+        if not _active(vectors, name) or not tensor.dtype.is_floating_point:
             yield name, tensor
-            continue
-
-        def merge(dim: int | None, start: int, length: int, name: str = name, base: torch.Tensor = tensor) -> torch.Tensor:
+        elif tensor.dim() == 0:
             began = time.perf_counter()
-            if dim is None:
-                out = merge_tensor(name, base, vectors, out_dtype, survival)
-            else:
-                out = merge_slice(name, base, vectors, out_dtype, survival, dim, start, length)
+            merged = merge_tensor(name, tensor, vectors, out_dtype, survival)
             seconds[0] += time.perf_counter() - began
-            return out
-
-        yield name, MergeOnNarrow(tensor, merge)
+            yield name, merged
+        else:
+            yield name, MergeOnNarrow(tensor, _Pending(name, tensor, 0, tensor.shape[0], vectors, out_dtype, survival, seconds))
         del tensor

@@ -1,4 +1,4 @@
-"""Tensor-parallel loading: a rank's slice of a lazily merged tensor equals that slice of the whole merge."""
+"""Lazily merged weights: a rank's slice, or a parameter copied from one, equals the same part of the whole merge."""
 
 from __future__ import annotations
 
@@ -35,8 +35,11 @@ def test_each_rank_slice_equals_the_same_slice_of_the_whole_merge(family, opened
         size = lazy.shape[dim] // 2
         for rank in range(2):
             part = lazy.narrow(dim, rank * size, size)
-            assert type(part) is torch.Tensor
-            assert torch.equal(part, whole.narrow(dim, rank * size, size)), (name, rank)
+            # Along dim 0 the slice stays lazy until the loader copies it into its parameter.
+            assert type(part) is (MergeOnNarrow if dim == 0 else torch.Tensor)
+            param = torch.empty(part.shape, dtype=torch.bfloat16)
+            param.copy_(part)
+            assert torch.equal(param, whole.narrow(dim, rank * size, size)), (name, rank)
         checked += 1
     assert checked >= 8 and seconds[0] > 0
 
@@ -55,7 +58,7 @@ def test_any_other_use_sees_the_whole_merged_tensor(family, opened) -> None:
 
 
 @pytest.mark.parametrize("method", ["dense", "auto", "quantized"])
-def test_one_vector_into_bf16_merges_a_row_slice_with_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method) -> None:
+def test_one_vector_into_bf16_is_added_in_the_parameter_itself_by_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method) -> None:
     from rvec_hub import fused
 
     path = vector_dir
@@ -66,7 +69,7 @@ def test_one_vector_into_bf16_merges_a_row_slice_with_the_fused_kernels(family, 
     calls = []
     add_in_place = fused.add_in_place
     monkeypatch.setattr(fused, "add_in_place", lambda rows, vector, source, start, stop, *a, **k: (
-        calls.append((source, start, stop)), add_in_place(rows, vector, source, start, stop, *a, **k))[1])
+        calls.append((rows.data_ptr(), start, stop)), add_in_place(rows, vector, source, start, stop, *a, **k))[1])
     checked = 0
     for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
         if not isinstance(lazy, MergeOnNarrow) or lazy.dim() == 0 or lazy.shape[0] < 2:
@@ -74,8 +77,27 @@ def test_one_vector_into_bf16_merges_a_row_slice_with_the_fused_kernels(family, 
         whole = merge_tensor(name, lazy.as_subclass(torch.Tensor), one, torch.bfloat16, [Survival()])
         size = lazy.shape[0] // 2
         calls.clear()
-        part = lazy.narrow(0, size, size)
+        param = torch.full((size, *lazy.shape[1:]), float("nan"), dtype=torch.bfloat16)
+        param.copy_(lazy.narrow(0, size, size))  # a rank's weight loader: narrow, then copy into the parameter
         assert calls and calls[0][1] == size and calls[-1][2] == 2 * size, (name, calls)
-        assert torch.equal(part, whole.narrow(0, size, size)), name
+        inside = range(param.data_ptr(), param.data_ptr() + param.nbytes)
+        assert all(ptr in inside for ptr, _, _ in calls), "the kernels added into a copy, not into the parameter"
+        assert torch.equal(param, whole.narrow(0, size, size)), name
         checked += 1
     assert checked >= 8
+
+
+def test_a_parameter_of_another_dtype_or_layout_gets_the_merged_tensor_copied_in(family, vector_dir) -> None:
+    one = [OpenedVector("dense", Vector.open(vector_dir), 1.0)]
+    for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
+        if isinstance(lazy, MergeOnNarrow) and lazy.dim() == 2:
+            whole = merge_tensor(name, lazy.as_subclass(torch.Tensor), one, torch.bfloat16, [Survival()])
+            wide = torch.empty(lazy.shape, dtype=torch.float32)
+            wide.copy_(lazy)
+            assert torch.equal(wide, whole.float())
+            transposed = torch.empty(tuple(reversed(lazy.shape)), dtype=torch.bfloat16).t()  # not contiguous
+            transposed.copy_(lazy)
+            assert torch.equal(transposed, whole)
+            assert torch.equal(torch.cat([lazy, lazy]), torch.cat([whole, whole]))  # lazies inside a list
+            return
+    pytest.fail("no tensor was touched by the vectors")
