@@ -47,6 +47,7 @@ class RvecModelLoader(DefaultModelLoader):
         self.vectors: list[OpenedVector] = []
         self.survival: list[Survival] = []
         self.merge_device: torch.device | None = None
+        self.into_parameters = False  # vLLM's own first load is reading: a parameter may get its vector added in place
 
     def _base_folder(self, model_config: ModelConfig) -> str:
         folder, _, _, _ = self._prepare_weights(model_config.model, None, model_config.revision, False, None)
@@ -85,7 +86,11 @@ class RvecModelLoader(DefaultModelLoader):
 
     def load_weights(self, model: nn.Module, model_config: ModelConfig) -> None:
         self.prepare(model_config)
-        super().load_weights(model, model_config)
+        self.into_parameters = True
+        try:
+            super().load_weights(model, model_config)
+        finally:
+            self.into_parameters = False
         self._report(model_config.dtype)
 
     def get_all_weights(self, model_config: ModelConfig, model: nn.Module) -> Generator[tuple[str, torch.Tensor], None, None]:
@@ -121,9 +126,11 @@ class RvecModelLoader(DefaultModelLoader):
 
     def _merged(self, weights: Generator, model_config: ModelConfig, reading: list[float], merging: list[float]) -> Generator:
         """The base weights with every vector added, timing the adding into `merging`."""
-        if self.merge_device is None:
+        if self.merge_device is None and self.into_parameters:
             # On the CPU each tensor is added where the weight loaders put it: into the parameter itself, or
-            # under tensor parallelism into the slice this rank keeps (`rvec_serving.sharded`).
+            # under tensor parallelism into the slice this rank keeps (`rvec_serving.sharded`). A live swap's
+            # in-place reload loads layer by layer, through parameters on the meta device that count the
+            # elements copied into them: it gets whole merged tensors, as an accelerator does.
             yield from lazily_merged_weights(weights, self.vectors, model_config.dtype, self.survival, merging)
         else:
             # An accelerator merges whole tensors faster than its host could slice them.
