@@ -6,8 +6,8 @@ row-parallel layers along dim 1; with one rank the "shard" is the whole tensor) 
 parameter with `param.copy_(loaded_weight)`. The rvec loader therefore yields each touched tensor as a
 `MergeOnNarrow`: the base tensor, with the vectors added when it is used.
 
-- `narrow` along dim 0 gives the same kind of tensor over those rows; along another dim it merges just
-  that slice.
+- `narrow` along dim 0, or over the whole extent of another dim (a row-parallel layer's weight loader with
+  one rank), gives the same kind of tensor over those rows; along another dim it merges just that slice.
 - `param.copy_(it)` of one vector into contiguous bf16 copies the base rows into the parameter and adds
   the vector there with the fused kernels (`rvec_hub.fused`): no merged copy is made and copied again.
 - Any other use (another dtype, a reshape, a replicated norm read whole) merges the tensor first, so a
@@ -119,10 +119,12 @@ class MergeOnNarrow(torch.Tensor):
             given = list(args[1:]) + [kwargs[k] for k in ("dim", "start", "length")[len(args) - 1:]]
             dim, start, length = (int(v) for v in given)
             dim %= lazy.dim()
-            if dim == 0:
+            start += lazy.shape[dim] if start < 0 else 0
+            # Rows stay pending; so does the whole extent of another dim (a row-parallel loader's one-rank "shard").
+            if dim == 0 or (start, length) == (0, lazy.shape[dim]):
                 with torch._C.DisableTorchFunctionSubclass():
-                    rows = torch.Tensor.narrow(lazy, 0, start, length)
-                return MergeOnNarrow(rows, lazy._pending.rows(start, length))
+                    part = torch.Tensor.narrow(lazy, dim, start, length)
+                return MergeOnNarrow(part, lazy._pending.rows(start, length) if dim == 0 else lazy._pending)
             return lazy._pending.merged_slice(dim, start, length)
         if (func is torch.Tensor.copy_ and len(args) == 2 and not kwargs and isinstance(args[1], MergeOnNarrow)
                 and not isinstance(args[0], MergeOnNarrow) and args[1]._pending.add_into(args[0])):

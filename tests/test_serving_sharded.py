@@ -57,8 +57,17 @@ def test_any_other_use_sees_the_whole_merged_tensor(family, opened) -> None:
     pytest.fail("no tensor was touched by the vectors")
 
 
+# How a weight loader cuts what it copies into its parameter: a column-parallel rank's rows, or a
+# row-parallel layer at one rank, which narrows dim 1 over its whole extent.
+_CUTS = {
+    "rows of rank 1 of 2": lambda t: (t.shape[0] // 2, lambda x: x.narrow(0, x.shape[0] // 2, x.shape[0] // 2)),
+    "all columns, one rank": lambda t: (0, lambda x: x.narrow(1, 0, x.shape[1])),
+}
+
+
+@pytest.mark.parametrize("cut", list(_CUTS))
 @pytest.mark.parametrize("method", ["dense", "auto", "quantized"])
-def test_one_vector_into_bf16_is_added_in_the_parameter_itself_by_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method) -> None:
+def test_one_vector_into_bf16_is_added_in_the_parameter_itself_by_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method, cut) -> None:
     from rvec_hub import fused
 
     path = vector_dir
@@ -72,17 +81,18 @@ def test_one_vector_into_bf16_is_added_in_the_parameter_itself_by_the_fused_kern
         calls.append((rows.data_ptr(), start, stop)), add_in_place(rows, vector, source, start, stop, *a, **k))[1])
     checked = 0
     for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
-        if not isinstance(lazy, MergeOnNarrow) or lazy.dim() == 0 or lazy.shape[0] < 2:
+        if not isinstance(lazy, MergeOnNarrow) or lazy.dim() != 2 or lazy.shape[0] < 2:
             continue
         whole = merge_tensor(name, lazy.as_subclass(torch.Tensor), one, torch.bfloat16, [Survival()])
-        size = lazy.shape[0] // 2
+        first, narrow = _CUTS[cut](lazy)
+        expected = narrow(whole)
         calls.clear()
-        param = torch.full((size, *lazy.shape[1:]), float("nan"), dtype=torch.bfloat16)
-        param.copy_(lazy.narrow(0, size, size))  # a rank's weight loader: narrow, then copy into the parameter
-        assert calls and calls[0][1] == size and calls[-1][2] == 2 * size, (name, calls)
+        param = torch.full(expected.shape, float("nan"), dtype=torch.bfloat16)
+        param.copy_(narrow(lazy))  # a weight loader: narrow, then copy into the parameter
+        assert calls and calls[0][1] == first and calls[-1][2] == first + expected.shape[0], (name, calls)
         inside = range(param.data_ptr(), param.data_ptr() + param.nbytes)
         assert all(ptr in inside for ptr, _, _ in calls), "the kernels added into a copy, not into the parameter"
-        assert torch.equal(param, whole.narrow(0, size, size)), name
+        assert torch.equal(param, expected), name
         checked += 1
     assert checked >= 8
 
