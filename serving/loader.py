@@ -133,7 +133,7 @@ class RvecModelLoader(DefaultModelLoader):
             # elements copied into them: it gets whole merged tensors, as an accelerator does.
             yield from lazily_merged_weights(weights, self.vectors, model_config.dtype, self.survival, merging)
         else:
-            # An accelerator merges whole tensors faster than its host could slice them.
+            # An accelerator merges whole tensors faster than its host could slice them; a reload gets them too (above).
             yield from _timed(merged_weights(weights, self.vectors, model_config.dtype, self.survival, self.merge_device), merging)
             merging[0] -= reading[0]  # the time above includes reading the base tensors
 

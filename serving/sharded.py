@@ -39,6 +39,16 @@ _METADATA = {
 }
 
 
+@contextmanager
+def _timed(seconds: list[float]) -> Iterator[None]:
+    """Add the time the block takes to the one-element accumulator `seconds`."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[0] += time.perf_counter() - began
+
+
 @dataclass(frozen=True)
 class _Pending:
     """Rows `[lo, hi)` of the checkpoint tensor `base` plus the vectors, not added yet."""
@@ -61,7 +71,7 @@ class _Pending:
 
     def merged(self) -> torch.Tensor:
         """These rows, merged."""
-        with self._timed():
+        with _timed(self.seconds):
             if self.whole_rows:
                 return merge_tensor(self.name, self.base, self.vectors, self.out_dtype, self.survival)
             return merge_slice(self.name, self.base, self.vectors, self.out_dtype, self.survival, 0, self.lo, self.hi - self.lo)
@@ -70,7 +80,7 @@ class _Pending:
         """`merged().narrow(dim, start, length)` for a dim other than 0, merging only that slice where it can."""
         if not self.whole_rows:
             return self.merged().narrow(dim, start, length)
-        with self._timed():
+        with _timed(self.seconds):
             return merge_slice(self.name, self.base, self.vectors, self.out_dtype, self.survival, dim, start, length)
 
     def add_into(self, dst: torch.Tensor) -> bool:
@@ -84,17 +94,9 @@ class _Pending:
         source = delta_source(item.vector, self.name)
         if not fused.applies(item.vector, source, rows, self.out_dtype):
             return False
-        with self._timed():
+        with _timed(self.seconds):
             fused_into(dst, rows, self.name, item, source, self.survival[active[0]], self.lo)
         return True
-
-    @contextmanager
-    def _timed(self) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[0] += time.perf_counter() - began
 
 
 class MergeOnNarrow(torch.Tensor):
@@ -186,9 +188,8 @@ def lazily_merged_weights(
         if not _active(vectors, name) or not tensor.dtype.is_floating_point:
             yield name, tensor
         elif tensor.dim() == 0:
-            began = time.perf_counter()
-            merged = merge_tensor(name, tensor, vectors, out_dtype, survival)
-            seconds[0] += time.perf_counter() - began
+            with _timed(seconds):
+                merged = merge_tensor(name, tensor, vectors, out_dtype, survival)
             yield name, merged
         else:
             yield name, MergeOnNarrow(tensor, _Pending(name, tensor, 0, tensor.shape[0], vectors, out_dtype, survival, seconds))
