@@ -179,3 +179,13 @@ def test_scaled_apply_matches_reference(family, vector_fp32, tmp_path, alpha):
     got, want = _weights(tmp_path / "out"), _reference(family, alpha)
     for name in want:
         assert torch.equal(got[name], want[name]), name
+
+
+def test_open_files_are_closed_quietly_when_the_interpreter_exits(vector_dir: Path) -> None:
+    import subprocess
+    import sys
+
+    # A script holding the I/O module and an open vector at exit: the module's globals are torn down first.
+    script = f"import rvec_hub.io.safetensors_io as io_module\nfrom rvec_hub import Vector\nkept = Vector.open({str(vector_dir)!r})\n"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr

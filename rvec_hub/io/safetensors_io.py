@@ -12,6 +12,7 @@ import json
 import math
 import os
 import struct
+import weakref
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -88,15 +89,14 @@ class SafetensorsFile:
             begin, end = info["data_offsets"]
             self.tensors[name] = TensorInfo(name, DTYPES[info["dtype"]], tuple(info["shape"]), data_start + begin, end - begin)
         self._fd = os.open(self.path, os.O_RDONLY)
+        # Closed once, by `close` or when the object is collected, even at interpreter exit.
+        self._closer = weakref.finalize(self, os.close, self._fd)
 
     def close(self) -> None:
         """Release the file descriptor."""
         if self._fd >= 0:
-            os.close(self._fd)
+            self._closer()
             self._fd = -1
-
-    def __del__(self) -> None:
-        self.close()
 
     def read_rows(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Rows `[start, stop)` of a tensor along its first dimension (the whole tensor by default)."""
