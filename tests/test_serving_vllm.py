@@ -230,6 +230,16 @@ def test_64_concurrent_chat_requests_all_complete_correctly(client, server) -> N
     assert all(text == expected[q] for q, text in answers)
 
 
+def test_eval_scores_a_server_already_running_through_its_endpoint(server) -> None:
+    from rvec_hub.evaluate import EvalOptions, evaluate, settings_for
+    from rvec_hub.tasks import generate
+
+    report = evaluate(None, [generate("tracking", 3)], settings_for([]), EvalOptions(max_tokens=4), endpoint=server["url"])
+    (score,) = report.scores
+    assert score.setting.label == server["model"] and server["model"].endswith("+tiny-reasoning")
+    assert score.result.n == 3 and len(score.completions) == 3 and report.base == server["url"]
+
+
 def test_serve_refuses_incompatible_vector_within_seconds(family, wide_vector) -> None:
     rvec = str(Path(sys.executable).with_name("rvec"))
     started = time.monotonic()
