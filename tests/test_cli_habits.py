@@ -73,3 +73,38 @@ def test_quiet_also_silences_huggingface_hub_bars(vector_dir: Path, tmp_path: Pa
         assert are_progress_bars_disabled()
     finally:
         enable_progress_bars()
+
+
+_GC_PROBE = """
+import gc, json, sys
+import rvec_hub.apply, rvec_hub.demo
+seen = {}
+def probe(label):
+    def run(*args, **kwargs):
+        seen[label] = {"collecting": gc.isenabled(), "frozen": gc.get_freeze_count()}
+    return run
+rvec_hub.apply.apply_vectors = probe("apply")
+rvec_hub.demo.run_demo = probe("demo")
+from rvec_hub.cli.main import main
+sys.argv = ["rvec", *json.loads(sys.argv[1])]
+try:
+    main()
+finally:
+    print(json.dumps(seen))
+"""
+
+
+@pytest.mark.parametrize("command", ["apply", "demo"])
+def test_the_collector_is_held_off_for_a_batch_command_and_back_on_for_a_long_one(command, family, vector_dir, tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    args = {"apply": ["apply", str(vector_dir), "--base", str(family["instruct"]), "-o", str(tmp_path / "out")],
+            "demo": ["demo", "--workdir", str(tmp_path / "demo")]}[command]
+    proc = subprocess.run([sys.executable, "-c", _GC_PROBE, json.dumps(args)], capture_output=True, text=True, timeout=300)
+    state = json.loads(proc.stdout.strip().splitlines()[-1])[command]
+    if command == "apply":  # modules and buffers come and go by reference counting alone
+        assert state == {"collecting": False, "frozen": 0}
+    else:  # what was loaded before is frozen out of the collector's passes
+        assert state["collecting"] and state["frozen"] > 10_000

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from . import _gc
+
 
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo-work"), show_default=True,
@@ -31,4 +33,5 @@ def demo_cmd(workdir: Path, base: Path | None, schedule: str, timeout: float) ->
     """
     from ..demo import run_demo
 
+    _gc.resume()
     run_demo(workdir, base=base, schedule=schedule, echo=click.echo, timeout=timeout)

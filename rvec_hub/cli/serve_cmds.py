@@ -7,6 +7,7 @@ import shlex
 import click
 
 from ..defaults import LORA_RANK
+from . import _gc
 from ._errors import echo_json, exit_with
 from ._options import endpoint_option, json_option, quiet_option
 
@@ -43,6 +44,7 @@ def serve_cmd(base, vectors, mode, rank, lora_min_kept, host, port, dry_run, adm
     from rvec_serving.lora import plan_lora
     from rvec_serving.spec import VectorSpec
 
+    _gc.resume()
     specs = [VectorSpec.parse(v) for v in vectors]
     common = {"host": host, "port": port, "vllm_args": list(vllm_args), "endpoint": endpoint}
     if mode == "lora":
