@@ -127,3 +127,43 @@ def test_eval_card_names_the_base_by_hub_id_or_refuses(family: dict[str, Path], 
     assert [m["name"].split(";")[0] for m in entry["results"][0]["metrics"]] == [
         "accuracy (base acme/tiny-instruct", "accuracy (base acme/tiny-instruct +1·vector"]
     _no_local_path(text, family["instruct"], vec, tmp_path)
+
+
+_CARD_TEXTS = [
+    "---\nlicense: mit\nbase_model: Qwen/Qwen2.5-0.5B-Instruct\ntags:\n- a\n---\n\n# Body\n",
+    "---\r\nlicense: apache-2.0\r\n---\r\nbody with\r\nCRLF\r\n",
+    "  \n---\nlicense: mit\n---   \ntext after trailing spaces\n",
+    "---\n---\nempty front matter\n",
+    "# no front matter at all\n---\nnot: yaml front matter\n---\n",
+    "---\nmodel-index:\n- name: x\n  results: not-a-list\nlicense: mit\n---\nbad eval results are ignored\n",
+    "---\nlicense: mit\nlicense: apache-2.0\n---\nlast key wins\n",
+]
+
+
+@pytest.mark.parametrize("text", _CARD_TEXTS)
+def test_split_card_reads_a_card_as_model_card_does(text: str) -> None:
+    from rvec_hub.card import split_card
+
+    card = ModelCard(text, ignore_metadata_errors=True)
+    assert split_card(text) == (card.data.to_dict(), card.text)
+
+
+def test_split_card_uses_model_cards_pattern_and_refuses_what_it_refuses() -> None:
+    from huggingface_hub.repocard import REGEX_YAML_BLOCK
+
+    from rvec_hub.card import _FRONT_MATTER, split_card
+
+    assert _FRONT_MATTER.pattern == REGEX_YAML_BLOCK.pattern
+    with pytest.raises(ValueError, match="should be a dict"):
+        ModelCard("---\n- a list\n---\n", ignore_metadata_errors=True)
+    with pytest.raises(ValueError, match="should be a dict"):
+        split_card("---\n- a list\n---\n")
+
+
+def test_rendered_cards_are_what_model_card_writes_back(vector_dir: Path, family: dict[str, Path], tmp_path: Path) -> None:
+    text = render_card(load_manifest(vector_dir), repo_id="acme/reasoning", version="1.0.0")
+    assert str(ModelCard(text)) == text
+    out = tmp_path / "merged"
+    apply_vectors([(Vector.open(vector_dir), 1.0)], open_checkpoint(family["instruct"]), out, quiet=True)
+    merged = (out / "README.md").read_text()
+    assert str(ModelCard(merged)) == merged
