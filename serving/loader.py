@@ -17,7 +17,7 @@ from vllm.config.load import LoadConfig
 from vllm.logger import init_logger
 from vllm.model_executor.model_loader.default_loader import DefaultModelLoader
 
-from rvec_hub import fused
+from rvec_hub import collector, fused
 from rvec_hub.arith import Survival
 from rvec_hub.check import dtype_name
 from rvec_hub.errors import CompatibilityError, RvecError
@@ -62,12 +62,14 @@ class RvecModelLoader(DefaultModelLoader):
         if self.vectors:
             return
         started = time.perf_counter()
-        fused.load_kernels()  # numba's import and runtime (about a second), here rather than on the first tensor
-        base = open_checkpoint(self._base_folder(model_config))
-        # Payloads are hashed on a thread while the weights merge; get_all_weights waits before it returns.
-        vectors = open_specs(self.specs, endpoint=self.endpoint, verify="background")
-        check_all(vectors, base)
-        base.close()
+        # Its allocations would set off full collector passes over the engine's whole heap (rvec_hub.collector).
+        with collector.paused():
+            fused.load_kernels()  # numba's import and runtime (about a second), here rather than on the first tensor
+            base = open_checkpoint(self._base_folder(model_config))
+            # Payloads are hashed on a thread while the weights merge; get_all_weights waits before it returns.
+            vectors = open_specs(self.specs, endpoint=self.endpoint, verify="background")
+            check_all(vectors, base)
+            base.close()
         self.vectors = vectors
         self.survival = [Survival() for _ in vectors]
         logger.info("rvec: %s fit %s (checked, kernels loaded, in %.2f s)", describe(vectors), model_config.model, time.perf_counter() - started)

@@ -108,3 +108,22 @@ def test_the_collector_is_held_off_for_a_batch_command_and_back_on_for_a_long_on
         assert state == {"collecting": False, "frozen": 0}
     else:  # what was loaded before is frozen out of the collector's passes
         assert state["collecting"] and state["frozen"] > 10_000
+
+
+def test_a_pause_of_the_collector_ends_as_it_began() -> None:
+    import gc
+
+    from rvec_hub.collector import paused
+
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), paused():
+        assert not gc.isenabled()
+        raise RuntimeError
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with paused():
+            pass
+        assert not gc.isenabled(), "a collector that was off stays off"
+    finally:
+        gc.enable()

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from . import _gc
+from .. import collector
+
 
 
 @click.command("demo")
@@ -33,5 +34,5 @@ def demo_cmd(workdir: Path, base: Path | None, schedule: str, timeout: float) ->
     """
     from ..demo import run_demo
 
-    _gc.resume()
+    collector.resume()
     run_demo(workdir, base=base, schedule=schedule, echo=click.echo, timeout=timeout)

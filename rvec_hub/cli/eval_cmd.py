@@ -6,10 +6,10 @@ import shlex
 
 import click
 
+from .. import collector
 from ..answers import CI_METHODS
 from ..evaluate import ENGINES, EvalOptions, evaluate, settings_for
 from ..tasks import DEFAULT_SEED, DEFAULT_SIZE, load_task_sets
-from . import _gc
 from ._errors import echo_json
 from ._options import json_option
 
@@ -53,7 +53,7 @@ def eval_cmd(base, vectors, alphas, task_specs, cot, limit, endpoint, models, en
       rvec eval --endpoint http://127.0.0.1:8000/v1 --tasks gsm8k.jsonl --cot --limit 200 --json
       rvec eval --base ./instruct --vector vec --tasks arith --cot --write-card vec
     """
-    _gc.resume()
+    collector.resume()
     tasks = [t.limit(limit) for spec in task_specs for t in load_task_sets(spec, seed=seed, size=limit or DEFAULT_SIZE)]
     settings = settings_for(list(vectors), list(alphas) or None)
     options = EvalOptions(cot=cot, chat=chat, max_tokens=max_tokens, ci=ci)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from . import _gc
+from .. import collector
 from ._options import json_option
 
 # What the `server` extra installs; `pip install rvec` alone leaves them out.
@@ -76,7 +76,7 @@ def serve_cmd(root: Path, host: str, port: int, token_file: Path | None, max_inl
 
         raise UsageError(f"`rvec hub serve` needs {exc.name}: pip install 'rvec[server]' (from a checkout: pip install '.[server]')") from None
 
-    _gc.resume()
+    collector.resume()
     tokens = load_tokens(token_file)
     limits = BodyLimits(max_inline_bytes=max_inline_bytes, max_lfs_bytes=max_lfs_bytes)
     click.echo(f"rvec hub: serving {root} on http://{host}:{port} ({len(tokens)} user(s) with write tokens)",

@@ -8,7 +8,7 @@ import sys
 import click
 
 from .._version import __version__
-from . import _gc
+from ..collector import before_exit, hold_off
 from ._errors import run_cli
 from .compress_cmd import compress_cmd
 from .core_cmds import apply_cmd, check_cmd, extract_cmd, info_cmd
@@ -45,9 +45,9 @@ for command in (
 
 def main() -> None:
     """Console-script entry point."""
-    _gc.hold_off()
+    hold_off()
     code = run_cli(cli)
-    _gc.before_exit()
+    before_exit()
     if code in (130, 143):
         # The interrupted command already removed its partial output. Threads still inside torch or a read
         # must not meet interpreter shutdown, which can abort the process instead of exiting with `code`.

@@ -6,8 +6,8 @@ import shlex
 
 import click
 
+from .. import collector
 from ..defaults import LORA_RANK
-from . import _gc
 from ._errors import echo_json, exit_with
 from ._options import endpoint_option, json_option, quiet_option
 
@@ -44,7 +44,7 @@ def serve_cmd(base, vectors, mode, rank, lora_min_kept, host, port, dry_run, adm
     from rvec_serving.lora import plan_lora
     from rvec_serving.spec import VectorSpec
 
-    _gc.resume()
+    collector.resume()
     specs = [VectorSpec.parse(v) for v in vectors]
     common = {"host": host, "port": port, "vllm_args": list(vllm_args), "endpoint": endpoint}
     if mode == "lora":
