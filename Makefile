@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e ".[cpu,server,dev,demo]"
 	$(PIP) uninstall --quiet --yes $(UNWANTED) || true
 	$(PY) -c "import transformers, vllm, rvec_hub, rvec_serving"
+# Bytecode for the editable checkout: with PYTHONDONTWRITEBYTECODE set, every command would compile it anew.
+	$(PY) -m compileall -q rvec_hub serving
 	touch $(STAMP)
 
 demo: $(STAMP)
