@@ -32,7 +32,7 @@ def paused() -> Iterator[None]:
 
 
 def hold_off() -> None:
-    """At start-up: no collector passes while modules load."""
+    """At start-up: no collector passes from here on, until `resume` (see above)."""
     gc.disable()
 
 

@@ -9,7 +9,6 @@ import click
 from .. import collector
 
 
-
 @click.command("demo")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), default=Path(".demo-work"), show_default=True,
               help="Scratch directory (replaced on every run).")
