@@ -127,3 +127,14 @@ def test_a_pause_of_the_collector_ends_as_it_began() -> None:
         assert not gc.isenabled(), "a collector that was off stays off"
     finally:
         gc.enable()
+
+
+def test_a_command_that_loads_triton_exits_without_nanobind_leak_reports(vector_dir) -> None:
+    import subprocess
+    import sys
+
+    pytest.importorskip("triton")  # vLLM and peft import it
+    script = ("import sys, triton\nfrom rvec_hub.cli.main import main\n"
+              f"sys.argv = ['rvec', 'info', {str(vector_dir)!r}]\nmain()\n")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "leaked" not in proc.stderr, proc.stderr[-2000:]
