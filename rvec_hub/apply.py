@@ -81,6 +81,10 @@ def apply_vectors(
         plan.append((name, info.shape, dtype))
     changed = 0
     workspace = Workspace()
+    if device.type == "cpu":
+        # numba's import here, on this thread: imported on the reader thread, a Ctrl-C landing in this thread's
+        # own import machinery could leave the import lock held and the reader waiting on it forever.
+        fused.load_kernels()
     with atomic_directory(out, force=force, inputs=[base.path, *(v.path for v, _ in vectors)]) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)
         chunks = read_ahead(_chunks(plan, base, vectors, device))
