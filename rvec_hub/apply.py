@@ -81,7 +81,7 @@ def apply_vectors(
         plan.append((name, info.shape, dtype))
     changed = 0
     workspace = Workspace()
-    if device.type == "cpu":
+    if _fuses(plan, base, vectors, device):
         # numba's import here, on this thread: imported on the reader thread, a Ctrl-C landing in this thread's
         # own import machinery could leave the import lock held and the reader waiting on it forever.
         fused.load_kernels()
@@ -129,6 +129,20 @@ def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
         for vector, _ in vectors:
             vector.wait_verified()
         raise
+
+
+def _fuses(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device) -> bool:
+    """Whether some tensor takes the fused add (`_chunks`, `fused.applies`): one vector with a fused kernel
+    into bf16 base rows written as bf16, on the CPU."""
+    if device.type != "cpu":
+        return False
+    for name, _, dtype in plan:
+        if dtype != torch.bfloat16 or base.tensors[name].dtype != torch.bfloat16:
+            continue
+        active = [(v, src) for v, a in vectors if (src := delta_source(v, name)) and a != 0.0]
+        if len(active) == 1 and active[0][0].has_fused_add(active[0][1]):
+            return True
+    return False
 
 
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):

@@ -94,3 +94,18 @@ def test_a_packed_block_whose_gaps_run_past_its_rows_is_refused_by_the_fused_ker
     status, _, _ = fused.add_coded(rows, np.array([3, 9], dtype=np.uint8), np.zeros(2, dtype=np.uint8), np.ones(1, dtype=np.float32), np.zeros(0, dtype=np.float32), 1.0)
     assert status == 1  # "places an entry past its last element", as packed names it
     assert torch.equal(rows, torch.zeros(2, 4, dtype=torch.bfloat16).index_put_((torch.tensor([0]), torch.tensor([2])), torch.tensor(1.0, dtype=torch.bfloat16)))
+
+
+@pytest.mark.parametrize(("out_dtype", "loads"), [("bf16", True), ("fp32", False)])
+def test_apply_loads_numba_only_when_a_fused_add_will_run(family, vector_dir, tmp_path, out_dtype, loads):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys; from rvec_hub.apply import apply_vectors; from rvec_hub import Vector; from rvec_hub.check import dtype_from_name;"
+        "from rvec_hub.io.checkpoint import open_checkpoint;"
+        f"apply_vectors([(Vector.open({str(vector_dir)!r}), 1.0)], open_checkpoint({str(family['instruct'])!r}), {str(tmp_path / 'out')!r},"
+        f" out_dtype=dtype_from_name({out_dtype!r}), device='cpu', quiet=True); print('numba' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == [str(loads)]
