@@ -294,7 +294,6 @@ def main(argv: list[str] | None = None) -> int:
         "rvec": __version__,
         "zipnn": _version("zipnn"),
         "zstandard": _version("zstandard"),
-        "numba": _version("numba"),
         "page_cache": "warm",
         "total_s": time.perf_counter() - start,
     }

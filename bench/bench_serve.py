@@ -209,14 +209,14 @@ def _merge_split(files: list[str], opened: list, params: dict) -> dict[str, floa
 
     profile = cProfile.Profile()
     profile.runcall(load)
-    split = {"zstd decompression": 0.0, "low-rank matmul": 0.0, "fused add + cast (numba)": 0.0, "payload reads (pread)": 0.0}
+    split = {"zstd decompression": 0.0, "low-rank matmul": 0.0, "fused add + cast (C kernels)": 0.0, "payload reads (pread)": 0.0}
     for (path, _, func), (_, _, tottime, _, _) in pstats.Stats(profile).stats.items():
         if "ZstdDecompressor" in func:
             split["zstd decompression"] += tottime
         elif "preadv" in func:
             split["payload reads (pread)"] += tottime
         elif path.endswith("_kernels.py"):
-            split["fused add + cast (numba)"] += tottime
+            split["fused add + cast (C kernels)"] += tottime
         elif "__matmul__" in func:
             split["low-rank matmul"] += tottime
     return {k: round(v, 3) for k, v in split.items()}

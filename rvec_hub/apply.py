@@ -82,8 +82,8 @@ def apply_vectors(
     changed = 0
     workspace = Workspace()
     if _fuses(plan, base, vectors, device):
-        # numba's import here, on this thread: imported on the reader thread, a Ctrl-C landing in this thread's
-        # own import machinery could leave the import lock held and the reader waiting on it forever.
+        # The kernels' import here, on this thread: imported on the reader thread, a Ctrl-C landing in this
+        # thread's own import machinery could leave the import lock held and the reader waiting on it forever.
         fused.load_kernels()
     with atomic_directory(out, force=force, inputs=[base.path, *(v.path for v, _ in vectors)]) as tmp, streaming_threads():
         writer = ShardWriter(tmp, "model", max_shard_bytes, {"format": "pt"}, plan)

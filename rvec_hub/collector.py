@@ -1,6 +1,6 @@
 """How rvec uses Python's cyclic garbage collector.
 
-A command imports torch and often numba and transformers: millions of objects that live until the process
+A command imports torch and often transformers: millions of objects that live until the process
 ends. The collector's full passes walk all of them again and again while they load, and once more at exit;
 on 2 cores that cost `rvec apply` about 0.5 s at start and 0.5 s at exit, more than its arithmetic on a
 0.5B model (bench/README.md). So `rvec` holds the collector off: a command's buffers are freed by reference
@@ -8,8 +8,8 @@ counting as they go out of use, and the collector only ever reclaims reference c
 loops do not make. Commands that run for long (servers, training, evaluation) turn it back on once their
 modules are loaded, with what was loaded frozen out of its passes.
 
-Inside a vLLM engine, whose heap is larger still, the loader pauses the collector while it imports numba
-and opens and checks the vectors (`paused`): one full pass there cost 0.36–0.48 s of a 0.77–1.10 s step.
+Inside a vLLM engine, whose heap is larger still, the loader pauses the collector while it opens and
+checks the vectors (`paused`): one full pass there cost 0.36–0.48 s of a 0.77–1.10 s step.
 """
 
 from __future__ import annotations

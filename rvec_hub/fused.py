@@ -8,7 +8,8 @@ summed on the way. A packed delta is added entry by entry straight from its gap 
 weight the vector does not change is never touched.
 
 The sum is float32's fused multiply-add, as torch's `add(alpha=)` computes it, rounded to bf16 to
-nearest even, as torch casts. Compiled by numba; without it the callers keep the general path.
+nearest even, as torch casts. The kernels are C (`rvec_hub._kernels`); where the package was installed
+without its compiled part the callers keep the general path.
 """
 
 from __future__ import annotations
@@ -27,31 +28,19 @@ BAD_VALUE = 8  # a status: a sum is NaN or infinite in bf16 (as in rvec_hub._ker
 
 
 def available() -> bool:
-    """Whether the kernels compile here (numba installed and working)."""
+    """Whether the kernels are here (the package's compiled part was built)."""
     return _kernels() is not None
 
 
 def load_kernels() -> None:
-    """Import numba and load every kernel now (a process's first call pays about a second for numba's
-    import and runtime, even with every kernel cached on disk); a no-op without numba."""
-    _first_calls()
-
-
-def _first_calls() -> None:
-    if not available():
-        return
-    rows = torch.zeros(2, dtype=torch.bfloat16)
-    add_dense(rows, torch.zeros(2, dtype=torch.bfloat16), 1.0)
-    add_dense(rows, torch.zeros(2, dtype=torch.float32), 1.0)
-    add_at(rows, torch.zeros(1, dtype=torch.int64), torch.zeros(1), 1.0)
-    one, none = np.ones(1, dtype=np.float32), np.zeros(0, dtype=np.float32)
-    add_coded(rows, np.ones(1, dtype=np.uint8), np.zeros(1, dtype=np.uint8), one, none, 1.0)
-    add_coded(rows, np.ones(1, dtype=np.uint8), np.zeros(1, dtype=np.uint8), one, none, 1.0, scales=np.ones(2, dtype=np.float32))
+    """Load the kernels now, on this thread: a thread that imports a module while another takes a Ctrl-C
+    inside its own import machinery can wait on the import lock forever."""
+    _kernels()
 
 
 def applies(vector: Any, source: str, base: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """Whether `add_in_place` can add the delta of `source` to these base rows: bf16 in and out on the CPU,
-    an encoding with a fused kernel, numba installed."""
+    an encoding with a fused kernel, the kernels built."""
     if base.dtype != torch.bfloat16 or out_dtype != torch.bfloat16 or base.device.type != "cpu":
         return False
     return vector.has_fused_add(source) and available()
@@ -154,6 +143,6 @@ def add_coded(
 def _kernels() -> dict[str, Any] | None:
     try:
         from . import _kernels as compiled
-    except ImportError:  # numba is not installed
+    except ImportError:  # installed without the compiled part
         return None
     return {"dense": compiled.dense, "coded": compiled.coded, "indexed": compiled.indexed}

@@ -64,7 +64,7 @@ class RvecModelLoader(DefaultModelLoader):
         started = time.perf_counter()
         # Its allocations would set off full collector passes over the engine's whole heap (rvec_hub.collector).
         with collector.paused():
-            fused.load_kernels()  # numba's import and runtime (about a second), here rather than on the first tensor
+            fused.load_kernels()  # on this thread, before any reader thread starts (see fused.load_kernels)
             base = open_checkpoint(self._base_folder(model_config))
             # Payloads are hashed on a thread while the weights merge; get_all_weights waits before it returns.
             vectors = open_specs(self.specs, endpoint=self.endpoint, verify="background")

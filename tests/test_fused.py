@@ -16,7 +16,7 @@ from rvec_hub.io.checkpoint import open_checkpoint
 
 from vector_edit import rewrite_vector
 
-pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernels need numba")
+pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernels are not built")
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_a_packed_block_whose_gaps_run_past_its_rows_is_refused_by_the_fused_ker
 
 
 @pytest.mark.parametrize(("out_dtype", "loads"), [("bf16", True), ("fp32", False)])
-def test_apply_loads_numba_only_when_a_fused_add_will_run(family, vector_dir, tmp_path, out_dtype, loads):
+def test_apply_loads_the_kernels_only_when_a_fused_add_will_run_and_never_numba(family, vector_dir, tmp_path, out_dtype, loads):
     import subprocess
     import sys
 
@@ -105,7 +105,30 @@ def test_apply_loads_numba_only_when_a_fused_add_will_run(family, vector_dir, tm
         "import sys; from rvec_hub.apply import apply_vectors; from rvec_hub import Vector; from rvec_hub.check import dtype_from_name;"
         "from rvec_hub.io.checkpoint import open_checkpoint;"
         f"apply_vectors([(Vector.open({str(vector_dir)!r}), 1.0)], open_checkpoint({str(family['instruct'])!r}), {str(tmp_path / 'out')!r},"
-        f" out_dtype=dtype_from_name({out_dtype!r}), device='cpu', quiet=True); print('numba' in sys.modules)"
+        f" out_dtype=dtype_from_name({out_dtype!r}), device='cpu', quiet=True); print('rvec_hub._kernels' in sys.modules, 'numba' in sys.modules)"
     )
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == [str(loads)]
+    assert done.stdout.split() == [str(loads), "False"]
+
+
+def test_apply_without_the_compiled_kernels_writes_the_same_weights(family, vector_dir, tmp_path):
+    """An installation built without a C compiler (setup.py's extension is optional) adds through torch."""
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    def apply(out, hide: bool) -> dict:
+        script = (
+            ("import sys; sys.modules['rvec_hub._ckernels'] = None;" if hide else "")
+            + "from rvec_hub.apply import apply_vectors; from rvec_hub import Vector, fused; from rvec_hub.io.checkpoint import open_checkpoint;"
+            f"apply_vectors([(Vector.open({str(vector_dir)!r}), 1.0)], open_checkpoint({str(family['instruct'])!r}), {str(out)!r}, device='cpu', quiet=True);"
+            "print(fused.available())"
+        )
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+        assert done.stdout.split() == [str(not hide)]
+        return {k: v for f in sorted(out.glob("*.safetensors")) for k, v in load_file(f).items()}
+
+    general, fused_out = apply(tmp_path / "general", True), apply(tmp_path / "fused", False)
+    assert general.keys() == fused_out.keys()
+    assert all(torch.equal(general[k].view(torch.int16), fused_out[k].view(torch.int16)) for k in general)

@@ -26,6 +26,8 @@ def test_wheel_ships_packages_cards_data_and_the_vllm_plugin(tmp_path):
     assert "rvec_serving/__init__.py" in names and "rvec_serving/loader.py" in names
     assert {"rvec_cards/vector.md.j2", "rvec_cards/merged.md.j2", "rvec_cards/adapter.md.j2"} <= names
     assert "rvec_hub/__main__.py" in names
+    if sys.platform == "linux":  # the compiled kernels (setup.py), built with the wheel
+        assert any(n.startswith("rvec_hub/_ckernels.") and n.endswith(".so") for n in names), sorted(n for n in names if "_ckernels" in n)
     assert any(n.startswith("rvec_hub/data/") for n in names)
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()

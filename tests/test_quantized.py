@@ -59,16 +59,16 @@ def test_any_row_range_decodes_as_the_same_rows_of_the_whole() -> None:
 
 
 def test_compiled_and_torch_scatters_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    if packed._numba_kernel() is None:
-        pytest.skip("numba is not installed")
+    if packed._compiled_kernel() is None:
+        pytest.skip("the compiled kernels are not built")
     delta = rl_delta(8, 40)
     entry, stored = _encoded(delta, bits=2, rows_per_block=3)
     fast = CODEC.decode_rows(entry, stored, 0, 8)
-    monkeypatch.setattr(packed, "_numba_kernel", lambda: None)
+    monkeypatch.setattr(packed, "_compiled_kernel", lambda: None)
     assert torch.equal(CODEC.decode_rows(entry, stored, 0, 8), fast)
 
 
-@pytest.mark.skipif(not fused.available(), reason="the fused add needs numba")
+@pytest.mark.skipif(not fused.available(), reason="the fused add needs the compiled kernels")
 def test_fused_add_passes_over_blocks_without_kept_entries() -> None:
     delta = torch.zeros(8, 16)
     delta[0, 3], delta[1, 5] = 1e-3, -2e-3

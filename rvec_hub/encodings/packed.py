@@ -232,8 +232,7 @@ def add_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, rows
         target = flat[lo - start : hi - start]
         coded = streams(entry, payload, block, begin, first)
         if lo == first and hi == block[0]:
-            # No escaped values as an empty array, not None: the types `fused.load_kernels` compiles in advance.
-            escaped = _NO_VALUES if coded.escaped is None else coded.escaped.numpy()
+            escaped = None if coded.escaped is None else coded.escaped.numpy()
             scales = None if coded.scales is None else coded.scales.numpy()
             step, e, n = fused.add_coded(target, coded.gaps, coded.codes, values, escaped, alpha, scales)
             if 0 < step < fused.BAD_VALUE:
@@ -245,8 +244,6 @@ def add_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, rows
         status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
     return status, err_sq, norm_sq
 
-
-_NO_VALUES = np.zeros(0, dtype=np.float32)
 
 
 def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
@@ -344,13 +341,14 @@ def scatter(
     """Fill the float32 block `out` with zeros and each coded entry; a description of what is wrong, or None.
 
     `escaped` None is an encoding without escaped values (`quantized`); with `scales`, one per row of the
-    2-D `out`, each value is multiplied by its row's. Compiled by numba when it is installed (one pass,
-    about a nanosecond per element); otherwise the same in torch operations (`scatter_torch`).
+    2-D `out`, each value is multiplied by its row's. One pass of the compiled walk (`rvec_hub._kernels`,
+    about a nanosecond per element) where the package's compiled part was built; otherwise the same in
+    torch operations (`scatter_torch`).
     """
     if not gaps.size and codes.size and scales is None:  # a code for every element
         if codes.size != out.numel():
             return _STATUS[7]
-    kernel = _numba_kernel()
+    kernel = _compiled_kernel()
     if kernel is None:
         return scatter_torch(gaps, codes, table, escaped, out, scales)
     status = kernel(
@@ -384,7 +382,7 @@ def _problem(status: int, escaped: torch.Tensor | None) -> str:
 def scatter_torch(
     gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor, scales: torch.Tensor | None = None
 ) -> str | None:
-    """`scatter` in torch operations, for an installation without numba."""
+    """`scatter` in torch operations, for an installation without the compiled kernels."""
     out.zero_()
     flat = out.view(-1)
     code = torch.from_numpy(codes.astype(np.int64))
@@ -424,9 +422,9 @@ def _gather_torch(code: torch.Tensor, table: torch.Tensor, escaped: torch.Tensor
 
 
 @lru_cache(maxsize=1)
-def _numba_kernel() -> Any:
-    """The compiled scatter, or None without numba: `rvec_hub._kernels.coded`, the walk the fused add
-    takes too, writing into float32 instead of adding into bf16."""
+def _compiled_kernel() -> Any:
+    """The compiled scatter, or None without the compiled kernels: `rvec_hub._kernels.coded`, the walk the
+    fused add takes too, writing into float32 instead of adding into bf16."""
     try:
         from .._kernels import coded
     except ImportError:
