@@ -19,7 +19,10 @@ from . import _ckernels  # noqa: F401  (ImportError without the compiled part)
 
 BAD_VALUE = 8  # a status: a sum is NaN or infinite in bf16
 
-_lib = ctypes.CDLL(_ckernels.__file__)
+try:
+    _lib = ctypes.CDLL(_ckernels.__file__)
+except OSError as exc:  # built, but not loadable here: as if it had not been built
+    raise ImportError(f"rvec's compiled kernels do not load: {exc}") from exc
 _P, _N, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 for _name, _args in {
     "rvec_dense_bf16": [_P, _P, _N, _F, _P],
