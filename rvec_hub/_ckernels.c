@@ -38,19 +38,24 @@ static inline uint16_t to_bf16(float x) { /* round to nearest even, as torch cas
 
 static inline int finite_bf16(uint16_t y) { return (y & 0x7F80u) != 0x7F80u; }
 
+/* One value added at position p: the rounding error's square, and whether the sum left bf16's range. */
+static inline __attribute__((always_inline)) float add_at(uint16_t *out, int64_t p, float alpha, float value, int *bad) {
+    float exact = fmaf(alpha, value, widen(out[p]));
+    uint16_t y = to_bf16(exact);
+    out[p] = y;
+    float e = widen(y) - exact;
+    *bad |= !finite_bf16(y);
+    return e * e;
+}
+
 /* out += alpha * delta over n weights; `delta` holds bf16 bits (`bf16`) or float32. */
 static inline __attribute__((always_inline)) int dense(uint16_t *out, const void *delta, const int bf16, int64_t n, float alpha, float *sums) {
     float err = 0.0f, norm = 0.0f;
     int bad = 0;
     for (int64_t i = 0; i < n; i++) {
         float d = bf16 ? widen(((const uint16_t *)delta)[i]) : ((const float *)delta)[i];
-        float exact = fmaf(alpha, d, widen(out[i]));
-        uint16_t y = to_bf16(exact);
-        out[i] = y;
-        float e = widen(y) - exact;
-        err += e * e;
+        err += add_at(out, i, alpha, d, &bad);
         norm += d * d;
-        bad |= !finite_bf16(y);
     }
     sums[0] = err;
     sums[1] = norm * alpha * alpha;
@@ -63,16 +68,6 @@ CLONES int rvec_dense_bf16(uint16_t *out, const uint16_t *delta, int64_t n, floa
 
 CLONES int rvec_dense_f32(uint16_t *out, const float *delta, int64_t n, float alpha, float *sums) {
     return dense(out, delta, 0, n, alpha, sums);
-}
-
-/* One value added at position p: the rounding error's square, and whether the sum left bf16's range. */
-static inline float add_at(uint16_t *out, int64_t p, float alpha, float value, int *bad) {
-    float exact = fmaf(alpha, value, widen(out[p]));
-    uint16_t y = to_bf16(exact);
-    out[p] = y;
-    float e = widen(y) - exact;
-    *bad |= !finite_bf16(y);
-    return e * e;
 }
 
 /* At each (checked) position where[i], in any order: out += alpha * values[i]. */

@@ -17,8 +17,6 @@ import numpy as np
 
 from . import _ckernels  # noqa: F401  (ImportError without the compiled part)
 
-BAD_VALUE = 8  # a status: a sum is NaN or infinite in bf16
-
 try:
     _lib = ctypes.CDLL(_ckernels.__file__)
 except OSError as exc:  # built, but not loadable here: as if it had not been built
@@ -50,7 +48,7 @@ def _result(status: int, sums: np.ndarray) -> tuple[int, float, float]:
 def dense(out: np.ndarray, delta: np.ndarray, alpha: float) -> tuple[int, float, float]:
     """out ← bf16(out + α·delta) for bf16 bits `out` and bf16 bits (uint16) or float32 `delta`, as many.
 
-    Returns (status, rounding error², ‖α·Δ‖²); status BAD_VALUE when a sum is not finite."""
+    Returns (status, rounding error², ‖α·Δ‖²); status 8 (`fused.BAD_VALUE`) when a sum is not finite."""
     if delta.size != out.size:
         raise ValueError(f"a delta of {delta.size} values for {out.size} weights")
     sums = np.zeros(2, dtype=np.float32)
@@ -80,7 +78,7 @@ def coded(
 
     `escaped` None is an encoding without escaped values (code 255 is then one more code outside the
     codebook); `scales` None or empty, no scales. Returns (status, error², ‖α·Δ‖²): a status other than 0 is
-    a `packed` decoding status (see `_ckernels.c`) or BAD_VALUE; the sums are 0 for a decode.
+    a `packed` decoding status (see `_ckernels.c`) or `fused.BAD_VALUE`; the sums are 0 for a decode.
     """
     has_escaped = escaped is not None
     escaped = _NONE if escaped is None else escaped

@@ -24,7 +24,7 @@ import torch
 if TYPE_CHECKING:
     from .arith import Survival
 
-BAD_VALUE = 8  # a status: a sum is NaN or infinite in bf16 (as in rvec_hub._kernels)
+BAD_VALUE = 8  # a status: a sum is NaN or infinite in bf16 (as in rvec_hub/_ckernels.c)
 
 
 def available() -> bool:
@@ -118,7 +118,7 @@ def add_coded(
     gaps: np.ndarray,
     codes: np.ndarray,
     table: np.ndarray,
-    escaped: np.ndarray,
+    escaped: np.ndarray | None,
     alpha: float,
     scales: np.ndarray | None = None,
 ) -> tuple[int, float, float]:
@@ -127,7 +127,8 @@ def add_coded(
     Args:
         rows: contiguous bf16 base rows the block covers, overwritten where the block has entries.
         gaps, codes: the block's gap and code streams (uint8); `gaps` empty when every element is coded.
-        table, escaped: the codebook and the escaped values, float32.
+        table, escaped: the codebook and the escaped values, float32; `escaped` None for an encoding
+            without escaped values (`quantized`), whose code 255 is then one more code outside the codebook.
         scales: one float32 scale per row of `rows`, multiplying each coded value (`quantized`).
 
     Returns:
@@ -135,7 +136,6 @@ def add_coded(
     """
     target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
     cols = rows[0].numel() if rows.dim() and rows.shape[0] else 1
-    scales = np.zeros(0, dtype=np.float32) if scales is None else scales
     return _kernels()["coded"](gaps, codes, table, escaped, scales, cols, target, alpha)
 
 
