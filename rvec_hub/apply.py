@@ -139,10 +139,16 @@ def _fuses(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], de
     for name, _, dtype in plan:
         if dtype != torch.bfloat16 or base.tensors[name].dtype != torch.bfloat16:
             continue
-        active = [(v, src) for v, a in vectors if (src := delta_source(v, name)) and a != 0.0]
-        if len(active) == 1 and active[0][0].has_fused_add(active[0][1]):
+        active = _active(vectors, name)
+        if len(active) == 1 and active[0][1].has_fused_add(active[0][3]):
             return True
     return False
+
+
+def _active(vectors: list[tuple[Vector, float]], name: str) -> list[tuple[int, Vector, float, str]]:
+    """(index, vector, alpha, source tensor) of each vector that changes `name`; a tied-donor vector's
+    embedding delta also reaches a base's separate output head (rvec_hub.tied)."""
+    return [(i, v, a, src) for i, (v, a) in enumerate(vectors) if (src := delta_source(v, name)) and a != 0.0]
 
 
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):
@@ -151,8 +157,7 @@ def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], d
     into the rows (`rvec_hub.fused`) instead of decoded here, no delta rows but, last, (index, vector,
     source tensor, its payload with what the fused add reads staged (`Vector.staged`), alpha)."""
     for name, shape, dtype in plan:
-        # A tied-donor vector's embedding delta also reaches a base's separate output head (rvec_hub.tied).
-        active = [(i, v, a, src) for i, (v, a) in enumerate(vectors) if (src := delta_source(v, name)) and a != 0.0]
+        active = _active(vectors, name)
         for start, stop in row_chunks(shape):
             rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
             if len(active) == 1 and device.type == "cpu" and fused.applies(active[0][1], active[0][3], rows, dtype):
