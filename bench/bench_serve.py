@@ -51,6 +51,13 @@ def _du(path: Path) -> int:
     return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
 
 
+def _older_than_encoders(vector: Path) -> bool:
+    """Whether a cached vector was written before the last change to rvec's encoders."""
+    manifest = vector / "rvec.json"
+    newest = max(p.stat().st_mtime for p in (ROOT / "rvec_hub" / "encodings").glob("*.py"))
+    return manifest.exists() and manifest.stat().st_mtime < newest
+
+
 def _rvec(*args: str) -> None:
     subprocess.run([str(Path(sys.executable).with_name("rvec")), *args, "-q"], check=True)
 
@@ -64,6 +71,11 @@ def prepare(work: Path, rank: int) -> dict[str, Path]:
     paths = {"base": family / "instruct", "dense": work / "vec-dense", "sparse": work / "vec-sparse",
              "lowrank": work / f"vec-lowrank-r{rank}", "quantized": work / "vec-quantized", "applied": work / "applied"}
     timings = {}
+    for kind in ("sparse", "lowrank", "quantized"):  # written by the encoders of an older checkout
+        if _older_than_encoders(paths[kind]):
+            import shutil
+
+            shutil.rmtree(paths[kind])
     if not paths["dense"].exists():
         _rvec("extract", "--reference", str(family / "sft"), "--tuned", str(family / "grpo"), "-o", str(paths["dense"]))
     if not paths["sparse"].exists():

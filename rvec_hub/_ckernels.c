@@ -13,6 +13,7 @@
 #include <Python.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && defined(__linux__)
@@ -22,6 +23,7 @@
 #endif
 
 #define BAD_VALUE 8 /* a sum is NaN or infinite in bf16 */
+#define NO_MEMORY 9 /* a buffer could not be allocated */
 
 static inline float widen(uint16_t bits) {
     uint32_t u = (uint32_t)bits << 16;
@@ -88,108 +90,367 @@ CLONES int rvec_indexed(uint16_t *out, const int64_t *where, const float *values
 
 /* The walk of one coded block (rvec_hub/encodings/packed.py has the layout). With `add`, bf16 bits `out`
    get out += alpha * value at each entry; without, float32 `out` is filled with the decoded block (zeros
-   between the entries). Statuses other than 0 and BAD_VALUE name a corrupt block:
+   between the entries). The positions are gap bytes or (`bitmask`) one bit per element, least significant
+   first. Statuses other than 0 and BAD_VALUE name a corrupt block:
    1 an entry past the block's end, 2 more entries than codes, 3 a code outside the codebook,
    4 more escape codes than escaped values, 5 codes left over, 6 escaped values left over,
-   7 a code count or scale count that does not fit the block. */
-static inline __attribute__((always_inline)) int coded(
-    const uint8_t *gaps, int64_t n_gaps, const uint8_t *codes, int64_t n_codes, const float *table, int64_t n_table,
-    const float *escaped, int64_t n_escaped, int has_escaped, const float *scales, int64_t n_scales, int64_t cols,
-    void *target, int64_t n, float alpha, float *sums, const int add) {
-    uint16_t *bits = (uint16_t *)target;
-    float *values = (float *)target;
-    float err = 0.0f, norm = 0.0f;
-    int bad = 0;
-    int64_t e = 0, k = 0;
-    int scaled = n_scales > 0;
-    int bad_code = has_escaped ? 4 : 3;
-    sums[0] = 0.0f;
-    sums[1] = 0.0f;
-    if (scaled && n_scales * cols != n)
-        return 7;
-#define PUT(p, value)                                      \
-    do {                                                   \
-        float v_ = (value);                                \
-        if (add) {                                         \
-            if (v_ != 0.0f) {                              \
-                err += add_at(bits, (p), alpha, v_, &bad); \
-                norm += v_ * v_;                           \
-            }                                              \
-        } else {                                           \
-            values[p] = v_;                                \
-        }                                                  \
-    } while (0)
-    if (n_gaps == 0 && n_codes > 0 && !scaled) { /* a code for every element */
-        if (n_codes != n)
-            return 7;
-        for (int64_t p = 0; p < n; p++) {
-            uint8_t c = codes[p];
-            if (c < n_table) {
-                PUT(p, table[c]);
-            } else if (c == 255 && e < n_escaped) {
-                PUT(p, escaped[e]);
-                e++;
-            } else {
-                return c == 255 ? bad_code : 3;
-            }
-        }
-        k = n;
+   7 a code count, scale count or bitmask size that does not fit the block; 9 (NO_MEMORY) is no corruption
+   but a buffer that could not be allocated. */
+struct walk {
+    const uint8_t *codes;
+    int64_t n_codes, k;
+    const float *table;
+    int64_t n_table;
+    const float *escaped;
+    int64_t n_escaped, e;
+    int bad_code;
+    const float *scales; /* NULL: no scales */
+    int64_t cols, row, row_end;
+    void *target;
+    float alpha, err, norm;
+    int add, bad;
+};
+
+/* The value at position p, or 0 on success and a status: the next code, looked up, escaped, scaled. */
+static inline __attribute__((always_inline)) int next_value(struct walk *w, int64_t p, float *value) {
+    if (w->k >= w->n_codes)
+        return 2;
+    uint8_t c = w->codes[w->k++];
+    if (c < w->n_table) {
+        *value = w->table[c];
+    } else if (c == 255 && w->e < w->n_escaped) {
+        *value = w->escaped[w->e++];
     } else {
-        if (!add)
-            memset(values, 0, (size_t)n * sizeof(float));
-        int64_t p = -1, row = 0, row_end = cols;
-        for (int64_t i = 0; i < n_gaps; i++) {
-            uint8_t g = gaps[i];
-            if (g == 0) {
-                p += 255;
-                continue;
-            }
-            p += g;
-            if (p >= n)
-                return 1;
-            if (k >= n_codes)
-                return 2;
-            uint8_t c = codes[k++];
-            float value;
-            if (c < n_table) {
-                value = table[c];
-            } else if (c == 255 && e < n_escaped) {
-                value = escaped[e++];
-            } else {
-                return c == 255 ? bad_code : 3;
-            }
-            if (scaled) {
-                while (p >= row_end) {
-                    row++;
-                    row_end += cols;
-                }
-                value = value * scales[row];
-            }
-            PUT(p, value);
+        return c == 255 ? w->bad_code : 3;
+    }
+    if (w->scales) {
+        while (p >= w->row_end) {
+            w->row++;
+            w->row_end += w->cols;
+        }
+        *value *= w->scales[w->row];
+    }
+    return 0;
+}
+
+static inline __attribute__((always_inline)) void put(struct walk *w, int64_t p, float value) {
+    if (w->add) {
+        if (value != 0.0f) {
+            w->err += add_at((uint16_t *)w->target, p, w->alpha, value, &w->bad);
+            w->norm += value * value;
+        }
+    } else {
+        ((float *)w->target)[p] = value;
+    }
+}
+
+/* The entries of one group of bitmask positions: bit i of `m` set is an entry at p0 + i. */
+static inline __attribute__((always_inline)) int group(struct walk *w, int64_t p0, uint32_t m) {
+    while (m) {
+        int64_t p = p0 + __builtin_ctz(m);
+        m &= m - 1;
+        float value = 0.0f;
+        int status = next_value(w, p, &value);
+        if (status)
+            return status;
+        put(w, p, value);
+    }
+    return 0;
+}
+
+/* Sixteen bits of the bitmask from element p0 (a multiple of 16) on; the block's last byte may be the first. */
+static inline uint32_t bits16(const uint8_t *mask, int64_t n_mask, int64_t p0) {
+    int64_t at = p0 >> 3;
+    return mask[at] | (at + 1 < n_mask ? (uint32_t)mask[at + 1] << 8 : 0u);
+}
+
+static inline __attribute__((always_inline)) int walk_gaps(struct walk *w, const uint8_t *gaps, int64_t n_gaps, int64_t n) {
+    int64_t p = -1;
+    for (int64_t i = 0; i < n_gaps; i++) {
+        uint8_t g = gaps[i];
+        if (g == 0) {
+            p += 255;
+            continue;
+        }
+        p += g;
+        if (p >= n)
+            return 1;
+        float value = 0.0f;
+        int status = next_value(w, p, &value);
+        if (status)
+            return status;
+        put(w, p, value);
+    }
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int walk_mask(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
+    for (int64_t p0 = 0; p0 < n; p0 += 16) {
+        uint32_t m = bits16(mask, n_mask, p0);
+        if (n - p0 < 16 && m >> (n - p0))
+            return 1;
+        int status = group(w, p0, m);
+        if (status)
+            return status;
+    }
+    return 0;
+}
+
+static inline __attribute__((always_inline)) int walk_every(struct walk *w, int64_t n) {
+    if (w->n_codes != n)
+        return 7;
+    for (int64_t p = 0; p < n; p++) {
+        float value = 0.0f;
+        int status = next_value(w, p, &value);
+        if (status)
+            return status;
+        put(w, p, value);
+    }
+    return 0;
+}
+
+static int vector_walk = 1;
+
+/* Whether a bitmask walk may take the vector path where the CPU has one (`enable` 0 or 1; -1 only asks):
+   tests run the scalar walk on the same machine. Returns the setting before the call. */
+int rvec_vector_walk(int enable) {
+    int before = vector_walk;
+    if (enable >= 0)
+        vector_walk = enable;
+    return before;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#include <immintrin.h>
+#define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi,bmi2,popcnt,fma")))
+
+/* walk_mask sixteen elements at a time: the group's codes looked up together (a gather from the codebook),
+   expanded to their positions (vexpandps) and added in vector lanes, with the same fused sum and rounding
+   as add_at, bit for bit. A group with an escaped code, a code outside the codebook, too few codes left or
+   (scaled) a row that starts inside it in a matrix of fewer than 16 columns goes through `group`. */
+/* Each code's value, into `values` (n_codes floats): the codebook's, or the next escaped value for the
+   escape code; 0, or the block's status. */
+static int look_up(struct walk *w, float *values) {
+    const uint8_t *codes = w->codes;
+    const float *table = w->table;
+    const int64_t n_table = w->n_table;
+    for (int64_t i = 0; i < w->n_codes; i++) {
+        uint8_t c = codes[i];
+        if (__builtin_expect(c < n_table, 1)) {
+            values[i] = table[c];
+        } else if (c == 255 && w->e < w->n_escaped) {
+            values[i] = w->escaped[w->e++];
+        } else {
+            return c == 255 ? w->bad_code : 3;
         }
     }
-#undef PUT
-    if (k != n_codes)
+    return 0;
+}
+
+/* look_up sixteen codes at a time: a gather from the codebook (a permute for one of 16 values or fewer);
+   sixteen codes with one outside the codebook (an escape, or a corrupt code) go through look_up's loop. */
+AVX512 static int look_up_avx512(struct walk *w, float *values) {
+    const uint8_t *codes = w->codes;
+    const float *table = w->table;
+    const int64_t n_codes = w->n_codes, n_table = w->n_table;
+    const int small = n_table <= 16;
+    const __m512 few = small ? _mm512_maskz_loadu_ps((__mmask16)((1u << n_table) - 1u), table) : _mm512_setzero_ps();
+    const __m128i limit = _mm_set1_epi8((char)(n_table < 255 ? n_table : 255));
+    for (int64_t i = 0; i < n_codes; i += 16) {
+        int64_t left = n_codes - i;
+        __mmask16 lanes = left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1u);
+        __m128i code = _mm_maskz_loadu_epi8(lanes, codes + i);
+        if (n_table < 256 && _mm_mask_cmpge_epu8_mask(lanes, code, limit)) {
+            struct walk part = *w;
+            part.codes = codes + i;
+            part.n_codes = left < 16 ? left : 16;
+            int status = look_up(&part, values + i);
+            if (status)
+                return status;
+            w->e = part.e;
+            continue;
+        }
+        __m512i index = _mm512_cvtepu8_epi32(code);
+        __m512 v = small ? _mm512_permutexvar_ps(index, few) : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes, index, table, 4);
+        _mm512_mask_storeu_ps(values + i, lanes, v);
+    }
+    return 0;
+}
+
+/* One step of walk_mask_avx512: the sixteen elements from p0 on, their values the next ones of `looked`;
+   0, or the block's status. */
+AVX512 static inline __attribute__((always_inline)) int step16(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n, int64_t p0,
+                                                               const float *looked, int64_t *k, __m512 *err, __m512 *norm, __mmask16 *bad,
+                                                               const int add, const int scaled) {
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512i exponent = _mm512_set1_epi32(0x7F80);
+    uint16_t *bits = (uint16_t *)w->target;
+    float *values = (float *)w->target;
+    uint32_t m;
+    int64_t len = 16;
+    __mmask16 lanes = 0xFFFF;
+    if (__builtin_expect(p0 + 16 <= n, 1)) {
+        uint16_t m16;
+        memcpy(&m16, mask + (p0 >> 3), sizeof m16);
+        m = m16;
+    } else {
+        m = bits16(mask, n_mask, p0);
+        len = n - p0;
+        lanes = (__mmask16)((1u << len) - 1u);
+        if (m >> len)
+            return 1;
+    }
+    int count = __builtin_popcount(m);
+    if (*k + count > w->n_codes)
+        return 2;
+    __m512 v = _mm512_maskz_expandloadu_ps((__mmask16)m, looked + *k);
+    *k += count;
+    if (scaled && m) {
+        while (p0 >= w->row_end) {
+            w->row++;
+            w->row_end += w->cols;
+        }
+        if (w->row_end - p0 >= len) {
+            v = _mm512_mul_ps(v, _mm512_set1_ps(w->scales[w->row]));
+        } else { /* rows start inside the step: each lane's own row */
+            float scale[16];
+            int64_t row = w->row, row_end = w->row_end;
+            for (int i = 0; i < len; i++) {
+                while (p0 + i >= row_end) {
+                    row++;
+                    row_end += w->cols;
+                }
+                scale[i] = w->scales[row];
+            }
+            for (int i = len; i < 16; i++)
+                scale[i] = 0.0f;
+            v = _mm512_mul_ps(v, _mm512_loadu_ps(scale));
+        }
+    }
+    if (!add) {
+        _mm512_mask_storeu_ps(values + p0, lanes, v);
+        return 0;
+    }
+    if (!m)
+        return 0;
+    __mmask16 live = _mm512_mask_cmp_ps_mask((__mmask16)m, v, zero, _CMP_NEQ_UQ);
+    __m512 base = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, bits + p0)), 16));
+    __m512 exact = _mm512_fmadd_ps(_mm512_set1_ps(w->alpha), v, base);
+    __m512i u = _mm512_castps_si512(exact);
+    __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+    _mm256_mask_storeu_epi16(bits + p0, live, _mm512_cvtepi32_epi16(rounded));
+    __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
+    *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
+    *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
+    *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+    return 0;
+}
+
+/* Two steps at a time, each with its own sums, so that neither waits on the other's. */
+AVX512 static inline __attribute__((always_inline)) int walk_mask_avx512_as(struct walk *w, const uint8_t *mask, int64_t n_mask,
+                                                                             int64_t n, const float *looked, const int add, const int scaled) {
+    __m512 err[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, norm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __mmask16 bad = 0;
+    int64_t k = 0;
+    int status = 0;
+    for (int64_t p0 = 0; p0 < n && !status; p0 += 32) {
+        status = step16(w, mask, n_mask, n, p0, looked, &k, &err[0], &norm[0], &bad, add, scaled);
+        if (!status && p0 + 16 < n)
+            status = step16(w, mask, n_mask, n, p0 + 16, looked, &k, &err[1], &norm[1], &bad, add, scaled);
+    }
+    if (status)
+        return status;
+    w->k = k;
+    w->err += _mm512_reduce_add_ps(_mm512_add_ps(err[0], err[1]));
+    w->norm += _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
+    w->bad |= bad != 0;
+    return 0;
+}
+
+/* walk_mask in two passes: every code looked up into a buffer, then the bitmask walked sixteen elements
+   at a time, each step's values expanded from the buffer to their positions (vexpandps) and added in
+   vector lanes with the same fused sum and rounding as add_at, bit for bit. */
+AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
+    float *looked = malloc((size_t)(w->n_codes + 16) * sizeof(float));
+    if (!looked)
+        return NO_MEMORY;
+    int status = look_up_avx512(w, looked);
+    if (!status) {
+        if (w->add)
+            status = w->scales ? walk_mask_avx512_as(w, mask, n_mask, n, looked, 1, 1) : walk_mask_avx512_as(w, mask, n_mask, n, looked, 1, 0);
+        else
+            status = w->scales ? walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 1) : walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 0);
+    }
+    free(looked);
+    return status;
+}
+
+static int has_avx512(void) {
+    static int known = -1;
+    if (vector_walk == 0)
+        return 0;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("bmi2");
+    }
+    return known;
+}
+#endif
+
+static inline __attribute__((always_inline)) int coded(
+    const uint8_t *positions, int64_t n_positions, int bitmask, const uint8_t *codes, int64_t n_codes, const float *table,
+    int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped, const float *scales, int64_t n_scales, int64_t cols,
+    void *target, int64_t n, float alpha, float *sums, const int add) {
+    struct walk w = {codes, n_codes, 0, table, n_table, escaped, n_escaped, 0, has_escaped ? 4 : 3,
+                     n_scales > 0 ? scales : NULL, cols, 0, cols, target, alpha, 0.0f, 0.0f, add, 0};
+    int status;
+    sums[0] = 0.0f;
+    sums[1] = 0.0f;
+    if ((w.scales && n_scales * cols != n) || (bitmask && n_positions != (n + 7) / 8))
+        return 7;
+    if (bitmask) {
+#ifdef AVX512
+        if (has_avx512())
+            status = walk_mask_avx512(&w, positions, n_positions, n);
+        else
+#endif
+        {
+            if (!add)
+                memset(target, 0, (size_t)n * sizeof(float));
+            status = walk_mask(&w, positions, n_positions, n);
+        }
+    } else if (n_positions == 0 && n_codes > 0 && !w.scales) { /* a code for every element */
+        status = walk_every(&w, n);
+    } else {
+        if (!add)
+            memset(target, 0, (size_t)n * sizeof(float));
+        status = walk_gaps(&w, positions, n_positions, n);
+    }
+    if (status)
+        return status;
+    if (w.k != n_codes)
         return 5;
-    if (e != n_escaped)
+    if (w.e != n_escaped)
         return 6;
-    sums[0] = err;
-    sums[1] = norm * alpha * alpha;
-    return bad ? BAD_VALUE : 0;
+    sums[0] = w.err;
+    sums[1] = w.norm * alpha * alpha;
+    return w.bad ? BAD_VALUE : 0;
 }
 
-CLONES int rvec_coded_add(const uint8_t *gaps, int64_t n_gaps, const uint8_t *codes, int64_t n_codes, const float *table,
-                          int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped, const float *scales,
-                          int64_t n_scales, int64_t cols, uint16_t *out, int64_t n, float alpha, float *sums) {
-    return coded(gaps, n_gaps, codes, n_codes, table, n_table, escaped, n_escaped, has_escaped, scales, n_scales, cols, out, n,
-                 alpha, sums, 1);
+CLONES int rvec_coded_add(const uint8_t *positions, int64_t n_positions, int bitmask, const uint8_t *codes, int64_t n_codes,
+                          const float *table, int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped,
+                          const float *scales, int64_t n_scales, int64_t cols, uint16_t *out, int64_t n, float alpha, float *sums) {
+    return coded(positions, n_positions, bitmask, codes, n_codes, table, n_table, escaped, n_escaped, has_escaped, scales, n_scales,
+                 cols, out, n, alpha, sums, 1);
 }
 
-CLONES int rvec_coded_decode(const uint8_t *gaps, int64_t n_gaps, const uint8_t *codes, int64_t n_codes, const float *table,
-                             int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped, const float *scales,
-                             int64_t n_scales, int64_t cols, float *out, int64_t n, float *sums) {
-    return coded(gaps, n_gaps, codes, n_codes, table, n_table, escaped, n_escaped, has_escaped, scales, n_scales, cols, out, n,
-                 0.0f, sums, 0);
+CLONES int rvec_coded_decode(const uint8_t *positions, int64_t n_positions, int bitmask, const uint8_t *codes, int64_t n_codes,
+                             const float *table, int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped,
+                             const float *scales, int64_t n_scales, int64_t cols, float *out, int64_t n, float *sums) {
+    return coded(positions, n_positions, bitmask, codes, n_codes, table, n_table, escaped, n_escaped, has_escaped, scales, n_scales,
+                 cols, out, n, 0.0f, sums, 0);
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", "rvec's compiled kernels, called through ctypes.", -1, NULL};

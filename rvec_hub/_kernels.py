@@ -26,12 +26,15 @@ for _name, _args in {
     "rvec_dense_bf16": [_P, _P, _N, _F, _P],
     "rvec_dense_f32": [_P, _P, _N, _F, _P],
     "rvec_indexed": [_P, _P, _P, _N, _F, _P],
-    "rvec_coded_add": [_P, _N, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _F, _P],
-    "rvec_coded_decode": [_P, _N, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _P],
+    "rvec_coded_add": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _F, _P],
+    "rvec_coded_decode": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _P],
 }.items():
     getattr(_lib, _name).argtypes = _args
     getattr(_lib, _name).restype = _I
+_lib.rvec_vector_walk.argtypes = [_I]
+_lib.rvec_vector_walk.restype = _I
 _NONE = np.zeros(0, dtype=np.float32)
+_NO_MEMORY = 9  # a status of `coded`: its buffer could not be allocated (as in _ckernels.c)
 
 
 def _at(array: np.ndarray, dtype: type) -> int:
@@ -69,12 +72,13 @@ def indexed(out: np.ndarray, where: np.ndarray, values: np.ndarray, alpha: float
 
 
 def coded(
-    gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray | None, scales: np.ndarray | None,
-    cols: int, out: np.ndarray, alpha: float,
+    positions: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray | None, scales: np.ndarray | None,
+    cols: int, out: np.ndarray, alpha: float, bitmask: bool = False,
 ) -> tuple[int, float, float]:
     """Each coded entry of a `packed` block, or with per-row `scales` (one per row of `cols` elements) a
     `quantized` one, into `out`: float32 `out` is filled with the decoded block (zeros between the entries),
-    bf16 bits (uint16) get out ← bf16(out + α·value).
+    bf16 bits (uint16) get out ← bf16(out + α·value). `positions` (uint8) are gap bytes or, with `bitmask`,
+    one bit per element of `out`.
 
     `escaped` None is an encoding without escaped values (code 255 is then one more code outside the
     codebook); `scales` None or empty, no scales. Returns (status, error², ‖α·Δ‖²): a status other than 0 is
@@ -85,11 +89,20 @@ def coded(
     scales = _NONE if scales is None else scales
     sums = np.zeros(2, dtype=np.float32)
     streams = (
-        _at(gaps, np.uint8), gaps.size, _at(codes, np.uint8), codes.size, _at(table, np.float32), table.size,
+        _at(positions, np.uint8), positions.size, bitmask, _at(codes, np.uint8), codes.size, _at(table, np.float32), table.size,
         _at(escaped, np.float32), escaped.size, has_escaped, _at(scales, np.float32), scales.size, cols,
     )
     if out.dtype == np.float32:
         status = _lib.rvec_coded_decode(*streams, _at(out, np.float32), out.size, sums.ctypes.data)
     else:
         status = _lib.rvec_coded_add(*streams, _at(out, np.uint16), out.size, alpha, sums.ctypes.data)
+    if status == _NO_MEMORY:
+        raise MemoryError(f"no memory for the {codes.size} values of a coded block")
     return _result(status, sums)
+
+
+def vector_walk(enabled: bool | None = None) -> bool:
+    """Whether bitmask blocks are walked sixteen elements at a time where the CPU can (AVX-512), the
+    default; `enabled` False makes every walk scalar (the same results), for tests. Returns the setting
+    before the call."""
+    return bool(_lib.rvec_vector_walk(-1 if enabled is None else int(enabled)))

@@ -115,18 +115,20 @@ def add_at(rows: torch.Tensor, where: torch.Tensor, values: torch.Tensor, alpha:
 
 def add_coded(
     rows: torch.Tensor,
-    gaps: np.ndarray,
+    positions: np.ndarray,
     codes: np.ndarray,
     table: np.ndarray,
     escaped: np.ndarray | None,
     alpha: float,
     scales: np.ndarray | None = None,
+    bitmask: bool = False,
 ) -> tuple[int, float, float]:
     """rows ← bf16(rows + α·Δ) for the entries of one packed (or quantized) block, in place.
 
     Args:
         rows: contiguous bf16 base rows the block covers, overwritten where the block has entries.
-        gaps, codes: the block's gap and code streams (uint8); `gaps` empty when every element is coded.
+        positions, codes: the block's position and code streams (uint8); `positions` are gap bytes, empty
+            when every element is coded, or with `bitmask` one bit per element.
         table, escaped: the codebook and the escaped values, float32; `escaped` None for an encoding
             without escaped values (`quantized`), whose code 255 is then one more code outside the codebook.
         scales: one float32 scale per row of `rows`, multiplying each coded value (`quantized`).
@@ -136,7 +138,7 @@ def add_coded(
     """
     target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
     cols = rows[0].numel() if rows.dim() and rows.shape[0] else 1
-    return _kernels()["coded"](gaps, codes, table, escaped, scales, cols, target, alpha)
+    return _kernels()["coded"](positions, codes, table, escaped, scales, cols, target, alpha, bitmask)
 
 
 @lru_cache(maxsize=1)

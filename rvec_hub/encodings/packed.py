@@ -5,8 +5,11 @@ place of the reference weight: a few hundred distinct values cover almost all of
 (`row_chunks`, about a million elements) is stored as three zstd frames, so a row range decodes only the
 blocks it touches:
 
-- `gaps`: per non-zero entry, its distance from the previous one in the block, flattened row-major, as one
-  byte; a 0 byte adds 255 to the next distance (for runs of zeros longer than 255);
+- positions, flattened row-major: a `bitmask`, one bit per element (least significant first), when at
+  least one element in 16 is an entry; otherwise `gaps`, per entry its distance from the previous one in the
+  block as one byte, where a 0 byte adds 255 to the next distance (for runs of zeros longer than 255). Both
+  cost about the entropy of the positions; the bitmask decodes sixteen elements per step (`_ckernels.c`),
+  where the gaps are a serial walk of a few nanoseconds per entry;
 - `codes`: per non-zero entry, one byte: its index in the tensor's codebook of up to 255 frequent values
   (`table`), or 255 for a value stored whole;
 - `escapes`: the values stored whole, split into byte planes (least significant byte first).
@@ -15,8 +18,12 @@ zstd runs its optimal parser (`btopt`) with a one-step search: these streams are
 symbols with a few very frequent ones, where Huffman-coded literals alone lose up to 15 % to the entropy
 and the parser's cheap short repeats win it back (on a SmolLM2 fine-tune delta: 0.80 of ZipNN's bytes
 against 0.90 with the fast strategy); a deeper search costs time and gains nothing on these streams.
-The tensor's `index` (int64, one row per block) holds the block's last row + 1, entry, escape and gap-byte
-counts, and the end offsets of its three frames in `data` (uint8).
+A stream zstd shrinks by less than a quarter (a bitmask with a quarter of its bits set: by a fifth) is
+stored in a frame of raw blocks instead, which decodes at memory speed: decoding that bitmask costs as much
+as adding its entries, for a fifth of its bytes.
+The tensor's `index` (int64, one row per block) holds the block's last row + 1, entry, escape and position
+byte counts, and the end offsets of its three frames in `data` (uint8); `params["positions"]` is
+"bitmask" for a bitmask (absent: gaps).
 """
 
 from __future__ import annotations
@@ -41,7 +48,12 @@ ROLES = ("index", "table", "data")
 ESCAPE = 255
 _FILLER = 255
 _EVERY_ELEMENT_ABOVE = 0.65  # share of non-zeros above which coding every element is smaller (measured)
-_INDEX_COLUMNS = 7  # row stop, entries, escapes, gap bytes, end of gaps, end of codes, end of escapes
+# Share of entries from which positions are a bitmask: gaps are up to 10 % smaller below it (zstd, measured
+# on random positions), and their walk then costs less than the bitmask's pass over every element.
+BITMASK_FROM = 1 / 16
+_RAW_ABOVE = 0.75  # a stream compressed to more than this share of its bytes is stored raw
+_RAW_BLOCK = 1 << 17  # zstd's largest block
+_INDEX_COLUMNS = 7  # row stop, entries, escapes, position bytes, end of positions, end of codes, end of escapes
 _INT = {2: torch.int16, 4: torch.int32, 8: torch.int64}
 _NUMPY_INT = {2: np.int16, 4: np.int32, 8: np.int64}
 
@@ -68,6 +80,27 @@ def _compressor() -> Any:
         )
         compressor = _local.compressor = zstandard.ZstdCompressor(compression_params=params)
     return compressor
+
+
+def frame(stream: np.ndarray) -> bytes:
+    """One stream as a zstd frame: compressed, or raw blocks where compression saves less than a quarter;
+    b"" for an empty stream."""
+    if not stream.size:
+        return b""
+    raw = np.ascontiguousarray(stream).tobytes()
+    compressed = _compressor().compress(raw)
+    return compressed if len(compressed) <= _RAW_ABOVE * len(raw) else _stored_frame(raw)
+
+
+def _stored_frame(data: bytes) -> bytes:
+    """`data` as a zstd frame of raw blocks (RFC 8878: single segment, 4- or 8-byte content size, no checksum)."""
+    size = len(data)
+    header = b"\x28\xb5\x2f\xfd" + (bytes([0xA0]) + size.to_bytes(4, "little") if size < 1 << 32 else bytes([0xE0]) + size.to_bytes(8, "little"))
+    blocks = [header]
+    for at in range(0, max(size, 1), _RAW_BLOCK):
+        chunk = data[at : at + _RAW_BLOCK]
+        blocks.append((len(chunk) << 3 | int(at + _RAW_BLOCK >= size)).to_bytes(3, "little") + chunk)  # raw block, last flag
+    return b"".join(blocks)
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:
@@ -129,6 +162,19 @@ def _entries(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return gaps.astype(np.uint8), bits[where]
 
 
+def _bitmask_entries(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(bitmask, values) of one block's flattened storage bits, as `_entries`."""
+    nonzero = bits != 0
+    return np.packbits(nonzero, bitorder="little"), bits[nonzero]
+
+
+def position_coding(entries: int, elements: int) -> str:
+    """How a tensor with this many entries stores their positions: "every" element coded, "bitmask" or "gaps"."""
+    if entries > _EVERY_ELEMENT_ABOVE * elements:
+        return "every"
+    return "bitmask" if entries >= BITMASK_FROM * elements else "gaps"
+
+
 def _encode(delta: torch.Tensor, *, dtype: torch.dtype = torch.bfloat16, rows_per_block: int | None = None, **_: object) -> Encoded:
     # Every step is a memory-bound pass over a block; more threads only wait on each other (see streaming_threads).
     with streaming_threads():
@@ -147,24 +193,25 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
         values = flat[a:b].to(dtype)
         err_sq += _rounding_error_sq(flat[a:b], values)
         stored_bits.append(_bits(values).reshape(-1).numpy())
-    # Mostly non-zero, a code per element (zero is then one of the values) costs less than gaps and codes.
-    every = sum(int(np.count_nonzero(bits)) for bits in stored_bits) > _EVERY_ELEMENT_ABOVE * rows * cols
-    blocks = [(np.zeros(0, dtype=np.uint8), bits) if every else _entries(bits) for bits in stored_bits]
+    # Mostly non-zero, a code per element (zero is then one of the values) costs less than positions and codes.
+    coding = position_coding(sum(int(np.count_nonzero(bits)) for bits in stored_bits), rows * cols)
+    every = coding == "every"
+    split = _bitmask_entries if coding == "bitmask" else _entries
+    blocks = [(np.zeros(0, dtype=np.uint8), bits) if every else split(bits) for bits in stored_bits]
     del stored_bits
     table = _codebook(blocks, dtype)
     coder = _coder(table)
     index, frames, nnz, offset = [], [], 0, 0
-    for (_, b), (gaps, values) in zip(chunks, blocks):
+    for (_, b), (positions, values) in zip(chunks, blocks):
         codes = coder(values)
         escaped = values[codes == ESCAPE]
         planes = escaped.view(np.uint8).reshape(-1, dtype.itemsize).T
         ends = []
-        for stream in (gaps, codes, planes):
-            frame = _compressor().compress(np.ascontiguousarray(stream).tobytes()) if stream.size else b""
-            frames.append(frame)
-            offset += len(frame)
+        for stream in (positions, codes, planes):
+            frames.append(frame(stream))
+            offset += len(frames[-1])
             ends.append(offset)
-        index.append([b, values.size, escaped.size, gaps.size, *ends])
+        index.append([b, values.size, escaped.size, positions.size, *ends])
         nnz += int(np.count_nonzero(values)) if every else values.size
     data = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if offset else torch.zeros(0, dtype=torch.uint8)
     stored = {
@@ -175,7 +222,8 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
     norm = torch.linalg.vector_norm(delta).item()
     rel = math.sqrt(err_sq) / norm if norm else 0.0
     density = nnz / max(1, rows * cols)
-    return Encoded("packed", stored, params={"density": density}, stats={"rel_error": rel, "density": density, "energy": 1.0 - rel**2})
+    params: dict[str, Any] = {"density": density, **({"positions": "bitmask"} if coding == "bitmask" else {})}
+    return Encoded("packed", stored, params=params, stats={"rel_error": rel, "density": density, "energy": 1.0 - rel**2})
 
 
 def _rounding_error_sq(exact: torch.Tensor, stored: torch.Tensor) -> float:
@@ -187,13 +235,14 @@ def _rounding_error_sq(exact: torch.Tensor, stored: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class Streams:
-    """One block's streams, decompressed: gap bytes and codes (uint8), escaped values and row scales
-    (float32; None for an encoding without them)."""
+    """One block's streams, decompressed: positions (gap bytes, or with `bitmask` a bit per element) and
+    codes (uint8), escaped values and row scales (float32; None for an encoding without them)."""
 
-    gaps: np.ndarray
+    positions: np.ndarray
     codes: np.ndarray
     escaped: torch.Tensor | None
     scales: torch.Tensor | None = None
+    bitmask: bool = False
 
 
 # (entry, payload, its index row, its first byte in `data`, its first row) → the block's checked streams
@@ -234,7 +283,7 @@ def add_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, rows
         if lo == first and hi == block[0]:
             escaped = None if coded.escaped is None else coded.escaped.numpy()
             scales = None if coded.scales is None else coded.scales.numpy()
-            step, e, n = fused.add_coded(target, coded.gaps, coded.codes, values, escaped, alpha, scales)
+            step, e, n = fused.add_coded(target, coded.positions, coded.codes, values, escaped, alpha, scales, coded.bitmask)
             if 0 < step < fused.BAD_VALUE:
                 raise _corrupt_block(entry, first, _problem(step, coded.escaped))
         else:
@@ -275,13 +324,20 @@ def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -
     """The block index, refused unless its rows and frame offsets rise to the tensor's and the data's ends."""
     blocks = payload.read(entry.keys["index"]).tolist()
     size = payload.shape(entry.keys["data"])[0]
+    bitmask = is_bitmask(entry)
     first, offset, problem = 0, 0, None
-    for last, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes in blocks:
+    for last, count, escapes, position_bytes, end_positions, end_codes, end_escapes in blocks:
+        elements = (last - first) * cols
+        if bitmask:
+            positions_fit = position_bytes == -(-elements // 8)
+        else:
+            positions_fit = not (count > position_bytes and position_bytes)
         if not first < last <= rows:
             problem = f"lists rows {first}-{last} of a tensor with {rows}"
-        elif min(count, escapes, gap_bytes) < 0 or escapes > count or count > (last - first) * cols or (count > gap_bytes and gap_bytes):
-            problem = f"counts {count} entries, {escapes} escapes and {gap_bytes} gap bytes in rows {first}-{last}"
-        elif not offset <= end_gaps <= end_codes <= end_escapes <= size:
+        elif min(count, escapes, position_bytes) < 0 or escapes > count or count > elements or not positions_fit:
+            kind = "bitmask" if bitmask else "gap"
+            problem = f"counts {count} entries, {escapes} escapes and {position_bytes} {kind} bytes in rows {first}-{last}"
+        elif not offset <= end_positions <= end_codes <= end_escapes <= size:
             problem = f"places the frames of rows {first}-{last} outside the {size} stored bytes"
         if problem:
             break
@@ -293,8 +349,13 @@ def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -
     return blocks
 
 
+def is_bitmask(entry: TensorEntry) -> bool:
+    """Whether the tensor's blocks store their positions as a bitmask (else as gap bytes)."""
+    return entry.params.get("positions") == "bitmask"
+
+
 def _decode_block(entry: TensorEntry, first_row: int, table: torch.Tensor, coded: Streams, out: torch.Tensor) -> None:
-    problem = scatter(coded.gaps, coded.codes, table, coded.escaped, out, coded.scales)
+    problem = scatter(coded.positions, coded.codes, table, coded.escaped, out, coded.scales, bitmask=coded.bitmask)
     if problem:
         raise _corrupt_block(entry, first_row, problem)
 
@@ -304,17 +365,17 @@ def _corrupt_block(entry: TensorEntry, first_row: int, problem: str) -> FormatEr
 
 
 def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first_row: int) -> Streams:
-    """A block's gap bytes, codes and escaped values (float32), decompressed."""
-    _, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes = block
+    """A block's positions, codes and escaped values (float32), decompressed."""
+    _, count, escapes, position_bytes, end_positions, end_codes, end_escapes = block
     itemsize = _item_size(entry)
     raw = payload.read(entry.keys["data"], begin, end_escapes)
-    gaps = _unzstd(entry, raw[: end_gaps - begin], gap_bytes, first_row)
-    codes = _unzstd(entry, raw[end_gaps - begin : end_codes - begin], count, first_row)
+    positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first_row)
+    codes = _unzstd(entry, raw[end_positions - begin : end_codes - begin], count, first_row)
     planes = _unzstd(entry, raw[end_codes - begin :], escapes * itemsize, first_row)
     escaped = torch.zeros(0, dtype=torch.float32)
     if escapes:
         escaped = torch.from_numpy(planes.reshape(itemsize, escapes).T.copy()).view(storage_dtype(entry)).reshape(-1).float()
-    return Streams(gaps, codes, escaped)
+    return Streams(positions, codes, escaped, bitmask=is_bitmask(entry))
 
 
 def _unzstd(entry: TensorEntry, frame: torch.Tensor, size: int, first_row: int) -> np.ndarray:
@@ -336,24 +397,26 @@ def _item_size(entry: TensorEntry) -> int:
 
 
 def scatter(
-    gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor, scales: torch.Tensor | None = None
+    positions: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor,
+    scales: torch.Tensor | None = None, *, bitmask: bool = False,
 ) -> str | None:
     """Fill the float32 block `out` with zeros and each coded entry; a description of what is wrong, or None.
 
-    `escaped` None is an encoding without escaped values (`quantized`); with `scales`, one per row of the
-    2-D `out`, each value is multiplied by its row's. One pass of the compiled walk (`rvec_hub._kernels`,
+    `positions` are gap bytes or, with `bitmask`, one bit per element. `escaped` None is an encoding without
+    escaped values (`quantized`); with `scales`, one per row of the 2-D `out`, each value is multiplied by
+    its row's. One pass of the compiled walk (`rvec_hub._kernels`,
     about a nanosecond per element) where the package's compiled part was built; otherwise the same in
     torch operations (`scatter_torch`).
     """
-    if not gaps.size and codes.size and scales is None:  # a code for every element
+    if not positions.size and codes.size and scales is None and not bitmask:  # a code for every element
         if codes.size != out.numel():
             return _STATUS[7]
     kernel = _compiled_kernel()
     if kernel is None:
-        return scatter_torch(gaps, codes, table, escaped, out, scales)
+        return scatter_torch(positions, codes, table, escaped, out, scales, bitmask=bitmask)
     status = kernel(
-        gaps, codes, table.numpy(), None if escaped is None else escaped.numpy(), out.reshape(-1).numpy(),
-        None if scales is None else scales.numpy(), _cols(out),
+        positions, codes, table.numpy(), None if escaped is None else escaped.numpy(), out.reshape(-1).numpy(),
+        None if scales is None else scales.numpy(), _cols(out), bitmask,
     )
     return _problem(int(status), escaped) if status else None
 
@@ -364,12 +427,12 @@ def _cols(out: torch.Tensor) -> int:
 
 _STATUS = {
     1: "places an entry past its last element",
-    2: "has more gaps than codes",
+    2: "has more entries than codes",
     3: "uses a code outside its codebook",
     4: "has more escaped codes than escaped values",
     5: "leaves codes unused",
     6: "leaves escaped values unused",
-    7: "codes every element but holds another number of codes",
+    7: "holds a number of codes, scales or bitmask bytes that does not fit its elements",
 }
 
 
@@ -380,18 +443,29 @@ def _problem(status: int, escaped: torch.Tensor | None) -> str:
 
 
 def scatter_torch(
-    gaps: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor, scales: torch.Tensor | None = None
+    positions: np.ndarray, codes: np.ndarray, table: torch.Tensor, escaped: torch.Tensor | None, out: torch.Tensor,
+    scales: torch.Tensor | None = None, *, bitmask: bool = False,
 ) -> str | None:
     """`scatter` in torch operations, for an installation without the compiled kernels."""
     out.zero_()
     flat = out.view(-1)
     code = torch.from_numpy(codes.astype(np.int64))
-    if not gaps.size and codes.size and scales is None:  # a code for every element
+    if scales is not None and scales.numel() * _cols(out) != flat.numel():
+        return _STATUS[7]
+    if bitmask:
+        if positions.size != -(-flat.numel() // 8):
+            return _STATUS[7]
+        bits = np.unpackbits(positions, bitorder="little")
+        if bits[flat.numel() :].any():
+            return _STATUS[1]
+        position = torch.from_numpy(np.flatnonzero(bits))
+    elif not positions.size and codes.size and scales is None:  # a code for every element
         return _gather_torch(code, table, escaped, flat)
-    steps = torch.from_numpy(gaps.astype(np.int64))
-    filler = steps == 0
-    position = torch.cumsum(torch.where(filler, _FILLER, steps), 0) - 1
-    position = position[~filler]
+    else:
+        steps = torch.from_numpy(positions.astype(np.int64))
+        filler = steps == 0
+        position = torch.cumsum(torch.where(filler, _FILLER, steps), 0) - 1
+        position = position[~filler]
     if position.numel() > code.numel():
         return _STATUS[2]
     if position.numel() < code.numel():
@@ -430,8 +504,11 @@ def _compiled_kernel() -> Any:
     except ImportError:
         return None
 
-    def kernel(gaps: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray | None, out: np.ndarray, scales: np.ndarray | None = None, cols: int = 1) -> int:
-        return coded(gaps, codes, table, escaped, scales, cols, out, 0.0)[0]
+    def kernel(
+        positions: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray | None, out: np.ndarray,
+        scales: np.ndarray | None = None, cols: int = 1, bitmask: bool = False,
+    ) -> int:
+        return coded(positions, codes, table, escaped, scales, cols, out, 0.0, bitmask)[0]
 
     return kernel
 
@@ -451,7 +528,15 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
         problems.append(f"tensor {entry.name}: stored index {key!r} has shape {list(shape)} and dtype {payload.dtype(key)}, expected [blocks, {_INDEX_COLUMNS}] int64")
     elif not problems and payload.shape(entry.keys["table"])[0] > ESCAPE:
         problems.append(f"tensor {entry.name}: the packed codebook holds {payload.shape(entry.keys['table'])[0]} values, at most {ESCAPE} are allowed")
-    return problems
+    return problems + position_problems(entry)
+
+
+def position_problems(entry: TensorEntry) -> list[str]:
+    """What is wrong with the tensor's `positions` parameter: absent (gaps) or "bitmask"."""
+    coding = entry.params.get("positions")
+    if coding is None or coding == "bitmask":
+        return []
+    return [f"tensor {entry.name}: {entry.encoding} positions {coding!r} is not a position coding rvec knows (\"bitmask\", or absent for gaps)"]
 
 
 CODEC = Codec("packed", _decode_rows, _encode, validate=_validate, add_into=_add_into)

@@ -11,9 +11,10 @@ BitDelta (a sign and a scale per weight matrix) and DeltaZip (sparse positions, 
   root mean square; each row's scale is then the least-squares fit of its coded values (stored bf16).
 
 The payload is laid out as `packed` lays out its own, per block of rows: an `index` (int64, one row per
-block: last row + 1, entries, 0 escapes, gap bytes and the end offsets of the gap, code and (empty)
-escape frames in `data`), gap-coded positions and one byte per code, each stream one zstd frame; `packed`'s
-block walks (`decode_blocks`, `add_blocks`) read it, with this encoding's codebook and streams.
+block: last row + 1, entries, 0 escapes, position bytes and the end offsets of the position, code and (empty)
+escape frames in `data`), positions as a bitmask or gaps (`packed.position_coding`, a bitmask from one kept
+entry in 16 on) and one byte per code, each stream one zstd frame; `packed`'s block walks (`decode_blocks`,
+`add_blocks`) read it, with this encoding's codebook and streams.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .packed import Streams, _compressor, _entries, _unzstd, add_blocks, as_rows, decode_blocks
+from .packed import Streams, _bitmask_entries, _entries, frame, _unzstd, add_blocks, as_rows, decode_blocks, is_bitmask, position_coding, position_problems
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
@@ -54,6 +55,8 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
     cut = _cut(flat, chunks, keep)
     kept = cut[2]
     table = _codebook(flat, chunks, cut, bits)
+    bitmask = position_coding(kept, rows * cols) != "gaps"  # with scales, every element is never coded
+    split = _bitmask_entries if bitmask else _entries
     bounds = (table[1:] + table[:-1]) / 2
     scales = np.zeros(rows, dtype=np.float32)
     index, frames, offset, err_sq = [], [], 0, 0.0
@@ -69,15 +72,14 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
         restored = level * scales[a:b][row]
         err_sq += float(np.square(values - restored, dtype=np.float64).sum()) + float(np.square(block[~mask], dtype=np.float64).sum())
         marked = np.zeros(block.size, dtype=np.uint16)
-        marked[np.flatnonzero(mask)] = codes.astype(np.uint16) + 1  # `_entries` gap-codes the non-zero entries
-        gaps, coded = _entries(marked)
+        marked[np.flatnonzero(mask)] = codes.astype(np.uint16) + 1  # `split` codes the non-zero entries' positions
+        positions, coded = split(marked)
         ends = []
-        for stream in (gaps, (coded - 1).astype(np.uint8)):
-            frame = _compressor().compress(np.ascontiguousarray(stream).tobytes()) if stream.size else b""
-            frames.append(frame)
-            offset += len(frame)
+        for stream in (positions, (coded - 1).astype(np.uint8)):
+            frames.append(frame(stream))
+            offset += len(frames[-1])
             ends.append(offset)
-        index.append([b, values.size, 0, gaps.size, ends[0], ends[1], ends[1]])
+        index.append([b, values.size, 0, positions.size, ends[0], ends[1], ends[1]])
     data = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if offset else torch.zeros(0, dtype=torch.uint8)
     stored = {
         "index": torch.tensor(index, dtype=torch.int64).reshape(-1, _INDEX_COLUMNS),
@@ -88,7 +90,8 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
     norm = float(np.linalg.norm(flat))
     rel = math.sqrt(err_sq) / norm if norm else 0.0
     density = kept / max(1, rows * cols)
-    return Encoded("quantized", stored, params={"bits": bits, "keep": keep, "density": density}, stats={"rel_error": rel, "density": density, "energy": 1.0 - rel**2})
+    params = {"bits": bits, "keep": keep, "density": density, **({"positions": "bitmask"} if bitmask else {})}
+    return Encoded("quantized", stored, params=params, stats={"rel_error": rel, "density": density, "energy": 1.0 - rel**2})
 
 
 def _cut(flat: np.ndarray, chunks: list[tuple[int, int]], keep: float) -> tuple[float, int, int]:
@@ -166,17 +169,17 @@ def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
 
 
 def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int) -> Streams:
-    """A block's gap bytes, codes and row scales (float32), checked and decompressed."""
-    last, count, escapes, gap_bytes, end_gaps, end_codes, end_escapes = block
+    """A block's positions, codes and row scales (float32), checked and decompressed."""
+    last, count, escapes, position_bytes, end_positions, end_codes, end_escapes = block
     if escapes or end_escapes != end_codes:
         raise FormatError(f"tensor {entry.name}: the quantized block from row {first} lists escaped values, which this encoding never stores; the vector is corrupt")
     scales = payload.read(entry.keys["scales"], first, last).float()
     if not bool(torch.isfinite(scales).all()):
         raise FormatError(f"tensor {entry.name}: a quantized row scale from row {first} is NaN or Inf; the vector is corrupt")
     raw = payload.read(entry.keys["data"], begin, end_codes)
-    gaps = _unzstd(entry, raw[: end_gaps - begin], gap_bytes, first)
-    codes = _unzstd(entry, raw[end_gaps - begin :], count, first)
-    return Streams(gaps, codes, None, scales)
+    positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first)
+    codes = _unzstd(entry, raw[end_positions - begin :], count, first)
+    return Streams(positions, codes, None, scales, is_bitmask(entry))
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
@@ -187,6 +190,7 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_BITS:
         return [f"tensor {entry.name}: quantized bits {bits!r} is not an integer from 1 to {MAX_BITS}"]
     rows, _ = as_rows(tuple(entry.shape))
+    problems += position_problems(entry)
     problems += expect_stored(entry, payload, "table", (1 << bits,), [torch.float32])
     problems += expect_stored(entry, payload, "scales", (rows,), [torch.bfloat16])
     problems += expect_stored(entry, payload, "data", None, [torch.uint8])
