@@ -40,9 +40,9 @@ static inline uint16_t to_bf16(float x) { /* round to nearest even, as torch cas
 
 static inline int finite_bf16(uint16_t y) { return (y & 0x7F80u) != 0x7F80u; }
 
-/* One value added at position p: the rounding error's square, and whether the sum left bf16's range. */
-static inline __attribute__((always_inline)) float add_at(uint16_t *out, int64_t p, float alpha, float value, int *bad) {
-    float exact = fmaf(alpha, value, widen(out[p]));
+/* out[p] = source[p] + alpha * value: the rounding error's square, and whether the sum left bf16's range. */
+static inline __attribute__((always_inline)) float add_at(uint16_t *out, const uint16_t *source, int64_t p, float alpha, float value, int *bad) {
+    float exact = fmaf(alpha, value, widen(source[p]));
     uint16_t y = to_bf16(exact);
     out[p] = y;
     float e = widen(y) - exact;
@@ -50,13 +50,14 @@ static inline __attribute__((always_inline)) float add_at(uint16_t *out, int64_t
     return e * e;
 }
 
-/* out += alpha * delta over n weights; `delta` holds bf16 bits (`bf16`) or float32. */
-static inline __attribute__((always_inline)) int dense(uint16_t *out, const void *delta, const int bf16, int64_t n, float alpha, float *sums) {
+/* out = source + alpha * delta over n weights (source may be out); `delta` holds bf16 bits (`bf16`) or float32. */
+static inline __attribute__((always_inline)) int dense(uint16_t *out, const uint16_t *source, const void *delta, const int bf16, int64_t n,
+                                                       float alpha, float *sums) {
     float err = 0.0f, norm = 0.0f;
     int bad = 0;
     for (int64_t i = 0; i < n; i++) {
         float d = bf16 ? widen(((const uint16_t *)delta)[i]) : ((const float *)delta)[i];
-        err += add_at(out, i, alpha, d, &bad);
+        err += add_at(out, source, i, alpha, d, &bad);
         norm += d * d;
     }
     sums[0] = err;
@@ -64,12 +65,13 @@ static inline __attribute__((always_inline)) int dense(uint16_t *out, const void
     return bad ? BAD_VALUE : 0;
 }
 
-CLONES int rvec_dense_bf16(uint16_t *out, const uint16_t *delta, int64_t n, float alpha, float *sums) {
-    return dense(out, delta, 1, n, alpha, sums);
+/* `source` NULL: out itself, added in place. */
+CLONES int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums) {
+    return dense(out, source ? source : out, delta, 1, n, alpha, sums);
 }
 
-CLONES int rvec_dense_f32(uint16_t *out, const float *delta, int64_t n, float alpha, float *sums) {
-    return dense(out, delta, 0, n, alpha, sums);
+CLONES int rvec_dense_f32(uint16_t *out, const uint16_t *source, const float *delta, int64_t n, float alpha, float *sums) {
+    return dense(out, source ? source : out, delta, 0, n, alpha, sums);
 }
 
 /* At each (checked) position where[i], in any order: out += alpha * values[i]. */
@@ -79,7 +81,7 @@ CLONES int rvec_indexed(uint16_t *out, const int64_t *where, const float *values
     for (int64_t i = 0; i < n; i++) {
         float value = values[i];
         if (value != 0.0f) {
-            err += add_at(out, where[i], alpha, value, &bad);
+            err += add_at(out, out, where[i], alpha, value, &bad);
             norm += value * value;
         }
     }
@@ -89,9 +91,10 @@ CLONES int rvec_indexed(uint16_t *out, const int64_t *where, const float *values
 }
 
 /* The walk of one coded block (rvec_hub/encodings/packed.py has the layout). With `add`, bf16 bits `out`
-   get out += alpha * value at each entry; without, float32 `out` is filled with the decoded block (zeros
-   between the entries). The positions are gap bytes or (`bitmask`) one bit per element, least significant
-   first. Statuses other than 0 and BAD_VALUE name a corrupt block:
+   get out = source + alpha * value at each entry and the source's weight elsewhere (`source` NULL: out
+   itself, added in place); without, float32 `out` is filled with the decoded block (zeros between the
+   entries). The positions are gap bytes or (`bitmask`) one bit per element, least significant first.
+   Statuses other than 0 and BAD_VALUE name a corrupt block:
    1 an entry past the block's end, 2 more entries than codes, 3 a code outside the codebook,
    4 more escape codes than escaped values, 5 codes left over, 6 escaped values left over,
    7 a code count, scale count or bitmask size that does not fit the block; 9 (NO_MEMORY) is no corruption
@@ -107,6 +110,7 @@ struct walk {
     const float *scales; /* NULL: no scales */
     int64_t cols, row, row_end;
     void *target;
+    const uint16_t *source; /* the base the bitmask walk adds to, written into target whole (NULL: target) */
     float alpha, err, norm;
     int add, bad;
 };
@@ -136,7 +140,7 @@ static inline __attribute__((always_inline)) int next_value(struct walk *w, int6
 static inline __attribute__((always_inline)) void put(struct walk *w, int64_t p, float value) {
     if (w->add) {
         if (value != 0.0f) {
-            w->err += add_at((uint16_t *)w->target, p, w->alpha, value, &w->bad);
+            w->err += add_at((uint16_t *)w->target, (uint16_t *)w->target, p, w->alpha, value, &w->bad);
             w->norm += value * value;
         }
     } else {
@@ -285,6 +289,7 @@ AVX512 static inline __attribute__((always_inline)) int step16(struct walk *w, c
     const __m512 zero = _mm512_setzero_ps();
     const __m512i exponent = _mm512_set1_epi32(0x7F80);
     uint16_t *bits = (uint16_t *)w->target;
+    const uint16_t *from = w->source ? w->source : bits;
     float *values = (float *)w->target;
     uint32_t m;
     int64_t len = 16;
@@ -331,15 +336,22 @@ AVX512 static inline __attribute__((always_inline)) int step16(struct walk *w, c
         _mm512_mask_storeu_ps(values + p0, lanes, v);
         return 0;
     }
-    if (!m)
+    __m256i stored = _mm256_maskz_loadu_epi16(lanes, from + p0);
+    if (!m) {
+        if (w->source)
+            _mm256_mask_storeu_epi16(bits + p0, lanes, stored);
         return 0;
+    }
     __mmask16 live = _mm512_mask_cmp_ps_mask((__mmask16)m, v, zero, _CMP_NEQ_UQ);
-    __m512 base = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(lanes, bits + p0)), 16));
+    __m512 base = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16));
     __m512 exact = _mm512_fmadd_ps(_mm512_set1_ps(w->alpha), v, base);
     __m512i u = _mm512_castps_si512(exact);
     __m512i rounded = _mm512_srli_epi32(
         _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
-    _mm256_mask_storeu_epi16(bits + p0, live, _mm512_cvtepi32_epi16(rounded));
+    if (w->source) /* every weight of the step: the sums where the vector adds, the base elsewhere */
+        _mm256_mask_storeu_epi16(bits + p0, lanes, _mm256_mask_blend_epi16(live, stored, _mm512_cvtepi32_epi16(rounded)));
+    else
+        _mm256_mask_storeu_epi16(bits + p0, live, _mm512_cvtepi32_epi16(rounded));
     __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
     *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
     *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
@@ -372,7 +384,7 @@ AVX512 static inline __attribute__((always_inline)) int walk_mask_avx512_as(stru
    at a time, each step's values expanded from the buffer to their positions (vexpandps) and added in
    vector lanes with the same fused sum and rounding as add_at, bit for bit. */
 AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
-    float *looked = malloc((size_t)(w->n_codes + 16) * sizeof(float));
+    float *looked = malloc((size_t)(w->n_codes + 1) * sizeof(float)); /* + 1: never a request for 0 bytes */
     if (!looked)
         return NO_MEMORY;
     int status = look_up_avx512(w, looked);
@@ -402,9 +414,9 @@ static int has_avx512(void) {
 static inline __attribute__((always_inline)) int coded(
     const uint8_t *positions, int64_t n_positions, int bitmask, const uint8_t *codes, int64_t n_codes, const float *table,
     int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped, const float *scales, int64_t n_scales, int64_t cols,
-    void *target, int64_t n, float alpha, float *sums, const int add) {
+    void *target, const uint16_t *source, int64_t n, float alpha, float *sums, const int add) {
     struct walk w = {codes, n_codes, 0, table, n_table, escaped, n_escaped, 0, has_escaped ? 4 : 3,
-                     n_scales > 0 ? scales : NULL, cols, 0, cols, target, alpha, 0.0f, 0.0f, add, 0};
+                     n_scales > 0 ? scales : NULL, cols, 0, cols, target, source != target ? source : NULL, alpha, 0.0f, 0.0f, add, 0};
     int status;
     sums[0] = 0.0f;
     sums[1] = 0.0f;
@@ -417,13 +429,19 @@ static inline __attribute__((always_inline)) int coded(
         else
 #endif
         {
+            if (w.source) /* the scalar walks add in place */
+                memcpy(target, w.source, (size_t)n * sizeof(uint16_t));
             if (!add)
                 memset(target, 0, (size_t)n * sizeof(float));
             status = walk_mask(&w, positions, n_positions, n);
         }
     } else if (n_positions == 0 && n_codes > 0 && !w.scales) { /* a code for every element */
+        if (w.source)
+            memcpy(target, w.source, (size_t)n * sizeof(uint16_t));
         status = walk_every(&w, n);
     } else {
+        if (w.source)
+            memcpy(target, w.source, (size_t)n * sizeof(uint16_t));
         if (!add)
             memset(target, 0, (size_t)n * sizeof(float));
         status = walk_gaps(&w, positions, n_positions, n);
@@ -441,16 +459,17 @@ static inline __attribute__((always_inline)) int coded(
 
 CLONES int rvec_coded_add(const uint8_t *positions, int64_t n_positions, int bitmask, const uint8_t *codes, int64_t n_codes,
                           const float *table, int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped,
-                          const float *scales, int64_t n_scales, int64_t cols, uint16_t *out, int64_t n, float alpha, float *sums) {
+                          const float *scales, int64_t n_scales, int64_t cols, uint16_t *out, const uint16_t *source, int64_t n,
+                          float alpha, float *sums) {
     return coded(positions, n_positions, bitmask, codes, n_codes, table, n_table, escaped, n_escaped, has_escaped, scales, n_scales,
-                 cols, out, n, alpha, sums, 1);
+                 cols, out, source ? source : out, n, alpha, sums, 1);
 }
 
 CLONES int rvec_coded_decode(const uint8_t *positions, int64_t n_positions, int bitmask, const uint8_t *codes, int64_t n_codes,
                              const float *table, int64_t n_table, const float *escaped, int64_t n_escaped, int has_escaped,
                              const float *scales, int64_t n_scales, int64_t cols, float *out, int64_t n, float *sums) {
     return coded(positions, n_positions, bitmask, codes, n_codes, table, n_table, escaped, n_escaped, has_escaped, scales, n_scales,
-                 cols, out, n, 0.0f, sums, 0);
+                 cols, out, NULL, n, 0.0f, sums, 0);
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", "rvec's compiled kernels, called through ctypes.", -1, NULL};

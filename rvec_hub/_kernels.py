@@ -23,10 +23,10 @@ except OSError as exc:  # built, but not loadable here: as if it had not been bu
     raise ImportError(f"rvec's compiled kernels do not load: {exc}") from exc
 _P, _N, _F, _I = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 for _name, _args in {
-    "rvec_dense_bf16": [_P, _P, _N, _F, _P],
-    "rvec_dense_f32": [_P, _P, _N, _F, _P],
+    "rvec_dense_bf16": [_P, _P, _P, _N, _F, _P],
+    "rvec_dense_f32": [_P, _P, _P, _N, _F, _P],
     "rvec_indexed": [_P, _P, _P, _N, _F, _P],
-    "rvec_coded_add": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _F, _P],
+    "rvec_coded_add": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _P, _N, _F, _P],
     "rvec_coded_decode": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _P],
 }.items():
     getattr(_lib, _name).argtypes = _args
@@ -48,17 +48,19 @@ def _result(status: int, sums: np.ndarray) -> tuple[int, float, float]:
     return status, float(sums[0]), float(sums[1])
 
 
-def dense(out: np.ndarray, delta: np.ndarray, alpha: float) -> tuple[int, float, float]:
-    """out ← bf16(out + α·delta) for bf16 bits `out` and bf16 bits (uint16) or float32 `delta`, as many.
+def dense(out: np.ndarray, delta: np.ndarray, alpha: float, source: np.ndarray | None = None) -> tuple[int, float, float]:
+    """out ← bf16(out + α·delta) for bf16 bits `out` and bf16 bits (uint16) or float32 `delta`, as many;
+    with `source` (bf16 bits, as many), out ← bf16(source + α·delta).
 
     Returns (status, rounding error², ‖α·Δ‖²); status 8 (`fused.BAD_VALUE`) when a sum is not finite."""
-    if delta.size != out.size:
+    if delta.size != out.size or (source is not None and source.size != out.size):
         raise ValueError(f"a delta of {delta.size} values for {out.size} weights")
     sums = np.zeros(2, dtype=np.float32)
+    from_ = None if source is None else _at(source, np.uint16)
     if delta.dtype == np.uint16:
-        status = _lib.rvec_dense_bf16(_at(out, np.uint16), _at(delta, np.uint16), out.size, alpha, sums.ctypes.data)
+        status = _lib.rvec_dense_bf16(_at(out, np.uint16), from_, _at(delta, np.uint16), out.size, alpha, sums.ctypes.data)
     else:
-        status = _lib.rvec_dense_f32(_at(out, np.uint16), _at(delta, np.float32), out.size, alpha, sums.ctypes.data)
+        status = _lib.rvec_dense_f32(_at(out, np.uint16), from_, _at(delta, np.float32), out.size, alpha, sums.ctypes.data)
     return _result(status, sums)
 
 
@@ -73,12 +75,13 @@ def indexed(out: np.ndarray, where: np.ndarray, values: np.ndarray, alpha: float
 
 def coded(
     positions: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray | None, scales: np.ndarray | None,
-    cols: int, out: np.ndarray, alpha: float, bitmask: bool = False,
+    cols: int, out: np.ndarray, alpha: float, bitmask: bool = False, source: np.ndarray | None = None,
 ) -> tuple[int, float, float]:
     """Each coded entry of a `packed` block, or with per-row `scales` (one per row of `cols` elements) a
     `quantized` one, into `out`: float32 `out` is filled with the decoded block (zeros between the entries),
-    bf16 bits (uint16) get out ← bf16(out + α·value). `positions` (uint8) are gap bytes or, with `bitmask`,
-    one bit per element of `out`.
+    bf16 bits (uint16) get out ← bf16(out + α·value), or with `source` (bf16 bits shaped like `out`)
+    out ← bf16(source + α·value) and out ← source where the block has no entry. `positions` (uint8) are gap
+    bytes or, with `bitmask`, one bit per element of `out`.
 
     `escaped` None is an encoding without escaped values (code 255 is then one more code outside the
     codebook); `scales` None or empty, no scales. Returns (status, error², ‖α·Δ‖²): a status other than 0 is
@@ -95,7 +98,10 @@ def coded(
     if out.dtype == np.float32:
         status = _lib.rvec_coded_decode(*streams, _at(out, np.float32), out.size, sums.ctypes.data)
     else:
-        status = _lib.rvec_coded_add(*streams, _at(out, np.uint16), out.size, alpha, sums.ctypes.data)
+        if source is not None and source.size != out.size:
+            raise ValueError(f"a source of {source.size} weights for {out.size}")
+        from_ = None if source is None else _at(source, np.uint16)
+        status = _lib.rvec_coded_add(*streams, _at(out, np.uint16), from_, out.size, alpha, sums.ctypes.data)
     if status == _NO_MEMORY:
         raise MemoryError(f"no memory for the {codes.size} values of a coded block")
     return _result(status, sums)

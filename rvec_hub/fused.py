@@ -4,8 +4,9 @@ The general path (`arith.add_rows`) widens base and delta to float32 chunks, add
 measures the cast: five passes over every weight. For the common case, one vector merged into a bf16
 model, these kernels do all of it in the pass that reads the delta: the base rows are rounded in place
 to bf16(float32(base) + α·Δ), and the squared rounding error and ‖α·Δ‖² (what `Survival` records) are
-summed on the way. A packed delta is added entry by entry straight from its gap and code streams, so a
-weight the vector does not change is never touched.
+summed on the way. A packed delta is added straight from its position and code streams (sixteen weights
+a step where the positions are a bitmask and the CPU has AVX-512), so a weight the vector does not change
+is never written.
 
 The sum is float32's fused multiply-add, as torch's `add(alpha=)` computes it, rounded to bf16 to
 nearest even, as torch casts. The kernels are C (`rvec_hub._kernels`); where the package was installed
@@ -58,8 +59,10 @@ def add_in_place(
     name: str,
     pristine: Callable[[], torch.Tensor],
     staged: Any = None,
+    base: torch.Tensor | None = None,
 ) -> None:
-    """rows ← bf16(rows + α·Δ) for one vector's rows `[start, stop)` of `source`, in one fused pass.
+    """rows ← bf16(rows + α·Δ) for one vector's rows `[start, stop)` of `source`, in one fused pass; with
+    `base`, rows ← bf16(base + α·Δ), `rows` holding anything before.
 
     Args:
         rows: contiguous bf16 base rows on the CPU, overwritten.
@@ -67,13 +70,15 @@ def add_in_place(
         survival: accumulates what the bf16 rounding kept of α·Δ.
         pristine: reads the base rows again, to name the cause when a sum is not finite.
         staged: the vector's payload with these rows read ahead (`Vector.staged`), or None.
+        base: contiguous bf16 base rows shaped like `rows`, when they are not in `rows` already: an
+            encoding that can (`Codec.adds_from_base`) writes base + α·Δ in one pass, others copy first.
 
     Only for what `applies` accepts.
 
     Raises:
         What `arith.add_rows` raises for the same rows: FormatError, CheckpointError or UsageError.
     """
-    status, err_sq, norm_sq = vector.add_into(source, start, stop, rows, alpha, staged)
+    status, err_sq, norm_sq = vector.add_into(source, start, stop, rows, alpha, staged, base=base)
     if status:
         from .arith import add_rows, non_finite_error
 
@@ -85,12 +90,13 @@ def add_in_place(
         survival.norm_sq += float(norm_sq)
 
 
-def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> tuple[int, float, float]:
-    """rows ← bf16(rows + α·delta), in place.
+def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
+    """rows ← bf16(rows + α·delta), in place; with `base`, rows ← bf16(base + α·delta).
 
     Args:
         rows: contiguous bf16 base rows, overwritten.
         delta: the delta rows, bf16 or float32, shaped like `rows`.
+        base: contiguous bf16 rows shaped like `rows` to add to instead of `rows` itself.
 
     Returns:
         (status, rounding error², ‖α·Δ‖²); status BAD_VALUE when a sum is not finite (rows then hold
@@ -100,7 +106,8 @@ def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float) -> tuple[in
     target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
     d = delta.reshape(-1)
     values = d.view(torch.int16).numpy().view(np.uint16) if d.dtype == torch.bfloat16 else d.float().numpy()
-    return kernels["dense"](target, values, alpha)
+    source = None if base is None else base.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    return kernels["dense"](target, values, alpha, source)
 
 
 def add_at(rows: torch.Tensor, where: torch.Tensor, values: torch.Tensor, alpha: float) -> tuple[int, float, float]:
@@ -122,6 +129,7 @@ def add_coded(
     alpha: float,
     scales: np.ndarray | None = None,
     bitmask: bool = False,
+    base: torch.Tensor | None = None,
 ) -> tuple[int, float, float]:
     """rows ← bf16(rows + α·Δ) for the entries of one packed (or quantized) block, in place.
 
@@ -132,13 +140,16 @@ def add_coded(
         table, escaped: the codebook and the escaped values, float32; `escaped` None for an encoding
             without escaped values (`quantized`), whose code 255 is then one more code outside the codebook.
         scales: one float32 scale per row of `rows`, multiplying each coded value (`quantized`).
+        base: contiguous bf16 rows shaped like `rows` to add to instead of `rows` itself; `rows` then gets
+            every weight, base where the block has no entry (the merge needs no copy of the base first).
 
     Returns:
         (status, rounding error², ‖α·Δ‖²); a status other than 0 is a `packed` decoding status or BAD_VALUE.
     """
     target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
     cols = rows[0].numel() if rows.dim() and rows.shape[0] else 1
-    return _kernels()["coded"](positions, codes, table, escaped, scales, cols, target, alpha, bitmask)
+    source = None if base is None else base.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    return _kernels()["coded"](positions, codes, table, escaped, scales, cols, target, alpha, bitmask, source)
 
 
 @lru_cache(maxsize=1)

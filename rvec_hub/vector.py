@@ -205,14 +205,22 @@ class Vector:
         return ENCODINGS[self.entries[name].encoding].add_into is not None
 
     def add_into(
-        self, name: str, start: int, stop: int, rows: torch.Tensor, alpha: float, staged: Payload | None = None
+        self, name: str, start: int, stop: int, rows: torch.Tensor, alpha: float, staged: Payload | None = None,
+        *, base: torch.Tensor | None = None,
     ) -> tuple[int, float, float] | None:
         """Add α·(rows `[start, stop)` of the delta for `name`) to bf16 `rows` in place with the encoding's
         fused kernel (`rvec_hub.fused`); None, rows untouched, when the encoding has none. `staged`: what
-        `staged` read for the same rows."""
+        `staged` read for the same rows. `base`: contiguous bf16 rows to add to instead, `rows` getting
+        base + α·Δ (in one pass where the encoding can, `Codec.adds_from_base`)."""
         entry = self.entries[name]
-        add = ENCODINGS[entry.encoding].add_into
-        return None if add is None else add(entry, staged or self, start, stop, rows, alpha)
+        codec = ENCODINGS[entry.encoding]
+        if codec.add_into is None:
+            return None
+        if base is not None and not codec.adds_from_base:
+            rows.copy_(base)
+            base = None
+        extra = {} if base is None else {"base": base}
+        return codec.add_into(entry, staged or self, start, stop, rows, alpha, **extra)
 
     def staged(self, name: str, start: int, stop: int) -> Payload:
         """The payload with the stored rows the encoding of `name` reads for rows `[start, stop)` already

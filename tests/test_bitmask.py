@@ -227,3 +227,50 @@ def test_a_bitmask_with_a_quarter_of_its_bits_set_is_stored_raw_and_decodes() ->
     end_positions = int(stored.tensors["index"][0, 4])
     assert end_positions < 64 * 1024 // 8 + 64  # the bitmask frame is raw: its bytes and a few of header
     assert _same_bits(ENCODINGS["packed"].decode_rows(entry, stored, 0, 64), delta)
+
+
+@pytest.mark.parametrize("coding", ["bitmask", "gaps", "every"])
+@pytest.mark.parametrize("encoding", ["packed", "quantized"])
+def test_adding_from_separate_base_rows_writes_what_adding_in_place_does(walk: str, coding: str, encoding: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    if coding == "every" and encoding == "quantized":
+        pytest.skip("quantized never codes every element")
+    delta = _with_escapes(30, 40, seed=5)
+    if coding == "every":
+        delta = (delta + torch.randn(30, 40, generator=torch.Generator().manual_seed(6)) * 1e-3).to(torch.bfloat16).float()
+    if coding == "gaps":
+        monkeypatch.setattr(packed, "BITMASK_FROM", 2.0)
+    options = {"bits": 4} if encoding == "quantized" else {}
+    entry, stored = encode_one(encoding, delta, rows_per_block=7, **options)
+    assert ("positions" in entry.params) == (coding == "bitmask")
+    codec = ENCODINGS[encoding]
+    base = (torch.randn(30, 40, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
+    base.view(-1)[::13] = -0.0
+    for start, stop in [(0, 30), (3, 25)]:  # whole blocks, and blocks the range cuts
+        in_place = base[start:stop].clone()
+        expected = codec.add_into(entry, stored, start, stop, in_place, 0.75)
+        rows = torch.full((stop - start, 40), float("nan"), dtype=torch.bfloat16)  # every weight gets written
+        pristine = base[start:stop].clone()
+        got = codec.add_into(entry, stored, start, stop, rows, 0.75, base=pristine)
+        assert torch.equal(rows.view(torch.int16), in_place.view(torch.int16)) and got == expected
+        assert torch.equal(pristine.view(torch.int16), base[start:stop].view(torch.int16))  # the base is only read
+
+
+@needs_kernels
+@pytest.mark.parametrize("fuses", [True, False])
+def test_a_vector_adds_from_base_rows_in_one_pass_or_after_copying_them(family, vector_dir, fuses: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    from rvec_hub import Vector, open_checkpoint
+
+    vector, base = Vector.open(vector_dir), open_checkpoint(family["instruct"])
+    name = next(n for n, e in vector.entries.items() if e.encoding == "dense" and len(e.shape) == 2)
+    assert ENCODINGS["dense"].adds_from_base
+    if not fuses:  # an encoding whose add_into only adds in place: the vector copies the base rows first
+        monkeypatch.setitem(ENCODINGS, "dense", dataclasses.replace(ENCODINGS["dense"], adds_from_base=False))
+    pristine = base.read_rows(name)
+    in_place = pristine.clone()
+    expected = vector.add_into(name, 0, pristine.shape[0], in_place, 1.0)
+    rows = torch.full_like(pristine, float("nan"))
+    assert vector.add_into(name, 0, pristine.shape[0], rows, 1.0, base=pristine) == expected
+    assert torch.equal(rows.view(torch.int16), in_place.view(torch.int16))
+    assert not torch.equal(in_place.view(torch.int16), pristine.view(torch.int16))

@@ -58,6 +58,8 @@ class Codec:
             FormatError as `decode_rows` does. Without it, callers decode and add in float32.
         reads: optional; the stored rows (key, start, stop) that `decode_rows` and `add_into` read for
             rows `[start, stop)`, so a reader thread can fetch them ahead (`Vector.staged`).
+        adds_from_base: whether `add_into` takes `base=`, bf16 base rows it adds to while writing every
+            weight into `rows` (one pass instead of a copy and an add); `Vector.add_into` copies for the others.
     """
 
     name: str
@@ -66,6 +68,7 @@ class Codec:
     validate: Callable[[TensorEntry, Payload], list[str]] = field(kw_only=True)
     add_into: Callable[[TensorEntry, Payload, int, int, torch.Tensor, float], tuple[int, float, float]] | None = field(default=None, kw_only=True)
     reads: Callable[[TensorEntry, int, int], list[tuple[str, int, int | None]]] | None = field(default=None, kw_only=True)
+    adds_from_base: bool = field(default=False, kw_only=True)
 
 
 def expect_keys(entry: TensorEntry, roles: Collection[str]) -> list[str]:

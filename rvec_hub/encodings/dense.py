@@ -16,9 +16,9 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     return payload.read(key, start, stop).float()
 
 
-def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
     key = entry.keys["delta"]
-    return fused.add_dense(rows, payload.read(key) if not entry.shape else payload.read(key, start, stop), alpha)
+    return fused.add_dense(rows, payload.read(key) if not entry.shape else payload.read(key, start, stop), alpha, base)
 
 
 def _reads(entry: TensorEntry, start: int, stop: int) -> list[tuple[str, int, int | None]]:
@@ -37,4 +37,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return expect_keys(entry, ("delta",)) or expect_stored(entry, payload, "delta", tuple(entry.shape), [storage_dtype(entry)])
 
 
-CODEC = Codec("dense", _decode_rows, _encode, validate=_validate, add_into=_add_into, reads=_reads)
+CODEC = Codec("dense", _decode_rows, _encode, validate=_validate, add_into=_add_into, reads=_reads, adds_from_base=True)

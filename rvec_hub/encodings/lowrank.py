@@ -156,8 +156,8 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     return _product(entry, payload, start, stop).float()
 
 
-def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
-    return fused.add_dense(rows, _product(entry, payload, start, stop), alpha)
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
+    return fused.add_dense(rows, _product(entry, payload, start, stop), alpha, base)
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
@@ -174,4 +174,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return expect_stored(entry, payload, "B", (out, rank), FLOAT_DTYPES) + expect_stored(entry, payload, "A", (rank, inp), FLOAT_DTYPES)
 
 
-CODEC = Codec("lowrank", _decode_rows, _encode, validate=_validate, add_into=_add_into)
+CODEC = Codec("lowrank", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -101,6 +102,16 @@ def _stored_frame(data: bytes) -> bytes:
         chunk = data[at : at + _RAW_BLOCK]
         blocks.append((len(chunk) << 3 | int(at + _RAW_BLOCK >= size)).to_bytes(3, "little") + chunk)  # raw block, last flag
     return b"".join(blocks)
+
+
+def _decompressor() -> Any:
+    """This thread's zstd decompressor."""
+    decompressor = getattr(_local, "decompressor", None)
+    if decompressor is None:
+        import zstandard
+
+        decompressor = _local.decompressor = zstandard.ZstdDecompressor()
+    return decompressor
 
 
 def _bits(values: torch.Tensor) -> torch.Tensor:
@@ -256,7 +267,7 @@ def decode_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, t
     shape = tuple(entry.shape)
     rows, cols = as_rows(shape)
     blocks = _checked_index(entry, payload, rows, cols)
-    codebook = table(entry, payload)
+    codebook = _memo(payload, ("table", entry.name), lambda: table(entry, payload))
     out = torch.empty(stop - start, cols, dtype=torch.float32)
     for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
         target = out[lo - start : hi - start]
@@ -268,25 +279,33 @@ def decode_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, t
     return out.reshape((stop - start, *shape[1:])) if shape else out.reshape(())
 
 
-def add_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, table: TableReader, streams: StreamReader) -> tuple[int, float, float]:
+def add_blocks(
+    entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, table: TableReader,
+    streams: StreamReader, base: torch.Tensor | None = None,
+) -> tuple[int, float, float]:
     """α·Δ added to bf16 `rows` (rows `[start, stop)`) of a tensor stored in coded blocks, entry by entry
-    straight from each block's `streams`; a block the range cuts is decoded whole and its rows in range added."""
+    straight from each block's `streams`; a block the range cuts is decoded whole and its rows in range added.
+    With contiguous bf16 `base` rows, `rows` gets base + α·Δ: the kernel writes every weight of a block."""
     rows_n, cols = as_rows(tuple(entry.shape))
     blocks = _checked_index(entry, payload, rows_n, cols)
-    codebook = table(entry, payload)
+    codebook = _memo(payload, ("table", entry.name), lambda: table(entry, payload))
     values = codebook.numpy()
     flat = rows.reshape(stop - start, cols)
+    source = None if base is None else base.reshape(stop - start, cols)
     status, err_sq, norm_sq = 0, 0.0, 0.0
     for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
         target = flat[lo - start : hi - start]
+        origin = None if source is None else source[lo - start : hi - start]
         coded = streams(entry, payload, block, begin, first)
         if lo == first and hi == block[0]:
             escaped = None if coded.escaped is None else coded.escaped.numpy()
             scales = None if coded.scales is None else coded.scales.numpy()
-            step, e, n = fused.add_coded(target, coded.positions, coded.codes, values, escaped, alpha, scales, coded.bitmask)
+            step, e, n = fused.add_coded(target, coded.positions, coded.codes, values, escaped, alpha, scales, coded.bitmask, origin)
             if 0 < step < fused.BAD_VALUE:
                 raise _corrupt_block(entry, first, _problem(step, coded.escaped))
         else:
+            if origin is not None:
+                target.copy_(origin)
             buf = torch.empty(block[0] - first, cols, dtype=torch.float32)
             _decode_block(entry, first, codebook, coded, buf)
             step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
@@ -299,8 +318,8 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     return decode_blocks(entry, payload, start, stop, _table, _streams)
 
 
-def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
-    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams)
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
+    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams, base)
 
 
 def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
@@ -320,8 +339,28 @@ def blocks_in(blocks: list[list[int]], start: int, stop: int) -> Iterator[tuple[
             return
 
 
+_MEMO: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
+
+
+def _memo(payload: Payload, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
+    """`compute()`, once per payload and key: a server adds a tensor block by block, and each call needs the
+    tensor's checked index and codebook. A payload that takes no weak references computes every time."""
+    try:
+        known = _MEMO.setdefault(payload, {})
+    except TypeError:
+        return compute()
+    if key not in known:
+        known[key] = compute()
+    return known[key]
+
+
 def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -> list[list[int]]:
-    """The block index, refused unless its rows and frame offsets rise to the tensor's and the data's ends."""
+    """The block index, refused unless its rows and frame offsets rise to the tensor's and the data's ends
+    (checked once per payload)."""
+    return _memo(payload, ("index", entry.name), lambda: _check_index(entry, payload, rows, cols))
+
+
+def _check_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -> list[list[int]]:
     blocks = payload.read(entry.keys["index"]).tolist()
     size = payload.shape(entry.keys["data"])[0]
     bitmask = is_bitmask(entry)
@@ -384,7 +423,7 @@ def _unzstd(entry: TensorEntry, frame: torch.Tensor, size: int, first_row: int) 
     import zstandard
 
     try:
-        data = zstandard.ZstdDecompressor().decompress(frame.numpy(), max_output_size=size)
+        data = _decompressor().decompress(frame.numpy(), max_output_size=size)
     except zstandard.ZstdError as exc:
         raise FormatError(f"tensor {entry.name}: a {entry.encoding} frame of the block from row {first_row} does not decompress ({exc}); the vector is corrupt") from None
     if len(data) != size:
@@ -539,4 +578,4 @@ def position_problems(entry: TensorEntry) -> list[str]:
     return [f"tensor {entry.name}: {entry.encoding} positions {coding!r} is not a position coding rvec knows (\"bitmask\", or absent for gaps)"]
 
 
-CODEC = Codec("packed", _decode_rows, _encode, validate=_validate, add_into=_add_into)
+CODEC = Codec("packed", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True)

@@ -157,8 +157,8 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
     return decode_blocks(entry, payload, start, stop, _table, _streams)
 
 
-def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float) -> tuple[int, float, float]:
-    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams)
+def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
+    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams, base)
 
 
 def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
@@ -201,4 +201,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return problems
 
 
-CODEC = Codec("quantized", _decode_rows, _encode, validate=_validate, add_into=_add_into)
+CODEC = Codec("quantized", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True)
