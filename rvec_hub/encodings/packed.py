@@ -83,14 +83,14 @@ def _compressor() -> Any:
     return compressor
 
 
-def frame(stream: np.ndarray) -> bytes:
-    """One stream as a zstd frame: compressed, or raw blocks where compression saves less than a quarter;
-    b"" for an empty stream."""
+def frame(stream: np.ndarray, raw_above: float = _RAW_ABOVE) -> bytes:
+    """One stream as a zstd frame: compressed, or raw blocks where compression leaves more than `raw_above`
+    of its bytes (by default, saves less than a quarter); b"" for an empty stream."""
     if not stream.size:
         return b""
     raw = np.ascontiguousarray(stream).tobytes()
     compressed = _compressor().compress(raw)
-    return compressed if len(compressed) <= _RAW_ABOVE * len(raw) else _stored_frame(raw)
+    return compressed if len(compressed) <= raw_above * len(raw) else _stored_frame(raw)
 
 
 def _stored_frame(data: bytes) -> bytes:

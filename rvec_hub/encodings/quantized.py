@@ -13,7 +13,8 @@ BitDelta (a sign and a scale per weight matrix) and DeltaZip (sparse positions, 
 The payload is laid out as `packed` lays out its own, per block of rows: an `index` (int64, one row per
 block: last row + 1, entries, 0 escapes, position bytes and the end offsets of the position, code and (empty)
 escape frames in `data`), positions as a bitmask or gaps (`packed.position_coding`, a bitmask from one kept
-entry in 16 on) and one byte per code, each stream one zstd frame; `packed`'s block walks (`decode_blocks`,
+entry in 16 on) and one byte per code, each stream one zstd frame (compressed even where `packed` would store
+it raw for speed: this encoding is chosen for its size); `packed`'s block walks (`decode_blocks`,
 `add_blocks`) read it, with this encoding's codebook and streams.
 """
 
@@ -76,7 +77,7 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
         positions, coded = split(marked)
         ends = []
         for stream in (positions, (coded - 1).astype(np.uint8)):
-            frames.append(frame(stream))
+            frames.append(frame(stream, raw_above=1.0))  # chosen for its size: raw only where zstd cannot shrink it
             offset += len(frames[-1])
             ends.append(offset)
         index.append([b, values.size, 0, positions.size, ends[0], ends[1], ends[1]])
