@@ -148,16 +148,23 @@ static inline __attribute__((always_inline)) void put(struct walk *w, int64_t p,
     }
 }
 
+/* The entry at position p: its value from the next code, put; 0, or the block's status. */
+static inline __attribute__((always_inline)) int entry(struct walk *w, int64_t p) {
+    float value = 0.0f;
+    int status = next_value(w, p, &value);
+    if (!status)
+        put(w, p, value);
+    return status;
+}
+
 /* The entries of one group of bitmask positions: bit i of `m` set is an entry at p0 + i. */
 static inline __attribute__((always_inline)) int group(struct walk *w, int64_t p0, uint32_t m) {
     while (m) {
         int64_t p = p0 + __builtin_ctz(m);
         m &= m - 1;
-        float value = 0.0f;
-        int status = next_value(w, p, &value);
+        int status = entry(w, p);
         if (status)
             return status;
-        put(w, p, value);
     }
     return 0;
 }
@@ -179,11 +186,9 @@ static inline __attribute__((always_inline)) int walk_gaps(struct walk *w, const
         p += g;
         if (p >= n)
             return 1;
-        float value = 0.0f;
-        int status = next_value(w, p, &value);
+        int status = entry(w, p);
         if (status)
             return status;
-        put(w, p, value);
     }
     return 0;
 }
@@ -204,11 +209,9 @@ static inline __attribute__((always_inline)) int walk_every(struct walk *w, int6
     if (w->n_codes != n)
         return 7;
     for (int64_t p = 0; p < n; p++) {
-        float value = 0.0f;
-        int status = next_value(w, p, &value);
+        int status = entry(w, p);
         if (status)
             return status;
-        put(w, p, value);
     }
     return 0;
 }
