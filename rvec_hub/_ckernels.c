@@ -90,7 +90,7 @@ CLONES int rvec_indexed(uint16_t *out, const int64_t *where, const float *values
     return bad ? BAD_VALUE : 0;
 }
 
-/* The walk of one coded block (rvec_hub/encodings/packed.py has the layout). With `add`, bf16 bits `out`
+/* The walk of one coded block (rvec_hub/encodings/blocks.py has the layout). With `add`, bf16 bits `out`
    get out = source + alpha * value at each entry and the source's weight elsewhere (`source` NULL: out
    itself, added in place); without, float32 `out` is filled with the decoded block (zeros between the
    entries). The positions are gap bytes or (`bitmask`) one bit per element, least significant first.

@@ -11,7 +11,7 @@ import torch
 
 from rvec_hub import FormatError, fused
 from rvec_hub.arith import add_rows
-from rvec_hub.encodings import ENCODINGS, packed
+from rvec_hub.encodings import ENCODINGS, blocks
 
 from codec_common import StoredPayload, encode_one, rl_delta
 
@@ -74,15 +74,15 @@ def test_sparse_deltas_keep_gap_positions() -> None:
     entry, stored = encode_one("packed", delta)
     assert "positions" not in entry.params
     assert _same_bits(ENCODINGS["packed"].decode_rows(entry, stored, 0, 40), delta)
-    assert packed.position_coding(63, 1000) == "bitmask" and packed.position_coding(62, 1000) == "gaps"
-    assert packed.position_coding(651, 1000) == "every"
+    assert blocks.position_coding(63, 1000) == "bitmask" and blocks.position_coding(62, 1000) == "gaps"
+    assert blocks.position_coding(651, 1000) == "every"
 
 
 @pytest.mark.parametrize("encoding", ["packed", "quantized"])
 def test_a_vector_with_gap_positions_still_decodes_and_adds(walk: str, encoding: str, monkeypatch: pytest.MonkeyPatch) -> None:
     delta = rl_delta(20, 96)
     options = {"bits": 3} if encoding == "quantized" else {}
-    monkeypatch.setattr(packed, "BITMASK_FROM", 2.0)  # the layout before bitmasks: gaps at any density
+    monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)  # the layout before bitmasks: gaps at any density
     gap_entry, gap_stored = encode_one(encoding, delta, rows_per_block=6, **options)
     monkeypatch.undo()
     entry, stored = encode_one(encoding, delta, rows_per_block=6, **options)
@@ -161,12 +161,12 @@ def test_the_vector_scalar_and_torch_walks_decode_alike_and_refuse_the_same_corr
     escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
     table = stored.tensors["table"].float()
     assert table.numel() < 254 and escapes > 1
-    kernel = packed._compiled_kernel()
+    kernel = blocks._compiled_kernel()
 
     def both(p: np.ndarray, c: np.ndarray, e: torch.Tensor) -> tuple[str | None, str | None, torch.Tensor, torch.Tensor]:
         a, b = torch.full((delta.numel(),), 7.0), torch.full((delta.numel(),), 7.0)  # both fill every element
-        fast = packed._STATUS.get(int(kernel(p, c, table.numpy(), e.numpy(), a.numpy(), None, 63, True)))
-        slow = packed.scatter_torch(p, c, table, e, b, bitmask=True)
+        fast = blocks._STATUS.get(int(kernel(p, c, table.numpy(), e.numpy(), a.numpy(), None, 63, True)))
+        slow = blocks.scatter_torch(p, c, table, e, b, bitmask=True)
         return fast, slow, a, b
 
     fast, slow, a, b = both(positions, codes, escaped)
@@ -177,7 +177,7 @@ def test_the_vector_scalar_and_torch_walks_decode_alike_and_refuse_the_same_corr
         assert fast == slow and problem in fast
         rows = torch.zeros(15, 63, dtype=torch.bfloat16)
         status, _, _ = fused.add_coded(rows, p, c, table.numpy(), e.numpy(), 1.0, bitmask=True)
-        assert packed._STATUS[status] == fast
+        assert blocks._STATUS[status] == fast
 
 
 def test_a_bitmask_index_of_the_wrong_size_and_an_unknown_position_coding_are_refused() -> None:
@@ -200,7 +200,7 @@ def test_quantized_bitmask_rows_take_their_own_scales_as_torch_does(walk: str, c
     assert entry.params["positions"] == "bitmask"
     codec = ENCODINGS["quantized"]
     compiled = codec.decode_rows(entry, stored, 0, 64)
-    monkeypatch.setattr(packed, "_compiled_kernel", lambda: None)
+    monkeypatch.setattr(blocks, "_compiled_kernel", lambda: None)
     assert _same_bits(compiled, codec.decode_rows(entry, stored, 0, 64))
     assert len(set(stored.tensors["scales"].tolist())) > 32
 
@@ -210,7 +210,7 @@ def test_a_stream_zstd_barely_shrinks_is_a_frame_of_raw_blocks_any_zstd_decoder_
     import zstandard
 
     noise = np.random.default_rng(size).integers(0, 256, size, dtype=np.uint8)
-    frame = packed.frame(noise)
+    frame = blocks.frame(noise)
     if not size:
         assert frame == b""
         return
@@ -218,7 +218,7 @@ def test_a_stream_zstd_barely_shrinks_is_a_frame_of_raw_blocks_any_zstd_decoder_
     assert zstandard.ZstdDecompressor().decompress(frame, max_output_size=size) == noise.tobytes()
     assert zstandard.frame_content_size(frame) == size
     runs = np.zeros(size, dtype=np.uint8)
-    assert len(packed.frame(runs)) < max(32, size // 10)  # what zstd shrinks stays compressed
+    assert len(blocks.frame(runs)) < max(32, size // 10)  # what zstd shrinks stays compressed
 
 
 def test_a_bitmask_with_a_quarter_of_its_bits_set_is_stored_raw_and_decodes() -> None:
@@ -238,7 +238,7 @@ def test_adding_from_separate_base_rows_writes_what_adding_in_place_does(walk: s
     if coding == "every":
         delta = (delta + torch.randn(30, 40, generator=torch.Generator().manual_seed(6)) * 1e-3).to(torch.bfloat16).float()
     if coding == "gaps":
-        monkeypatch.setattr(packed, "BITMASK_FROM", 2.0)
+        monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)
     options = {"bits": 4} if encoding == "quantized" else {}
     entry, stored = encode_one(encoding, delta, rows_per_block=7, **options)
     assert ("positions" in entry.params) == (coding == "bitmask")

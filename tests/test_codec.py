@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from rvec_hub import FormatError, Vector, apply_vectors, compress, open_checkpoint
-from rvec_hub.encodings import ENCODINGS, packed
+from rvec_hub.encodings import ENCODINGS, blocks, packed
 from rvec_hub.io.safetensors_io import ShardWriter
 from rvec_hub.manifest import TensorEntry
 from rvec_hub.package import PAYLOAD_METADATA, finalize_vector
@@ -50,7 +50,7 @@ def test_packed_codes_every_element_of_a_mostly_nonzero_tensor_with_either_decod
     planes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[end_codes:end]), dtype=np.uint8)
     escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
     out = torch.full((count,), 7.0)
-    assert packed.scatter_torch(np.zeros(0, dtype=np.uint8), codes, stored.tensors["table"].float(), escaped, out) is None
+    assert blocks.scatter_torch(np.zeros(0, dtype=np.uint8), codes, stored.tensors["table"].float(), escaped, out) is None
     assert _same_bits(out, delta[:8].reshape(-1))
 
 
@@ -149,17 +149,17 @@ def _block_streams(delta: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.T
 
 
 def test_compiled_and_torch_decoders_agree_and_refuse_the_same_corruptions(monkeypatch: pytest.MonkeyPatch) -> None:
-    if packed._compiled_kernel() is None:
+    if blocks._compiled_kernel() is None:
         pytest.skip("the compiled kernels are not built")
-    monkeypatch.setattr(packed, "BITMASK_FROM", 2.0)  # gap positions (tests/test_bitmask.py has the bitmask's)
+    monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)  # gap positions (tests/test_bitmask.py has the bitmask's)
     delta = rl_delta(16, 64)
     gaps, codes, table, escaped = _block_streams(delta)
-    kernel = packed._compiled_kernel()
+    kernel = blocks._compiled_kernel()
 
     def both(g: np.ndarray, c: np.ndarray, e: torch.Tensor) -> tuple[str | None, str | None, torch.Tensor, torch.Tensor]:
         a, b = torch.full((delta.numel(),), 7.0), torch.full((delta.numel(),), 7.0)  # both fill every element
-        fast = packed._STATUS.get(int(kernel(g, c, table.numpy(), e.numpy(), a.numpy())))
-        slow = packed.scatter_torch(g, c, table, e, b)
+        fast = blocks._STATUS.get(int(kernel(g, c, table.numpy(), e.numpy(), a.numpy())))
+        slow = blocks.scatter_torch(g, c, table, e, b)
         return fast, slow, a, b
 
     fast, slow, a, b = both(gaps, codes, escaped)

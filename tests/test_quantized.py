@@ -13,7 +13,7 @@ from rvec_hub import FormatError, UsageError, Vector, apply_vectors, compress, f
 from rvec_hub.arith import add_rows
 from rvec_hub.cli._errors import run_cli
 from rvec_hub.cli.main import cli
-from rvec_hub.encodings import ENCODINGS, packed
+from rvec_hub.encodings import ENCODINGS, blocks
 from rvec_hub.manifest import load_manifest
 
 from codec_common import StoredPayload, encode_one, rl_delta
@@ -59,12 +59,12 @@ def test_any_row_range_decodes_as_the_same_rows_of_the_whole() -> None:
 
 
 def test_compiled_and_torch_scatters_agree(monkeypatch: pytest.MonkeyPatch) -> None:
-    if packed._compiled_kernel() is None:
+    if blocks._compiled_kernel() is None:
         pytest.skip("the compiled kernels are not built")
     delta = rl_delta(8, 40)
     entry, stored = _encoded(delta, bits=2, rows_per_block=3)
     fast = CODEC.decode_rows(entry, stored, 0, 8)
-    monkeypatch.setattr(packed, "_compiled_kernel", lambda: None)
+    monkeypatch.setattr(blocks, "_compiled_kernel", lambda: None)
     assert torch.equal(CODEC.decode_rows(entry, stored, 0, 8), fast)
 
 
@@ -110,7 +110,7 @@ def _rebuilt(stored: StoredPayload, gaps: np.ndarray, codes: np.ndarray) -> Stor
     ],
 )
 def test_corrupt_streams_are_refused_with_the_tensor_named(corrupt, message, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(packed, "BITMASK_FROM", 2.0)  # gap positions (tests/test_bitmask.py corrupts bitmasks)
+    monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)  # gap positions (tests/test_bitmask.py corrupts bitmasks)
     delta = rl_delta(6, 50)
     entry, stored = _encoded(delta, bits=2)
     _, gaps, codes = _frames(stored)

@@ -10,11 +10,11 @@ BitDelta (a sign and a scale per weight matrix) and DeltaZip (sparse positions, 
   levels fitted by Lloyd's algorithm (1-D k-means) to the tensor's kept values divided by their row's
   root mean square; each row's scale is then the least-squares fit of its coded values (stored bf16).
 
-The payload is laid out as `packed` lays out its own, per block of rows: an `index` (int64, one row per
-block: last row + 1, entries, 0 escapes, position bytes and the end offsets of the position, code and (empty)
-escape frames in `data`), positions as a bitmask or gaps (`packed.position_coding`, a bitmask from one kept
-entry in 16 on) and one byte per code, each stream one zstd frame (compressed even where `packed` would store
-it raw for speed: this encoding is chosen for its size); `packed`'s block walks (`decode_blocks`,
+The payload uses the coded-block layout `packed` uses (`blocks`), per block of rows: an `index` (int64, one
+row per block: last row + 1, entries, 0 escapes, position bytes and the end offsets of the position, code and
+(empty) escape frames in `data`), positions as a bitmask or gaps (`blocks.position_coding`: a bitmask from
+one kept entry in 16 on) and one byte per code, each stream one zstd frame, compressed even where `packed`
+would store it raw for speed (this encoding is chosen for its size). The block walks (`decode_blocks`,
 `add_blocks`) read it, with this encoding's codebook and streams.
 """
 
@@ -30,7 +30,19 @@ from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .packed import Streams, _bitmask_entries, _entries, frame, _unzstd, add_blocks, as_rows, decode_blocks, is_bitmask, position_coding, position_problems
+from .blocks import (
+    Streams,
+    _bitmask_entries,
+    _entries,
+    _unzstd,
+    add_blocks,
+    as_rows,
+    decode_blocks,
+    frame,
+    is_bitmask,
+    position_coding,
+    position_problems,
+)
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
