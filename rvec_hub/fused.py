@@ -70,8 +70,9 @@ def add_in_place(
         survival: accumulates what the bf16 rounding kept of α·Δ.
         pristine: reads the base rows again, to name the cause when a sum is not finite.
         staged: the vector's payload with these rows read ahead (`Vector.staged`), or None.
-        base: contiguous bf16 base rows shaped like `rows`, when they are not in `rows` already: an
-            encoding that can (`Codec.adds_from_base`) writes base + α·Δ in one pass, others copy first.
+        base: bf16 base rows shaped like `rows`, when they are not in `rows` already (read through a
+            contiguous copy if they are strided): an encoding that can (`Codec.adds_from_base`) writes
+            base + α·Δ in one pass, others copy first.
 
     Only for what `applies` accepts.
 
@@ -96,17 +97,17 @@ def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float, base: torch
     Args:
         rows: contiguous bf16 base rows, overwritten.
         delta: the delta rows, bf16 or float32, shaped like `rows`.
-        base: contiguous bf16 rows shaped like `rows` to add to instead of `rows` itself.
+        base: bf16 rows shaped like `rows` to add to instead of `rows` itself.
 
     Returns:
         (status, rounding error², ‖α·Δ‖²); status BAD_VALUE when a sum is not finite (rows then hold
         partial results and must be discarded).
     """
     kernels = _kernels()
-    target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    target = _bits(rows)
     d = delta.reshape(-1)
-    values = d.view(torch.int16).numpy().view(np.uint16) if d.dtype == torch.bfloat16 else d.float().numpy()
-    source = None if base is None else base.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    values = _bits(d) if d.dtype == torch.bfloat16 else d.float().numpy()
+    source = None if base is None else _bits(base)
     return kernels["dense"](target, values, alpha, source)
 
 
@@ -116,7 +117,7 @@ def add_at(rows: torch.Tensor, where: torch.Tensor, values: torch.Tensor, alpha:
     Returns:
         (status, rounding error², ‖α·Δ‖²), as `add_dense`.
     """
-    target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    target = _bits(rows)
     return _kernels()["indexed"](target, where.long().numpy(), values.float().numpy(), alpha)
 
 
@@ -140,16 +141,21 @@ def add_coded(
         table, escaped: the codebook and the escaped values, float32; `escaped` None for an encoding
             without escaped values (`quantized`), whose code 255 is then one more code outside the codebook.
         scales: one float32 scale per row of `rows`, multiplying each coded value (`quantized`).
-        base: contiguous bf16 rows shaped like `rows` to add to instead of `rows` itself; `rows` then gets
+        base: bf16 rows shaped like `rows` to add to instead of `rows` itself; `rows` then gets
             every weight, base where the block has no entry (the merge needs no copy of the base first).
 
     Returns:
         (status, rounding error², ‖α·Δ‖²); a status other than 0 is a `packed` decoding status or BAD_VALUE.
     """
-    target = rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    target = _bits(rows)
     cols = rows[0].numel() if rows.dim() and rows.shape[0] else 1
-    source = None if base is None else base.reshape(-1).view(torch.int16).numpy().view(np.uint16)
+    source = None if base is None else _bits(base)
     return _kernels()["coded"](positions, codes, table, escaped, scales, cols, target, alpha, bitmask, source)
+
+
+def _bits(rows: torch.Tensor) -> np.ndarray:
+    """bf16 rows as their flat bits (uint16), the memory the kernels read and write."""
+    return rows.reshape(-1).view(torch.int16).numpy().view(np.uint16)
 
 
 @lru_cache(maxsize=1)

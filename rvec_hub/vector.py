@@ -210,7 +210,7 @@ class Vector:
     ) -> tuple[int, float, float] | None:
         """Add α·(rows `[start, stop)` of the delta for `name`) to bf16 `rows` in place with the encoding's
         fused kernel (`rvec_hub.fused`); None, rows untouched, when the encoding has none. `staged`: what
-        `staged` read for the same rows. `base`: contiguous bf16 rows to add to instead, `rows` getting
+        `staged` read for the same rows. `base`: bf16 rows to add to instead, `rows` getting
         base + α·Δ (in one pass where the encoding can, `Codec.adds_from_base`)."""
         entry = self.entries[name]
         codec = ENCODINGS[entry.encoding]

@@ -82,10 +82,8 @@ def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVec
     def one(chunk: tuple[int, int], kept: Survival) -> None:
         lo, hi = chunk
         rows, pristine = (out, base) if not shape else (out[lo:hi], base[lo:hi])
-        if not pristine.is_contiguous():
-            rows.copy_(pristine)
         fused.add_in_place(rows, item.vector, source, first_row + lo, first_row + hi, item.alpha, kept, name=name, pristine=lambda: pristine,
-                           base=pristine if pristine.is_contiguous() else None)
+                           base=pristine)
 
     workers = min(len(chunks), torch.get_num_threads())
     if workers > 1:

@@ -127,6 +127,22 @@ def _bitmask_entries(bits: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.packbits(nonzero, bitorder="little"), bits[nonzero]
 
 
+def split_entries(coding: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The (positions, values) split of a block's flattened storage bits for a position coding: `_bitmask_entries`
+    for "bitmask", `_entries` (gap bytes) otherwise."""
+    return _bitmask_entries if coding == "bitmask" else _entries
+
+
+def frames_of(streams: tuple[np.ndarray, ...], offset: int, raw_above: float = _RAW_ABOVE) -> tuple[list[bytes], list[int]]:
+    """One block's streams as zstd frames (`frame`) and the end offset of each in `data`, the block starting at `offset`."""
+    frames, ends = [], []
+    for stream in streams:
+        frames.append(frame(stream, raw_above))
+        offset += len(frames[-1])
+        ends.append(offset)
+    return frames, ends
+
+
 def position_coding(entries: int, elements: int) -> str:
     """How a tensor with this many entries stores their positions: "every" element coded, "bitmask" or "gaps"."""
     if entries > _EVERY_ELEMENT_ABOVE * elements:
@@ -155,9 +171,7 @@ def decode_blocks(entry: TensorEntry, payload: Payload, start: int, stop: int, t
     """Rows `[start, stop)`, float32, of a tensor stored in coded blocks (`packed`, `quantized`): each block
     it touches decoded from `streams`."""
     shape = tuple(entry.shape)
-    rows, cols = as_rows(shape)
-    blocks = _checked_index(entry, payload, rows, cols)
-    codebook = _memo(payload, ("table", entry.name), lambda: table(entry, payload))
+    blocks, codebook, cols = _index_and_codebook(entry, payload, table)
     out = torch.empty(stop - start, cols, dtype=torch.float32)
     for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
         target = out[lo - start : hi - start]
@@ -175,10 +189,8 @@ def add_blocks(
 ) -> tuple[int, float, float]:
     """α·Δ added to bf16 `rows` (rows `[start, stop)`) of a tensor stored in coded blocks, entry by entry
     straight from each block's `streams`; a block the range cuts is decoded whole and its rows in range added.
-    With contiguous bf16 `base` rows, `rows` gets base + α·Δ: the kernel writes every weight of a block."""
-    rows_n, cols = as_rows(tuple(entry.shape))
-    blocks = _checked_index(entry, payload, rows_n, cols)
-    codebook = _memo(payload, ("table", entry.name), lambda: table(entry, payload))
+    With bf16 `base` rows, `rows` gets base + α·Δ: the kernel writes every weight of a block."""
+    blocks, codebook, cols = _index_and_codebook(entry, payload, table)
     values = codebook.numpy()
     flat = rows.reshape(stop - start, cols)
     source = None if base is None else base.reshape(stop - start, cols)
@@ -201,6 +213,12 @@ def add_blocks(
             step, e, n = fused.add_dense(target, buf[lo - first : hi - first], alpha)
         status, err_sq, norm_sq = max(status, step), err_sq + e, norm_sq + n
     return status, err_sq, norm_sq
+
+
+def _index_and_codebook(entry: TensorEntry, payload: Payload, table: TableReader) -> tuple[list[list[int]], torch.Tensor, int]:
+    """The tensor's checked block index, its codebook and its columns (each read once per payload)."""
+    rows, cols = as_rows(tuple(entry.shape))
+    return _checked_index(entry, payload, rows, cols), _memo(payload, ("table", entry.name), lambda: table(entry, payload)), cols
 
 
 def blocks_in(blocks: list[list[int]], start: int, stop: int) -> Iterator[tuple[list[int], int, int, int, int]]:

@@ -21,16 +21,15 @@ from .base import Codec, Encoded, Payload, expect_keys, expect_stored, storage_d
 from .blocks import (
     ESCAPE,
     Streams,
-    _bitmask_entries,
-    _entries,
     _unzstd,
     add_blocks,
     as_rows,
     decode_blocks,
-    frame,
+    frames_of,
     is_bitmask,
     position_coding,
     position_problems,
+    split_entries,
 )
 
 ROLES = ("index", "table", "data")
@@ -107,7 +106,7 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
     # Mostly non-zero, a code per element (zero is then one of the values) costs less than positions and codes.
     coding = position_coding(sum(int(np.count_nonzero(bits)) for bits in stored_bits), rows * cols)
     every = coding == "every"
-    split = _bitmask_entries if coding == "bitmask" else _entries
+    split = split_entries(coding)
     blocks = [(np.zeros(0, dtype=np.uint8), bits) if every else split(bits) for bits in stored_bits]
     del stored_bits
     table = _codebook(blocks, dtype)
@@ -117,11 +116,9 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
         codes = coder(values)
         escaped = values[codes == ESCAPE]
         planes = escaped.view(np.uint8).reshape(-1, dtype.itemsize).T
-        ends = []
-        for stream in (positions, codes, planes):
-            frames.append(frame(stream))
-            offset += len(frames[-1])
-            ends.append(offset)
+        written, ends = frames_of((positions, codes, planes), offset)
+        frames += written
+        offset = ends[-1]
         index.append([b, values.size, escaped.size, positions.size, *ends])
         nnz += int(np.count_nonzero(values)) if every else values.size
     data = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if offset else torch.zeros(0, dtype=torch.uint8)

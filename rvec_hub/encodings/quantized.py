@@ -30,19 +30,7 @@ from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .blocks import (
-    Streams,
-    _bitmask_entries,
-    _entries,
-    _unzstd,
-    add_blocks,
-    as_rows,
-    decode_blocks,
-    frame,
-    is_bitmask,
-    position_coding,
-    position_problems,
-)
+from .blocks import Streams, _unzstd, add_blocks, as_rows, decode_blocks, frames_of, is_bitmask, position_coding, position_problems, split_entries
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
@@ -69,7 +57,7 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
     kept = cut[2]
     table = _codebook(flat, chunks, cut, bits)
     bitmask = position_coding(kept, rows * cols) != "gaps"  # with scales, every element is never coded
-    split = _bitmask_entries if bitmask else _entries
+    split = split_entries("bitmask" if bitmask else "gaps")
     bounds = (table[1:] + table[:-1]) / 2
     scales = np.zeros(rows, dtype=np.float32)
     index, frames, offset, err_sq = [], [], 0, 0.0
@@ -87,11 +75,10 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
         marked = np.zeros(block.size, dtype=np.uint16)
         marked[np.flatnonzero(mask)] = codes.astype(np.uint16) + 1  # `split` codes the non-zero entries' positions
         positions, coded = split(marked)
-        ends = []
-        for stream in (positions, (coded - 1).astype(np.uint8)):
-            frames.append(frame(stream, raw_above=1.0))  # chosen for its size: raw only where zstd cannot shrink it
-            offset += len(frames[-1])
-            ends.append(offset)
+        # Chosen for its size: raw only where zstd cannot shrink a stream.
+        written, ends = frames_of((positions, (coded - 1).astype(np.uint8)), offset, raw_above=1.0)
+        frames += written
+        offset = ends[-1]
         index.append([b, values.size, 0, positions.size, ends[0], ends[1], ends[1]])
     data = torch.frombuffer(bytearray(b"".join(frames)), dtype=torch.uint8) if offset else torch.zeros(0, dtype=torch.uint8)
     stored = {
