@@ -383,11 +383,31 @@ AVX512 static inline __attribute__((always_inline)) int walk_mask_avx512_as(stru
     return 0;
 }
 
+/* walk_mask_avx512's buffer of looked-up values, kept by each thread from block to block up to KEPT_BYTES:
+   a buffer allocated per block came back as fresh pages, faulted in again on every block. */
+#define KEPT_BYTES ((size_t)16 << 20)
+static __thread float *kept;
+static __thread size_t kept_bytes;
+
+static float *values_buffer(size_t bytes) {
+    if (bytes <= kept_bytes)
+        return kept;
+    if (bytes > KEPT_BYTES)
+        return malloc(bytes);
+    float *grown = malloc(bytes);
+    if (grown) {
+        free(kept);
+        kept = grown;
+        kept_bytes = bytes;
+    }
+    return grown;
+}
+
 /* walk_mask in two passes: every code looked up into a buffer, then the bitmask walked sixteen elements
    at a time, each step's values expanded from the buffer to their positions (vexpandps) and added in
    vector lanes with the same fused sum and rounding as add_at, bit for bit. */
 AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
-    float *looked = malloc((size_t)(w->n_codes + 1) * sizeof(float)); /* + 1: never a request for 0 bytes */
+    float *looked = values_buffer((size_t)(w->n_codes + 1) * sizeof(float)); /* + 1: never a request for 0 bytes */
     if (!looked)
         return NO_MEMORY;
     int status = look_up_avx512(w, looked);
@@ -397,7 +417,8 @@ AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t 
         else
             status = w->scales ? walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 1) : walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 0);
     }
-    free(looked);
+    if (looked != kept)
+        free(looked);
     return status;
 }
 

@@ -273,3 +273,32 @@ def test_a_vector_adds_from_base_rows_in_one_pass_or_after_copying_them(family, 
     assert vector.add_into(name, 0, pristine.shape[0], rows, 1.0, base=pristine) == expected
     assert torch.equal(rows.view(torch.int16), in_place.view(torch.int16))
     assert not torch.equal(in_place.view(torch.int16), pristine.view(torch.int16))
+
+
+@needs_kernels
+def test_blocks_beyond_the_kept_value_buffer_add_as_the_scalar_walk_does() -> None:
+    """The vector walk keeps its buffer of looked-up values per thread up to 16 MB: a block of more codes
+    (here 4.5 M) takes a buffer of its own, and the small block after it the kept one again."""
+    from rvec_hub import _kernels
+
+    g = torch.Generator().manual_seed(5)
+    rows, cols = 2200, 4096
+    delta = (torch.randint(-3, 4, (rows, cols), generator=g).float() * 1e-4).to(torch.bfloat16).float()
+    delta[torch.rand(rows, cols, generator=g) < 0.45] = 0.0
+    entry, stored = encode_one("packed", delta, rows_per_block=rows - 3)
+    assert entry.params["positions"] == "bitmask"
+    assert int(torch.count_nonzero(delta[: rows - 3])) > (16 << 20) // 4
+    codec = ENCODINGS["packed"]
+    base = (torch.randn(rows, cols, generator=g) * 0.02).to(torch.bfloat16)
+    results = {}
+    for vector in (True, False):
+        before = _kernels.vector_walk(vector)
+        try:
+            rows_out = base.clone()
+            assert codec.add_into(entry, stored, 0, rows, rows_out, 1.0)[0] == 0
+            results[vector] = (rows_out, codec.decode_rows(entry, stored, 0, rows))
+        finally:
+            _kernels.vector_walk(before)
+    assert torch.equal(results[True][0].view(torch.int16), results[False][0].view(torch.int16))
+    assert _same_bits(results[True][1], results[False][1])
+    assert _same_bits(results[True][1], delta)
