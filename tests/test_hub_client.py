@@ -194,6 +194,46 @@ def test_versions_order_by_semver_precedence_and_latest_prefers_releases() -> No
     assert str(latest({Version.parse("0.1.0-rc.1"): "c"})) == "0.1.0-rc.1" and latest({}) is None
 
 
+class _CreateAnswers:
+    """huggingface_hub's HTTP session, except that creating a repository gets `status` with `body` back
+    (after the real Hub has handled it): a Hub that says "exists" without the url huggingface_hub reads."""
+
+    def __init__(self, session: object, status: int, body: bytes) -> None:
+        self._session, self._status, self._body = session, status, body
+
+    def post(self, url: str, *args: object, **kwargs: object) -> object:
+        import httpx2
+
+        answer = self._session.post(url, *args, **kwargs)
+        if not url.endswith("/api/repos/create"):
+            return answer
+        return httpx2.Response(self._status, content=self._body, headers={"Content-Type": "application/json"}, request=answer.request)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+
+@pytest.mark.parametrize("status, body", [(409, b'{"error": "You already created this model repo"}'), (409, b"exists"), (200, b"{}")])
+def test_push_to_a_hub_whose_create_answer_names_no_url(vector_dir: Path, url: str, status: int, body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.hf_api as hf_api
+
+    session = hf_api.get_session()
+    monkeypatch.setattr(hf_api, "get_session", lambda: _CreateAnswers(session, status, body))
+    pushed = push(vector_dir, f"alice/no-url-{status}-{len(body)}", "1.0.0", endpoint=url, token=ALICE, quiet=True)
+    assert pushed.url == f"{url}/alice/no-url-{status}-{len(body)}"
+    assert [str(v.version) for v in versions(pushed.repo_id, endpoint=url, token=ALICE)] == ["1.0.0"]
+
+
+def test_push_where_create_answers_409_without_url_and_no_repository_exists_says_so(vector_dir: Path, url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub.hf_api as hf_api
+
+    session = hf_api.get_session()
+    monkeypatch.setattr(hf_api, "get_session", lambda: _CreateAnswers(session, 409, b"{}"))
+    # BOB may not create under alice's namespace: the real Hub refuses, the answer says "exists", nothing exists.
+    with pytest.raises(HubError, match="alice/ghost"):
+        push(vector_dir, "alice/ghost", "1.0.0", endpoint=url, token=BOB, quiet=True)
+
+
 @pytest.mark.parametrize("bad", ["1.0", "01.0.0", "1.0.0+build.5", "latest", "v1"])
 def test_push_refuses_a_version_that_is_not_semver(vector_dir: Path, bad: str) -> None:
     with pytest.raises(UsageError, match="semantic versioning"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -101,7 +102,7 @@ def push(
     api = HfApi(endpoint=endpoint, token=token)
 
     with hub_errors(repo_id, endpoint, token=token, writing=True), _progress_bars(quiet):
-        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        url = _create_repo(api, repo_id, private)
         existing = version_tags(api, repo_id)
         if parsed in existing:
             newest = max(existing)
@@ -143,6 +144,20 @@ def push(
         repo_id=repo_id, version=parsed, commit=info.oid, url=str(url),
         files=tuple(sorted(names)), payload_bytes=sum(f.size for f in manifest.files),
     )
+
+
+def _create_repo(api: HfApi, repo_id: str, private: bool | None) -> str:
+    """The repository's url, the repository created unless it exists.
+
+    `huggingface_hub` reads the url from the answer's JSON body, a 409's ("exists") included; a Hub whose
+    answer has no such body leaves a KeyError or a JSON error behind. The repository is then looked up
+    instead (a missing one raises, as any other failure does) and its url is the endpoint's.
+    """
+    try:
+        return str(api.create_repo(repo_id, private=private, exist_ok=True))
+    except (KeyError, json.JSONDecodeError):
+        api.repo_info(repo_id)
+        return f"{api.endpoint.rstrip('/')}/{repo_id}"
 
 
 def _branch_head(api: HfApi, repo_id: str) -> str | None:
