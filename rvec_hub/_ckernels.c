@@ -362,14 +362,15 @@ AVX512 static inline __attribute__((always_inline)) int step16(struct walk *w, c
     return 0;
 }
 
-/* Two steps at a time, each with its own sums, so that neither waits on the other's. */
+/* Two steps at a time, each with its own sums, so that neither waits on the other's; from element p_start
+   (a multiple of 32) and code k_start on. */
 AVX512 static inline __attribute__((always_inline)) int walk_mask_avx512_as(struct walk *w, const uint8_t *mask, int64_t n_mask,
-                                                                             int64_t n, const float *looked, const int add, const int scaled) {
+                                                                             int64_t n, const float *looked, const int add, const int scaled, int64_t p_start, int64_t k_start) {
     __m512 err[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, norm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
     __mmask16 bad = 0;
-    int64_t k = 0;
+    int64_t k = k_start;
     int status = 0;
-    for (int64_t p0 = 0; p0 < n && !status; p0 += 32) {
+    for (int64_t p0 = p_start; p0 < n && !status; p0 += 32) {
         status = step16(w, mask, n_mask, n, p0, looked, &k, &err[0], &norm[0], &bad, add, scaled);
         if (!status && p0 + 16 < n)
             status = step16(w, mask, n_mask, n, p0 + 16, looked, &k, &err[1], &norm[1], &bad, add, scaled);
@@ -381,6 +382,26 @@ AVX512 static inline __attribute__((always_inline)) int walk_mask_avx512_as(stru
     w->norm += _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
     w->bad |= bad != 0;
     return 0;
+}
+
+/* walk_mask_avx512's loop for a decode without scales: thirty-two elements a step, each half's values
+   expanded from the buffer to their positions and stored, zeros between. Stops before the last partial
+   step or where the codes run out (the general walk then goes on, and names any problem); returns the
+   first element it left, and in *k_out the codes it used. */
+AVX512 static int64_t decode_mask_fast(const uint8_t *mask, int64_t n, const float *looked, int64_t n_codes, float *out, int64_t *k_out) {
+    int64_t k = 0, p0 = 0;
+    for (; p0 + 32 <= n; p0 += 32) {
+        uint32_t m;
+        memcpy(&m, mask + (p0 >> 3), sizeof m);
+        const int64_t c0 = __builtin_popcount(m & 0xFFFFu), c = __builtin_popcount(m);
+        if (__builtin_expect(k + c > n_codes, 0))
+            break;
+        _mm512_storeu_ps(out + p0, _mm512_maskz_expandloadu_ps((__mmask16)m, looked + k));
+        _mm512_storeu_ps(out + p0 + 16, _mm512_maskz_expandloadu_ps((__mmask16)(m >> 16), looked + k + c0));
+        k += c;
+    }
+    *k_out = k;
+    return p0;
 }
 
 /* walk_mask_avx512's buffer of looked-up values, kept by each thread from block to block up to KEPT_BYTES:
@@ -412,10 +433,13 @@ AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t 
         return NO_MEMORY;
     int status = look_up_avx512(w, looked);
     if (!status) {
+        int64_t p = 0, k = 0;
+        if (!w->add && !w->scales)
+            p = decode_mask_fast(mask, n, looked, w->n_codes, (float *)w->target, &k);
         if (w->add)
-            status = w->scales ? walk_mask_avx512_as(w, mask, n_mask, n, looked, 1, 1) : walk_mask_avx512_as(w, mask, n_mask, n, looked, 1, 0);
+            status = w->scales ? walk_mask_avx512_as(w, mask, n_mask, n, looked, 1, 1, p, k) : walk_mask_avx512_as(w, mask, n_mask, n, looked, 1, 0, p, k);
         else
-            status = w->scales ? walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 1) : walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 0);
+            status = w->scales ? walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 1, p, k) : walk_mask_avx512_as(w, mask, n_mask, n, looked, 0, 0, p, k);
     }
     if (looked != kept)
         free(looked);
