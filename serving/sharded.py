@@ -147,18 +147,20 @@ def merge_slice(
 ) -> torch.Tensor:
     """`merge_tensor(...).narrow(dim, start, length)` without merging the rest of the tensor.
 
-    Along dim 0 only the slice's rows are decoded, and one vector into bf16 is added by the fused kernels
-    as `merge_tensor` adds it; along another dim every row is decoded (the encodings decode by rows) but
-    only the slice is added and cast.
+    Along dim 0 only the slice's rows are decoded. Along another dim every row is decoded (the encodings
+    decode by rows): one vector into bf16 is added to whole rows by the fused kernels, as `merge_tensor` adds
+    it, and the slice kept (its survival then counts the whole rows); otherwise only the slice is added and cast.
     """
     active = _active(vectors, name)
     rows = base.narrow(dim, start, length)
     if not active or not base.dtype.is_floating_point:
         return rows
     src = {i: delta_source(vectors[i].vector, name) for i in active}
-    if dim == 0 and len(active) == 1 and fused.applies(vectors[active[0]].vector, src[active[0]], base, out_dtype):
+    if len(active) == 1 and fused.applies(vectors[active[0]].vector, src[active[0]], base, out_dtype):
         i = active[0]
-        return _fused(name, rows, vectors[i], src[i], survival[i], first_row=start)
+        if dim == 0:
+            return _fused(name, rows, vectors[i], src[i], survival[i], first_row=start)
+        return _fused(name, base, vectors[i], src[i], survival[i]).narrow(dim, start, length)
     span = (start, start + length) if dim == 0 else (0, base.shape[0])
     out = torch.empty(tuple(rows.shape), dtype=out_dtype)
     for a, b in row_chunks((span[1] - span[0], *base.shape[1:])):

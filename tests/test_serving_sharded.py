@@ -111,3 +111,30 @@ def test_a_parameter_of_another_dtype_or_layout_gets_the_merged_tensor_copied_in
             assert torch.equal(torch.cat([lazy, lazy]), torch.cat([whole, whole]))  # lazies inside a list
             return
     pytest.fail("no tensor was touched by the vectors")
+
+
+@pytest.mark.parametrize("method", ["dense", "auto"])
+def test_a_row_parallel_rank_slice_of_one_vector_is_merged_by_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method) -> None:
+    from rvec_hub import fused
+
+    path = vector_dir
+    if method != "dense":
+        path = tmp_path / method
+        compress(Vector.open(vector_dir), path, method=method, quiet=True)
+    one = [OpenedVector(method, Vector.open(path), 0.7)]
+    calls = []
+    add_in_place = fused.add_in_place
+    monkeypatch.setattr(fused, "add_in_place", lambda *a, **k: (calls.append(a[3:5]), add_in_place(*a, **k))[1])
+    checked = 0
+    for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
+        if not isinstance(lazy, MergeOnNarrow) or lazy.dim() != 2 or lazy.shape[1] < 2:
+            continue
+        whole = merge_tensor(name, lazy.as_subclass(torch.Tensor), one, torch.bfloat16, [Survival()])
+        size = lazy.shape[1] // 2
+        calls.clear()
+        param = torch.full((lazy.shape[0], size), float("nan"), dtype=torch.bfloat16)
+        param.copy_(lazy.narrow(1, size, size))  # rank 1 of 2 of a row-parallel layer
+        assert calls and calls[0][0] == 0 and calls[-1][1] == lazy.shape[0], (name, calls)
+        assert torch.equal(param, whole.narrow(1, size, size)), name
+        checked += 1
+    assert checked >= 8
