@@ -290,7 +290,7 @@ def print_report(report: dict) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=ROOT / ".bench-work" / "serve")
-    parser.add_argument("--repeat", type=int, default=1, help="Engine starts per configuration (medians are reported).")
+    parser.add_argument("--repeat", type=int, default=1, help="Engine starts per configuration (the best is reported).")
     parser.add_argument("--rank", type=int, default=64, help="Rank of the low-rank vector.")
     parser.add_argument("--prompts", type=int, default=16, help="Throughput: concurrent prompts.")
     parser.add_argument("--max-tokens", type=int, default=64, help="Throughput: tokens generated per prompt.")
