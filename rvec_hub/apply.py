@@ -132,15 +132,10 @@ def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
 
 
 def _fuses(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device) -> bool:
-    """Whether some tensor takes the fused add (`_chunks`, `fused.applies`): one vector with a fused kernel
-    into bf16 base rows written as bf16, on the CPU."""
-    if device.type != "cpu":
-        return False
+    """Whether some tensor takes the fused add (`_chunks`, `fused.applies`), decided from the plan's dtypes."""
     for name, _, dtype in plan:
-        if dtype != torch.bfloat16 or base.tensors[name].dtype != torch.bfloat16:
-            continue
         active = _active(vectors, name)
-        if len(active) == 1 and active[0][1].has_fused_add(active[0][3]):
+        if len(active) == 1 and fused.applies_to(active[0][1], active[0][3], base.tensors[name].dtype, dtype, device):
             return True
     return False
 

@@ -42,7 +42,12 @@ def load_kernels() -> None:
 def applies(vector: Any, source: str, base: torch.Tensor, out_dtype: torch.dtype) -> bool:
     """Whether `add_in_place` can add the delta of `source` to these base rows: bf16 in and out on the CPU,
     an encoding with a fused kernel, the kernels built."""
-    if base.dtype != torch.bfloat16 or out_dtype != torch.bfloat16 or base.device.type != "cpu":
+    return applies_to(vector, source, base.dtype, out_dtype, base.device)
+
+
+def applies_to(vector: Any, source: str, base_dtype: torch.dtype, out_dtype: torch.dtype, device: torch.device) -> bool:
+    """`applies` for base rows of `base_dtype` on `device`, decided before any row is read."""
+    if base_dtype != torch.bfloat16 or out_dtype != torch.bfloat16 or device.type != "cpu":
         return False
     return vector.has_fused_add(source) and available()
 
