@@ -65,20 +65,26 @@ _CUTS = {
 }
 
 
-@pytest.mark.parametrize("cut", list(_CUTS))
-@pytest.mark.parametrize("method", ["dense", "auto", "quantized"])
-def test_one_vector_into_bf16_is_added_in_the_parameter_itself_by_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method, cut) -> None:
+def _one_vector_counting_kernel_calls(vector_dir, tmp_path, monkeypatch, method: str) -> tuple[list[OpenedVector], list]:
+    """The vector compressed with `method` (dense: as it is) at α 0.7, and a list that gets (rows' address,
+    first row, last row + 1) of each `fused.add_in_place` call."""
     from rvec_hub import fused
 
     path = vector_dir
     if method != "dense":
         path = tmp_path / method
         compress(Vector.open(vector_dir), path, method=method, quiet=True, **({"bits": 2} if method == "quantized" else {}))
-    one = [OpenedVector(method, Vector.open(path), 0.7)]
     calls = []
     add_in_place = fused.add_in_place
     monkeypatch.setattr(fused, "add_in_place", lambda rows, vector, source, start, stop, *a, **k: (
         calls.append((rows.data_ptr(), start, stop)), add_in_place(rows, vector, source, start, stop, *a, **k))[1])
+    return [OpenedVector(method, Vector.open(path), 0.7)], calls
+
+
+@pytest.mark.parametrize("cut", list(_CUTS))
+@pytest.mark.parametrize("method", ["dense", "auto", "quantized"])
+def test_one_vector_into_bf16_is_added_in_the_parameter_itself_by_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method, cut) -> None:
+    one, calls = _one_vector_counting_kernel_calls(vector_dir, tmp_path, monkeypatch, method)
     checked = 0
     for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
         if not isinstance(lazy, MergeOnNarrow) or lazy.dim() != 2 or lazy.shape[0] < 2:
@@ -113,18 +119,9 @@ def test_a_parameter_of_another_dtype_or_layout_gets_the_merged_tensor_copied_in
     pytest.fail("no tensor was touched by the vectors")
 
 
-@pytest.mark.parametrize("method", ["dense", "auto"])
+@pytest.mark.parametrize("method", ["dense", "auto", "quantized"])
 def test_a_row_parallel_rank_slice_of_one_vector_is_merged_by_the_fused_kernels(family, vector_dir, tmp_path, monkeypatch, method) -> None:
-    from rvec_hub import fused
-
-    path = vector_dir
-    if method != "dense":
-        path = tmp_path / method
-        compress(Vector.open(vector_dir), path, method=method, quiet=True)
-    one = [OpenedVector(method, Vector.open(path), 0.7)]
-    calls = []
-    add_in_place = fused.add_in_place
-    monkeypatch.setattr(fused, "add_in_place", lambda *a, **k: (calls.append(a[3:5]), add_in_place(*a, **k))[1])
+    one, calls = _one_vector_counting_kernel_calls(vector_dir, tmp_path, monkeypatch, method)
     checked = 0
     for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
         if not isinstance(lazy, MergeOnNarrow) or lazy.dim() != 2 or lazy.shape[1] < 2:
@@ -134,7 +131,7 @@ def test_a_row_parallel_rank_slice_of_one_vector_is_merged_by_the_fused_kernels(
         calls.clear()
         param = torch.full((lazy.shape[0], size), float("nan"), dtype=torch.bfloat16)
         param.copy_(lazy.narrow(1, size, size))  # rank 1 of 2 of a row-parallel layer
-        assert calls and calls[0][0] == 0 and calls[-1][1] == lazy.shape[0], (name, calls)
+        assert calls and calls[0][1] == 0 and calls[-1][2] == lazy.shape[0], (name, calls)
         assert torch.equal(param, whole.narrow(1, size, size)), name
         checked += 1
     assert checked >= 8
