@@ -14,8 +14,9 @@ Every decoder returns float32, as `Vector.decode_rows` does, and decodes the row
 passes ask for (`row_chunks`); the output is compared bit for bit with the dense delta. Times are wall
 and CPU (process) seconds; a decode time is the best of `--repeat` passes (tensor by tensor: each tensor's
 fastest pass, summed; a whole vector: its fastest pass), since on a shared host the slow passes are other
-load, as bench_serve's and bench_apply's best-of figures; the JSON has the mean of the passes beside it. It also times `rvec compress` (lossless) as a command, and decoding both
-written vectors through `Vector.decode_rows` from a warm page cache.
+load, as bench_serve's and bench_apply's best-of figures; the JSON has the mean of the passes beside it.
+It also times `rvec compress` (lossless) as a command, and decoding both written vectors through
+`Vector.decode_rows` from a warm page cache.
 
     flock /tmp/rvec-bench.lock .venv/bin/python bench/bench_codec.py             # 0.5B shapes
     .venv/bin/python bench/bench_codec.py --size tiny                            # smoke run
@@ -73,35 +74,17 @@ class _Stored:
 
 
 class _Clock:
-    """Accumulated wall and CPU seconds of the timed blocks, and those of the last one."""
+    """Accumulated wall and CPU seconds of the timed blocks."""
 
     def __init__(self) -> None:
-        self.wall = self.cpu = self.last_wall = self.last_cpu = 0.0
+        self.wall = self.cpu = 0.0
 
     def time(self, fn: Callable[[], object]) -> object:
         w, c = time.perf_counter(), time.process_time()
         out = fn()
-        self.last_wall, self.last_cpu = time.perf_counter() - w, time.process_time() - c
-        self.wall += self.last_wall
-        self.cpu += self.last_cpu
+        self.wall += time.perf_counter() - w
+        self.cpu += time.process_time() - c
         return out
-
-
-class _Best:
-    """The sum over items of each item's fastest pass (wall and CPU seconds, each its own minimum)."""
-
-    def __init__(self) -> None:
-        self.wall = self.cpu = 0.0
-        self._item: list[tuple[float, float]] = []
-
-    def add(self, clock: _Clock) -> None:
-        self._item.append((clock.last_wall, clock.last_cpu))
-
-    def close_item(self) -> None:
-        if self._item:
-            self.wall += min(w for w, _ in self._item)
-            self.cpu += min(c for _, c in self._item)
-        self._item = []
 
 
 def _rvec_codec(name: str):
@@ -139,8 +122,8 @@ def bench_tensors(vector: Vector, repeat: int) -> dict:
     names = ("packed", "sparse", "zstd-3", "zipnn", "dense")
     size = dict.fromkeys(names, 0)
     enc = {n: _Clock() for n in names}
-    dec = {n: _Clock() for n in names}
-    best = {n: _Best() for n in names}
+    dec = {n: _Clock() for n in names}  # all passes (their mean is reported beside the best)
+    best = {n: _Clock() for n in names}  # each tensor's fastest pass
     exact = dict.fromkeys(names, True)
     rvec = {n: _rvec_codec(n) for n in ("packed", "sparse")}
     warm = rvec["packed"][0](torch.ones(4, 4, dtype=torch.bfloat16))[0]
@@ -179,14 +162,16 @@ def bench_tensors(vector: Vector, repeat: int) -> dict:
                 def one(a, b):
                     return delta[a:b].float()
             size[name] += nbytes
-            for r in range(repeat):
-                parts = dec[name].time(lambda: [one(a, b) for a, b in chunks])
-                best[name].add(dec[name])
+            passes = [_Clock() for _ in range(repeat)]
+            for r, clock in enumerate(passes):
+                parts = clock.time(lambda: [one(a, b) for a, b in chunks])
                 if r == 0:
                     decoded = torch.cat([p.reshape(-1) for p in parts])
                     exact[name] &= torch.equal(decoded.view(torch.int32), reference.reshape(-1).view(torch.int32))
                 del parts
-            best[name].close_item()
+            for total, pick in ((dec[name], sum), (best[name], min)):
+                total.wall += pick(c.wall for c in passes)
+                total.cpu += pick(c.cpu for c in passes)
         if (i + 1) % 50 == 0 or i + 1 == len(tensors):
             log_line(f"  {i + 1}/{len(tensors)} tensors; bytes so far: " + ", ".join(f"{n} {size[n] / 1e6:.1f} MB" for n in names))
     out = {}
