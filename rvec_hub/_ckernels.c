@@ -216,10 +216,11 @@ static inline __attribute__((always_inline)) int walk_every(struct walk *w, int6
     return 0;
 }
 
-static int vector_walk = 1;
+static int vector_walk = 2;
 
-/* Whether a bitmask walk may take the vector path where the CPU has one (`enable` 0 or 1; -1 only asks):
-   tests run the scalar walk on the same machine. Returns the setting before the call. */
+/* Which bitmask walks may run where the CPU has them (`enable`; -1 only asks): 2 all, 1 the AVX-512 walk
+   but not its byte walk, 0 only the scalar walk. Tests run each on the same machine. Returns the setting
+   before the call. */
 int rvec_vector_walk(int enable) {
     int before = vector_walk;
     if (enable >= 0)
@@ -227,9 +228,36 @@ int rvec_vector_walk(int enable) {
     return before;
 }
 
+/* The walk this thread's last bitmask block took, as rvec_vector_walk counts them (for tests). */
+static __thread int walked = -1;
+
+int rvec_last_walk(void) { return walked; }
+
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #include <immintrin.h>
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi,bmi2,popcnt,fma")))
+
+static int has_avx512(void) {
+    static int known = -1;
+    if (vector_walk == 0)
+        return 0;
+    if (known < 0) {
+        __builtin_cpu_init();
+        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("bmi2");
+    }
+    return known;
+}
+
+/* Whether the byte walk may run: the AVX-512 walk may, and the CPU has VBMI and VBMI2. */
+static int has_bytes(void) {
+    static int known = -1;
+    if (vector_walk < 2 || !has_avx512())
+        return 0;
+    if (known < 0)
+        known = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2");
+    return known;
+}
 
 /* walk_mask sixteen elements at a time: the group's codes looked up together (a gather from the codebook),
    expanded to their positions (vexpandps) and added in vector lanes, with the same fused sum and rounding
@@ -284,15 +312,41 @@ AVX512 static int look_up_avx512(struct walk *w, float *values) {
     return 0;
 }
 
+/* The arithmetic of a vector step: out = source + alpha * v in the `lanes` from element p0 on, where `m`
+   has an entry and v is not zero (the sums, squared rounding errors and |v|^2 of those lanes, into err and
+   norm; a sum outside bf16's range into bad), and the source's weight elsewhere when there is a source. */
+AVX512 static inline __attribute__((always_inline)) void add16(const struct walk *w, int64_t p0, __mmask16 lanes, __mmask16 m, __m512 v,
+                                                              __m512 *err, __m512 *norm, __mmask16 *bad) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F80);
+    uint16_t *bits = (uint16_t *)w->target;
+    const uint16_t *from = w->source ? w->source : bits;
+    __m256i stored = _mm256_maskz_loadu_epi16(lanes, from + p0);
+    if (!m) {
+        if (w->source)
+            _mm256_mask_storeu_epi16(bits + p0, lanes, stored);
+        return;
+    }
+    __mmask16 live = _mm512_mask_cmp_ps_mask(m, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    __m512 base = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16));
+    __m512 exact = _mm512_fmadd_ps(_mm512_set1_ps(w->alpha), v, base);
+    __m512i u = _mm512_castps_si512(exact);
+    __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+    if (w->source) /* every weight of the step: the sums where the vector adds, the base elsewhere */
+        _mm256_mask_storeu_epi16(bits + p0, lanes, _mm256_mask_blend_epi16(live, stored, _mm512_cvtepi32_epi16(rounded)));
+    else
+        _mm256_mask_storeu_epi16(bits + p0, live, _mm512_cvtepi32_epi16(rounded));
+    __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
+    *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
+    *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
+    *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+}
+
 /* One step of walk_mask_avx512: the sixteen elements from p0 on, their values the next ones of `looked`;
    0, or the block's status. */
 AVX512 static inline __attribute__((always_inline)) int step16(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n, int64_t p0,
                                                                const float *looked, int64_t *k, __m512 *err, __m512 *norm, __mmask16 *bad,
                                                                const int add, const int scaled) {
-    const __m512 zero = _mm512_setzero_ps();
-    const __m512i exponent = _mm512_set1_epi32(0x7F80);
-    uint16_t *bits = (uint16_t *)w->target;
-    const uint16_t *from = w->source ? w->source : bits;
     float *values = (float *)w->target;
     uint32_t m;
     int64_t len = 16;
@@ -339,26 +393,7 @@ AVX512 static inline __attribute__((always_inline)) int step16(struct walk *w, c
         _mm512_mask_storeu_ps(values + p0, lanes, v);
         return 0;
     }
-    __m256i stored = _mm256_maskz_loadu_epi16(lanes, from + p0);
-    if (!m) {
-        if (w->source)
-            _mm256_mask_storeu_epi16(bits + p0, lanes, stored);
-        return 0;
-    }
-    __mmask16 live = _mm512_mask_cmp_ps_mask((__mmask16)m, v, zero, _CMP_NEQ_UQ);
-    __m512 base = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16));
-    __m512 exact = _mm512_fmadd_ps(_mm512_set1_ps(w->alpha), v, base);
-    __m512i u = _mm512_castps_si512(exact);
-    __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
-    if (w->source) /* every weight of the step: the sums where the vector adds, the base elsewhere */
-        _mm256_mask_storeu_epi16(bits + p0, lanes, _mm256_mask_blend_epi16(live, stored, _mm512_cvtepi32_epi16(rounded)));
-    else
-        _mm256_mask_storeu_epi16(bits + p0, live, _mm512_cvtepi32_epi16(rounded));
-    __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
-    *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
-    *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
-    *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+    add16(w, p0, lanes, (__mmask16)m, v, err, norm, bad);
     return 0;
 }
 
@@ -424,10 +459,193 @@ static float *values_buffer(size_t bytes) {
     return grown;
 }
 
+#define AVX512_BYTES __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512vbmi,avx512vbmi2,bmi,bmi2,popcnt,fma")))
+
+/* Whether the byte walk can add this block: bf16 values (every codebook and escaped value a bf16, as a
+   bf16 vector's are), no scales, at most 255 codebook values. */
+static int bf16_values(const struct walk *w) {
+    if (!w->add || w->scales || w->n_table > 255)
+        return 0;
+    for (int64_t i = 0; i < w->n_table; i++) {
+        uint32_t u;
+        memcpy(&u, w->table + i, sizeof u);
+        if (u & 0xFFFFu)
+            return 0;
+    }
+    for (int64_t i = 0; i < w->n_escaped; i++) {
+        uint32_t u;
+        memcpy(&u, w->escaped + i, sizeof u);
+        if (u & 0xFFFFu)
+            return 0;
+    }
+    return 1;
+}
+
+/* The arithmetic of add16 on sixteen entries gathered together: sums[i] = bf16(sums[i] + alpha * deltas[i])
+   in the `lanes` whose delta is not zero (bf16 bits, both). */
+AVX512 static inline __attribute__((always_inline)) void add_gathered16(uint16_t *sums, const uint16_t *deltas, __mmask16 lanes, __m512 alpha,
+                                                                       __m512 *err, __m512 *norm, __mmask16 *bad) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F80);
+    const __m256i stored = _mm256_loadu_si256((const __m256i *)sums);
+    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)deltas)), 16));
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(lanes, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __m512 exact = _mm512_fmadd_ps(alpha, v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16)));
+    const __m512i u = _mm512_castps_si512(exact);
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+    _mm256_storeu_si256((__m256i *)sums, _mm256_mask_blend_epi16(live, stored, _mm512_cvtepi32_epi16(rounded)));
+    const __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
+    *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
+    *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
+    *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+}
+
+#define SPAN 2048 /* elements of one round of the byte walk: its buffers and base rows stay in the first-level cache */
+
+/* walk_mask for the fused add of bf16 values, with no pass before it. Round by round over SPAN elements:
+   the round's codes looked up sixty-four at a time as the low and high bytes of their bf16 values
+   (vpermt2b over the codebook's two byte planes, 256 bytes each), escaped values expanded into the escape
+   codes' places; the base weights at the entries gathered (vpcompressw); the arithmetic of add16 on
+   sixteen entries a step, so no lane computes a weight the vector leaves alone; the sums put back among
+   the base weights (vpexpandw) and stored. A round with a code outside the codebook, more escape codes
+   than escaped values left or more entries than codes, and the last elements after the whole steps of
+   sixty-four, go to the scalar walk, which names any problem. `bf16_values` must hold. */
+AVX512_BYTES static int walk_mask_bytes(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
+    /* Entry i of a lookup sits at byte order[i], so that interleaving the low and high bytes
+       (vpunpcklbw / vpunpckhbw, within 128-bit lanes) lays the sixty-four bf16 values out in order. */
+    static const uint8_t order[64] = {0,  1,  2,  3,  4,  5,  6,  7,  32, 33, 34, 35, 36, 37, 38, 39, 8,  9,  10, 11, 12, 13,
+                                      14, 15, 40, 41, 42, 43, 44, 45, 46, 47, 16, 17, 18, 19, 20, 21, 22, 23, 48, 49, 50, 51,
+                                      52, 53, 54, 55, 24, 25, 26, 27, 28, 29, 30, 31, 56, 57, 58, 59, 60, 61, 62, 63};
+    uint8_t low[256] = {0}, high[256] = {0};
+    for (int64_t i = 0; i < w->n_table; i++) {
+        uint32_t u;
+        memcpy(&u, w->table + i, sizeof u);
+        low[i] = (uint8_t)(u >> 16);
+        high[i] = (uint8_t)(u >> 24);
+    }
+    uint16_t *escaped = (uint16_t *)values_buffer((size_t)(w->n_escaped + 1) * sizeof(float));
+    if (!escaped)
+        return NO_MEMORY;
+    for (int64_t i = 0; i < w->n_escaped; i++) {
+        uint32_t u;
+        memcpy(&u, w->escaped + i, sizeof u);
+        escaped[i] = (uint16_t)(u >> 16);
+    }
+    const __m512i low0 = _mm512_loadu_si512(low), low1 = _mm512_loadu_si512(low + 64), low2 = _mm512_loadu_si512(low + 128),
+                  low3 = _mm512_loadu_si512(low + 192), high0 = _mm512_loadu_si512(high), high1 = _mm512_loadu_si512(high + 64),
+                  high2 = _mm512_loadu_si512(high + 128), high3 = _mm512_loadu_si512(high + 192);
+    const __m512i laid = _mm512_loadu_si512(order), limit = _mm512_set1_epi8((char)w->n_table), escape = _mm512_set1_epi8((char)255);
+    const __m512 alpha = _mm512_set1_ps(w->alpha);
+    const int can_escape = w->bad_code == 4;
+    uint16_t *out = (uint16_t *)w->target;
+    const uint16_t *from = w->source ? w->source : out;
+    /* Aligned rows are written past the caches: the merged weights are not read again soon, and the
+       stores need not read the lines they fill first. */
+    const int streaming = ((uintptr_t)out & 63) == 0;
+    uint16_t deltas[SPAN + 64], sums[SPAN + 64]; /* the round's entries: their values, their bases then sums */
+    __m512 err[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, norm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __mmask16 bad = 0;
+    int64_t k = 0, e = 0, p0 = 0;
+    while (n - p0 >= 64) {
+        const int64_t end = n - p0 >= SPAN ? p0 + SPAN : p0 + ((n - p0) & ~(int64_t)63);
+        int64_t count = 0;
+        for (int64_t p = p0; p < end; p += 64) {
+            uint64_t m;
+            memcpy(&m, mask + (p >> 3), sizeof m);
+            count += __builtin_popcountll(m);
+        }
+        if (k + count > w->n_codes)
+            break;
+        int64_t used = 0; /* escaped values the round takes */
+        int corrupt = 0;
+        for (int64_t i = 0; i < count && !corrupt; i += 64) {
+            const __mmask64 lanes = count - i >= 64 ? ~(__mmask64)0 : ((__mmask64)1 << (count - i)) - 1;
+            const __m512i code = _mm512_maskz_loadu_epi8(lanes, w->codes + k + i);
+            const __mmask64 escapes = _mm512_mask_cmpge_epu8_mask(lanes, code, limit); /* past the codebook: escape codes, or corrupt */
+            if (escapes && (!can_escape || _mm512_mask_cmpneq_epi8_mask(escapes, code, escape) ||
+                            e + used + __builtin_popcountll(escapes) > w->n_escaped)) {
+                corrupt = 1;
+                break;
+            }
+            const __m512i at = _mm512_permutexvar_epi8(laid, code);
+            const __mmask64 upper = _mm512_movepi8_mask(at);
+            const __m512i lo = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(low0, at, low1), _mm512_permutex2var_epi8(low2, at, low3));
+            const __m512i hi = _mm512_mask_blend_epi8(upper, _mm512_permutex2var_epi8(high0, at, high1), _mm512_permutex2var_epi8(high2, at, high3));
+            __m512i first = _mm512_unpacklo_epi8(lo, hi), second = _mm512_unpackhi_epi8(lo, hi);
+            if (escapes) {
+                first = _mm512_mask_expandloadu_epi16(first, (__mmask32)escapes, escaped + e + used);
+                used += __builtin_popcount((uint32_t)escapes);
+                second = _mm512_mask_expandloadu_epi16(second, (__mmask32)(escapes >> 32), escaped + e + used);
+                used += __builtin_popcount((uint32_t)(escapes >> 32));
+            }
+            _mm512_storeu_si512(deltas + i, first);
+            _mm512_storeu_si512(deltas + i + 32, second);
+        }
+        if (corrupt)
+            break;
+        int64_t c = 0;
+        for (int64_t p = p0; p < end; p += 32) {
+            uint32_t m;
+            memcpy(&m, mask + (p >> 3), sizeof m);
+            _mm512_storeu_si512(sums + c, _mm512_maskz_compress_epi16(m, _mm512_loadu_si512(from + p)));
+            c += __builtin_popcount(m);
+            _mm_prefetch((const char *)(from + p + SPAN), _MM_HINT_T0);
+        }
+        for (int64_t i = 0; i < count; i += 32) {
+            const int64_t left = count - i;
+            add_gathered16(sums + i, deltas + i, left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1u), alpha, &err[0], &norm[0], &bad);
+            if (left > 16)
+                add_gathered16(sums + i + 16, deltas + i + 16, left >= 32 ? 0xFFFF : (__mmask16)((1u << (left - 16)) - 1u), alpha, &err[1],
+                               &norm[1], &bad);
+        }
+        c = 0;
+        for (int64_t p = p0; p < end; p += 32) {
+            uint32_t m;
+            memcpy(&m, mask + (p >> 3), sizeof m);
+            const __m512i merged = _mm512_mask_expand_epi16(_mm512_loadu_si512(from + p), m, _mm512_loadu_si512(sums + c));
+            if (streaming)
+                _mm512_stream_si512((__m512i *)(out + p), merged);
+            else
+                _mm512_storeu_si512(out + p, merged);
+            c += __builtin_popcount(m);
+        }
+        k += count;
+        e += used;
+        p0 = end;
+    }
+    if (streaming)
+        _mm_sfence();
+    if (escaped != (uint16_t *)kept)
+        free(escaped);
+    w->k = k;
+    w->e = e;
+    w->err += _mm512_reduce_add_ps(_mm512_add_ps(err[0], err[1]));
+    w->norm += _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
+    w->bad |= bad != 0;
+    if (p0 >= n)
+        return 0;
+    if (w->source) /* the scalar walk adds in place */
+        memcpy(out + p0, w->source + p0, (size_t)(n - p0) * sizeof(uint16_t));
+    for (; p0 < n; p0 += 16) {
+        uint32_t m = bits16(mask, n_mask, p0);
+        if (n - p0 < 16 && m >> (n - p0))
+            return 1;
+        int status = group(w, p0, m);
+        if (status)
+            return status;
+    }
+    return 0;
+}
+
 /* walk_mask in two passes: every code looked up into a buffer, then the bitmask walked sixteen elements
    at a time, each step's values expanded from the buffer to their positions (vexpandps) and added in
    vector lanes with the same fused sum and rounding as add_at, bit for bit. */
 AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
+    if (has_bytes() && bf16_values(w)) {
+        walked = 2;
+        return walk_mask_bytes(w, mask, n_mask, n);
+    }
+    walked = 1;
     float *looked = values_buffer((size_t)(w->n_codes + 1) * sizeof(float)); /* + 1: never a request for 0 bytes */
     if (!looked)
         return NO_MEMORY;
@@ -446,17 +664,6 @@ AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t 
     return status;
 }
 
-static int has_avx512(void) {
-    static int known = -1;
-    if (vector_walk == 0)
-        return 0;
-    if (known < 0) {
-        __builtin_cpu_init();
-        known = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-                __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("bmi2");
-    }
-    return known;
-}
 #endif
 
 static inline __attribute__((always_inline)) int coded(
@@ -481,6 +688,7 @@ static inline __attribute__((always_inline)) int coded(
                 memcpy(target, w.source, (size_t)n * sizeof(uint16_t));
             if (!add)
                 memset(target, 0, (size_t)n * sizeof(float));
+            walked = 0;
             status = walk_mask(&w, positions, n_positions, n);
         }
     } else if (n_positions == 0 && n_codes > 0 && !w.scales) { /* a code for every element */

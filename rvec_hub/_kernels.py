@@ -12,8 +12,10 @@ faster (bench/README.md). Importing this module raises ImportError where the com
 from __future__ import annotations
 
 import ctypes
+from typing import Any
 
 import numpy as np
+import torch
 
 from . import _ckernels  # noqa: F401  (ImportError without the compiled part)
 
@@ -33,18 +35,33 @@ for _name, _args in {
     getattr(_lib, _name).restype = _I
 _lib.rvec_vector_walk.argtypes = [_I]
 _lib.rvec_vector_walk.restype = _I
+_lib.rvec_last_walk.argtypes = []
+_lib.rvec_last_walk.restype = _I
 _NONE = np.zeros(0, dtype=np.float32)
 _NO_MEMORY = 9  # a status of `coded`: its buffer could not be allocated (as in _ckernels.c)
 
 
-def _at(array: np.ndarray, dtype: type) -> int:
-    """The address of a C-contiguous array of `dtype`: a kernel reads and writes it as flat memory."""
+_TORCH = {np.uint8: torch.uint8, np.uint16: torch.bfloat16, np.float32: torch.float32, np.int64: torch.int64}
+_SUMS = ctypes.c_float * 2
+
+
+def _at(array: Any, dtype: type) -> int:
+    """The address of a C-contiguous array of `dtype`, numpy or torch (bf16 for uint16 bits): a kernel reads
+    and writes it as flat memory."""
+    if not isinstance(array, np.ndarray):  # a torch tensor: its address costs a tenth of a numpy array's
+        if array.dtype is not _TORCH[dtype] or not array.is_cpu or not array.is_contiguous():
+            raise ValueError(f"a kernel needs a contiguous {_TORCH[dtype]} tensor on the CPU, got {array.dtype} on {array.device}")
+        return array.data_ptr()
     if array.dtype != dtype or not array.flags.c_contiguous:
         raise ValueError(f"a kernel needs a contiguous {np.dtype(dtype).name} array, got {array.dtype} {'' if array.flags.c_contiguous else 'strided'}")
     return array.ctypes.data
 
 
-def _result(status: int, sums: np.ndarray) -> tuple[int, float, float]:
+def _size(array: Any) -> int:
+    return array.size if isinstance(array, np.ndarray) else array.numel()
+
+
+def _result(status: int, sums: Any) -> tuple[int, float, float]:
     return status, float(sums[0]), float(sums[1])
 
 
@@ -74,14 +91,15 @@ def indexed(out: np.ndarray, where: np.ndarray, values: np.ndarray, alpha: float
 
 
 def coded(
-    positions: np.ndarray, codes: np.ndarray, table: np.ndarray, escaped: np.ndarray | None, scales: np.ndarray | None,
-    cols: int, out: np.ndarray, alpha: float, bitmask: bool = False, source: np.ndarray | None = None,
+    positions: np.ndarray, codes: np.ndarray, table: Any, escaped: Any | None, scales: Any | None,
+    cols: int, out: Any, alpha: float, bitmask: bool = False, source: Any | None = None,
 ) -> tuple[int, float, float]:
     """Each coded entry of a `packed` block, or with per-row `scales` (one per row of `cols` elements) a
     `quantized` one, into `out`: float32 `out` is filled with the decoded block (zeros between the entries),
-    bf16 bits (uint16) get out ← bf16(out + α·value), or with `source` (bf16 bits shaped like `out`)
-    out ← bf16(source + α·value) and out ← source where the block has no entry. `positions` (uint8) are gap
-    bytes or, with `bitmask`, one bit per element of `out`.
+    bf16 `out` (a tensor, or its bits as uint16) gets out ← bf16(out + α·value), or with `source` (bf16
+    shaped like `out`) out ← bf16(source + α·value) and out ← source where the block has no entry.
+    `positions` (uint8) are gap bytes or, with `bitmask`, one bit per element of `out`; `table`, `escaped`
+    and `scales` are float32, numpy or torch.
 
     `escaped` None is an encoding without escaped values (code 255 is then one more code outside the
     codebook); `scales` None or empty, no scales. Returns (status, error², ‖α·Δ‖²): a status other than 0 is
@@ -90,25 +108,36 @@ def coded(
     has_escaped = escaped is not None
     escaped = _NONE if escaped is None else escaped
     scales = _NONE if scales is None else scales
-    sums = np.zeros(2, dtype=np.float32)
+    sums = _SUMS()
+    n_codes = codes.size
     streams = (
-        _at(positions, np.uint8), positions.size, bitmask, _at(codes, np.uint8), codes.size, _at(table, np.float32), table.size,
-        _at(escaped, np.float32), escaped.size, has_escaped, _at(scales, np.float32), scales.size, cols,
+        _at(positions, np.uint8), positions.size, bitmask, _at(codes, np.uint8), n_codes, _at(table, np.float32), _size(table),
+        _at(escaped, np.float32), _size(escaped), has_escaped, _at(scales, np.float32), _size(scales), cols,
     )
-    if out.dtype == np.float32:
-        status = _lib.rvec_coded_decode(*streams, _at(out, np.float32), out.size, sums.ctypes.data)
+    n = _size(out)
+    if out.dtype == np.float32 or out.dtype is torch.float32:
+        status = _lib.rvec_coded_decode(*streams, _at(out, np.float32), n, sums)
     else:
-        if source is not None and source.size != out.size:
-            raise ValueError(f"a source of {source.size} weights for {out.size}")
+        if source is not None and _size(source) != n:
+            raise ValueError(f"a source of {_size(source)} weights for {n}")
         from_ = None if source is None else _at(source, np.uint16)
-        status = _lib.rvec_coded_add(*streams, _at(out, np.uint16), from_, out.size, alpha, sums.ctypes.data)
+        status = _lib.rvec_coded_add(*streams, _at(out, np.uint16), from_, n, alpha, sums)
     if status == _NO_MEMORY:
-        raise MemoryError(f"no memory for the {codes.size} values of a coded block")
+        raise MemoryError(f"no memory for the {n_codes} values of a coded block")
     return _result(status, sums)
 
 
-def vector_walk(enabled: bool | None = None) -> bool:
-    """Whether bitmask blocks are walked sixteen elements at a time where the CPU can (AVX-512), the
-    default; `enabled` False makes every walk scalar (the same results), for tests. Returns the setting
-    before the call."""
-    return bool(_lib.rvec_vector_walk(-1 if enabled is None else int(enabled)))
+WALKS = ("scalar", "vector", "bytes")  # the bitmask walks, each allowing the ones before it
+
+
+def vector_walk(walk: str | None = None) -> str:
+    """Which bitmask walks may run where the CPU has them: "bytes" (the default) all, "vector" the AVX-512
+    walk but not its byte walk (VBMI2), "scalar" only the scalar walk (the same results, for tests).
+    `walk` None only asks; returns the setting before the call."""
+    return WALKS[_lib.rvec_vector_walk(-1 if walk is None else WALKS.index(walk))]
+
+
+def last_walk() -> str | None:
+    """The walk (`WALKS`) this thread's last bitmask block took; None before any."""
+    walked = _lib.rvec_last_walk()
+    return WALKS[walked] if walked >= 0 else None

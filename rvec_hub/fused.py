@@ -4,9 +4,9 @@ The general path (`arith.add_rows`) widens base and delta to float32 chunks, add
 measures the cast: five passes over every weight. For the common case, one vector merged into a bf16
 model, these kernels do all of it in the pass that reads the delta: the base rows are rounded in place
 to bf16(float32(base) + α·Δ), and the squared rounding error and ‖α·Δ‖² (what `Survival` records) are
-summed on the way. A packed delta is added straight from its position and code streams (sixteen weights
-a step where the positions are a bitmask and the CPU has AVX-512), so a weight the vector does not change
-is never written.
+summed on the way. A packed delta is added straight from its position and code streams; where the
+positions are a bitmask and the CPU has AVX-512 with VBMI2, a bf16 vector's codes are looked up sixty-four
+at a time and only the weights the vector changes are computed, sixteen a step (`_ckernels.c`).
 
 The sum is float32's fused multiply-add, as torch's `add(alpha=)` computes it, rounded to bf16 to
 nearest even, as torch casts. The kernels are C (`rvec_hub._kernels`); where the package was installed
@@ -143,7 +143,7 @@ def add_coded(
         rows: contiguous bf16 base rows the block covers, overwritten where the block has entries.
         positions, codes: the block's position and code streams (uint8); `positions` are gap bytes, empty
             when every element is coded, or with `bitmask` one bit per element.
-        table, escaped: the codebook and the escaped values, float32; `escaped` None for an encoding
+        table, escaped: the codebook and the escaped values, float32 (numpy or torch); `escaped` None for an encoding
             without escaped values (`quantized`), whose code 255 is then one more code outside the codebook.
         scales: one float32 scale per row of `rows`, multiplying each coded value (`quantized`).
         base: bf16 rows shaped like `rows` to add to instead of `rows` itself; `rows` then gets
@@ -152,10 +152,8 @@ def add_coded(
     Returns:
         (status, rounding error², ‖α·Δ‖²); a status other than 0 is a `packed` decoding status or BAD_VALUE.
     """
-    target = _bits(rows)
-    cols = rows[0].numel() if rows.dim() and rows.shape[0] else 1
-    source = None if base is None else _bits(base)
-    return _kernels()["coded"](positions, codes, table, escaped, scales, cols, target, alpha, bitmask, source)
+    cols = rows.numel() // rows.shape[0] if rows.dim() and rows.shape[0] else 1
+    return _kernels()["coded"](positions, codes, table, escaped, scales, cols, rows, alpha, bitmask, base)
 
 
 def _bits(rows: torch.Tensor) -> np.ndarray:

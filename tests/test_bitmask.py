@@ -3,13 +3,20 @@ torch, the fused add against the general path, corrupt streams, and gap-coded ve
 
 from __future__ import annotations
 
+import platform
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from rvec_hub import FormatError, fused
+
+try:
+    from rvec_hub import _kernels
+except ImportError:  # installed without the compiled part: the tests that need it skip
+    _kernels = None
 from rvec_hub.arith import add_rows
 from rvec_hub.encodings import ENCODINGS, blocks
 
@@ -18,16 +25,29 @@ from codec_common import StoredPayload, encode_one, rl_delta
 needs_kernels = pytest.mark.skipif(not fused.available(), reason="the compiled kernels are not built")
 
 
-@pytest.fixture(params=["vector", "scalar"])
+@pytest.fixture(params=["bytes", "vector", "scalar"])
 def walk(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each test twice: the AVX-512 walk where this CPU has it, then the scalar walk."""
+    """Each test three times: every walk this CPU has (the byte walk needs VBMI2), the AVX-512 walk without
+    the byte walk, then the scalar walk."""
     if not fused.available():
         pytest.skip("the compiled kernels are not built")
-    from rvec_hub import _kernels
-
-    before = _kernels.vector_walk(request.param == "vector")
+    before = _kernels.vector_walk(request.param)
     yield request.param
     _kernels.vector_walk(before)
+
+
+def _walk_taken(walk: str, values_are_bf16: bool) -> str:
+    """The walk an add takes with the walks up to `walk` allowed, on this CPU (Linux's flags), for a block of
+    bf16 values (the byte walk's) or not."""
+    cpuinfo = Path("/proc/cpuinfo")
+    flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
+    has = ["scalar"]
+    if platform.machine() == "x86_64" and {"avx512f", "avx512bw", "avx512vl", "avx512dq", "bmi2"} <= flags:
+        has.append("vector")
+        if values_are_bf16 and {"avx512vbmi", "avx512_vbmi2"} <= flags:
+            has.append("bytes")
+    allowed = _kernels.WALKS[: _kernels.WALKS.index(walk) + 1]
+    return [w for w in has if w in allowed][-1]
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -113,6 +133,8 @@ def test_the_fused_bitmask_add_equals_the_general_path(walk: str, encoding: str,
         rows = base[start:stop].clone()
         status, err_sq, norm_sq = codec.add_into(entry, stored, start, stop, rows, alpha)
         assert status == 0
+        if stop - start == shape[0]:  # every block added whole: the walk the CPU and the setting allow
+            assert _kernels.last_walk() == _walk_taken(walk, values_are_bf16=encoding == "packed")
         # Equal values: a base -0.0 the vector leaves alone stays -0.0, where the general path's sum gives +0.0.
         assert torch.equal(rows.float(), expected[start:stop].float())
     decoded = codec.decode_rows(entry, stored, 0, shape[0])
@@ -178,6 +200,27 @@ def test_the_vector_scalar_and_torch_walks_decode_alike_and_refuse_the_same_corr
         rows = torch.zeros(15, 63, dtype=torch.bfloat16)
         status, _, _ = fused.add_coded(rows, p, c, table.numpy(), e.numpy(), 1.0, bitmask=True)
         assert blocks._STATUS[status] == fast
+
+
+def test_a_corruption_deep_in_a_long_block_is_named_whichever_walk_adds_it(walk: str) -> None:
+    delta = _with_escapes(64, 300, seed=7)  # 19 200 elements: the byte walk's rounds, then its last partial step
+    entry, stored = encode_one("packed", delta, rows_per_block=64)
+    positions, codes, planes = _streams(stored)
+    escapes = int(stored.tensors["index"][0, 2])
+    escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
+    table = stored.tensors["table"].float()
+    assert table.numel() < 254
+    base = (torch.randn(64, 300, generator=torch.Generator().manual_seed(8)) * 0.02).to(torch.bfloat16)
+    rows = base.clone()
+    assert fused.add_coded(rows, positions, codes, table, escaped, 1.0, bitmask=True)[0] == 0
+    expected = add_rows(base.clone(), [(ENCODINGS["packed"].decode_rows(entry, stored, 0, 64), 1.0)], torch.bfloat16)
+    assert torch.equal(rows.float(), expected.float())
+    for at in (codes.size // 2, codes.size - 1):  # in a later round, and in the last partial step
+        bad = codes.copy()
+        bad[at] = 254
+        assert blocks._STATUS[fused.add_coded(base.clone(), positions, bad, table, escaped, 1.0, bitmask=True)[0]] == "uses a code outside its codebook"
+    assert fused.add_coded(base.clone(), positions, codes, table, escaped[:-1], 1.0, bitmask=True)[0] == 4  # an escape code with no value left
+    assert fused.add_coded(base.clone(), positions, codes[:-1], table, escaped, 1.0, bitmask=True)[0] == 2  # more entries than codes
 
 
 def test_a_bitmask_index_of_the_wrong_size_and_an_unknown_position_coding_are_refused() -> None:
