@@ -204,6 +204,10 @@ class Vector:
         """Whether the encoding of `name` adds its delta into bf16 rows itself (`add_into`)."""
         return ENCODINGS[self.entries[name].encoding].add_into is not None
 
+    def adds_block_by_block(self, name: str) -> bool:
+        """Whether `add_into` for `name` holds one stored block at a time whatever the row range (`Codec.adds_block_by_block`)."""
+        return ENCODINGS[self.entries[name].encoding].adds_block_by_block
+
     def add_into(
         self, name: str, start: int, stop: int, rows: torch.Tensor, alpha: float, staged: Payload | None = None,
         *, base: torch.Tensor | None = None,

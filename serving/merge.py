@@ -73,10 +73,14 @@ def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVec
     bf16 of its shape: a fresh tensor, or the parameter the weights load into.
 
     Chunks are independent (disjoint rows, kernels that release the GIL), so they spread over the
-    threads torch may use: the cores vLLM gave this worker.
+    threads torch may use: the cores vLLM gave this worker. An encoding that adds block by block gets
+    one call per thread, each over a run of chunks, instead of one per chunk.
     """
     shape = tuple(base.shape)
     chunks = row_chunks(shape)
+    workers = min(len(chunks), torch.get_num_threads())
+    if shape and item.vector.adds_block_by_block(source):
+        chunks = _runs(chunks, workers)
     parts = [Survival() for _ in chunks]
 
     def one(chunk: tuple[int, int], kept: Survival) -> None:
@@ -85,7 +89,6 @@ def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVec
         fused.add_in_place(rows, item.vector, source, first_row + lo, first_row + hi, item.alpha, kept, name=name, pristine=lambda: pristine,
                            base=pristine)
 
-    workers = min(len(chunks), torch.get_num_threads())
     if workers > 1:
         list(_pool(workers).map(one, chunks, parts))
     else:
@@ -93,6 +96,12 @@ def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVec
             one(chunk, kept)
     for kept in parts:
         survival.merge(kept)
+
+
+def _runs(chunks: list[tuple[int, int]], count: int) -> list[tuple[int, int]]:
+    """`chunks` (consecutive row ranges) joined into `count` runs of as equal a number of chunks as can be."""
+    bounds = [len(chunks) * i // count for i in range(count + 1)]
+    return [(chunks[a][0], chunks[b - 1][1]) for a, b in zip(bounds, bounds[1:])]
 
 
 @lru_cache(maxsize=4)

@@ -60,6 +60,8 @@ class Codec:
             rows `[start, stop)`, so a reader thread can fetch them ahead (`Vector.staged`).
         adds_from_base: whether `add_into` takes `base=`, bf16 base rows it adds to while writing every
             weight into `rows` (one pass instead of a copy and an add); `Vector.add_into` copies for the others.
+        adds_block_by_block: whether `add_into` reads and adds a row range one stored block at a time, so
+            a caller may hand it many streaming chunks' rows in one call without holding more in memory.
     """
 
     name: str
@@ -69,6 +71,7 @@ class Codec:
     add_into: Callable[[TensorEntry, Payload, int, int, torch.Tensor, float], tuple[int, float, float]] | None = field(default=None, kw_only=True)
     reads: Callable[[TensorEntry, int, int], list[tuple[str, int, int | None]]] | None = field(default=None, kw_only=True)
     adds_from_base: bool = field(default=False, kw_only=True)
+    adds_block_by_block: bool = field(default=False, kw_only=True)
 
 
 def expect_keys(entry: TensorEntry, roles: Collection[str]) -> list[str]:

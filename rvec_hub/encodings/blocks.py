@@ -191,18 +191,16 @@ def add_blocks(
     straight from each block's `streams`; a block the range cuts is decoded whole and its rows in range added.
     With bf16 `base` rows, `rows` gets base + α·Δ: the kernel writes every weight of a block."""
     blocks, codebook, cols = _index_and_codebook(entry, payload, table)
-    values = codebook.numpy()
     flat = rows.reshape(stop - start, cols)
     source = None if base is None else base.reshape(stop - start, cols)
     status, err_sq, norm_sq = 0, 0.0, 0.0
     for block, first, begin, lo, hi in blocks_in(blocks, start, stop):
-        target = flat[lo - start : hi - start]
-        origin = None if source is None else source[lo - start : hi - start]
+        whole = (lo, hi) == (start, stop)  # the usual call: one block, the rows of a streaming chunk
+        target = flat if whole else flat[lo - start : hi - start]
+        origin = source if whole or source is None else source[lo - start : hi - start]
         coded = streams(entry, payload, block, begin, first)
         if lo == first and hi == block[0]:
-            escaped = None if coded.escaped is None else coded.escaped.numpy()
-            scales = None if coded.scales is None else coded.scales.numpy()
-            step, e, n = fused.add_coded(target, coded.positions, coded.codes, values, escaped, alpha, scales, coded.bitmask, origin)
+            step, e, n = fused.add_coded(target, coded.positions, coded.codes, codebook, coded.escaped, alpha, coded.scales, coded.bitmask, origin)
             if 0 < step < fused.BAD_VALUE:
                 raise _corrupt_block(entry, first, _problem(step, coded.escaped))
         else:
@@ -298,13 +296,14 @@ def _corrupt_block(entry: TensorEntry, first_row: int, problem: str) -> FormatEr
     return FormatError(f"tensor {entry.name}: the {entry.encoding} block from row {first_row} {problem}; the vector is corrupt")
 
 
-def _unzstd(entry: TensorEntry, frame: torch.Tensor, size: int, first_row: int) -> np.ndarray:
-    if size == 0 and frame.numel() == 0:
+def _unzstd(entry: TensorEntry, frame: np.ndarray, size: int, first_row: int) -> np.ndarray:
+    """One stored frame (uint8) decompressed, checked to hold `size` bytes."""
+    if size == 0 and frame.size == 0:
         return np.zeros(0, dtype=np.uint8)
     import zstandard
 
     try:
-        data = _decompressor().decompress(frame.numpy(), max_output_size=size)
+        data = _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as exc:
         raise FormatError(f"tensor {entry.name}: a {entry.encoding} frame of the block from row {first_row} does not decompress ({exc}); the vector is corrupt") from None
     if len(data) != size:

@@ -156,19 +156,21 @@ def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
 def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first_row: int) -> Streams:
     """A block's positions, codes and escaped values (float32), decompressed."""
     _, count, escapes, position_bytes, end_positions, end_codes, end_escapes = block
-    itemsize = _item_size(entry)
-    raw = payload.read(entry.keys["data"], begin, end_escapes)
+    dtype = storage_dtype(entry)
+    raw = payload.read(entry.keys["data"], begin, end_escapes).numpy()
     positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first_row)
     codes = _unzstd(entry, raw[end_positions - begin : end_codes - begin], count, first_row)
-    planes = _unzstd(entry, raw[end_codes - begin :], escapes * itemsize, first_row)
-    escaped = torch.zeros(0, dtype=torch.float32)
-    if escapes:
-        escaped = torch.from_numpy(planes.reshape(itemsize, escapes).T.copy()).view(storage_dtype(entry)).reshape(-1).float()
-    return Streams(positions, codes, escaped, bitmask=is_bitmask(entry))
+    planes = _unzstd(entry, raw[end_codes - begin :], escapes * dtype.itemsize, first_row)
+    return Streams(positions, codes, _escaped(planes, escapes, dtype), bitmask=is_bitmask(entry))
 
 
-def _item_size(entry: TensorEntry) -> int:
-    return torch.empty((), dtype=storage_dtype(entry)).element_size()
+def _escaped(planes: np.ndarray, escapes: int, dtype: torch.dtype) -> torch.Tensor:
+    """The escaped values of a block, float32, from their byte planes (least significant first)."""
+    if dtype == torch.bfloat16:  # a bf16 value is the high half of its float32
+        return torch.from_numpy((planes[:escapes].astype(np.uint32) << 16 | planes[escapes:].astype(np.uint32) << 24).view(np.float32))
+    if not escapes:
+        return torch.zeros(0, dtype=torch.float32)
+    return torch.from_numpy(planes.reshape(dtype.itemsize, escapes).T.copy()).view(dtype).reshape(-1).float()
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
@@ -189,4 +191,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return problems + position_problems(entry)
 
 
-CODEC = Codec("packed", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True)
+CODEC = Codec("packed", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True, adds_block_by_block=True)

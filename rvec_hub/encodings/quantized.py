@@ -176,7 +176,7 @@ def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int,
     scales = payload.read(entry.keys["scales"], first, last).float()
     if not bool(torch.isfinite(scales).all()):
         raise FormatError(f"tensor {entry.name}: a quantized row scale from row {first} is NaN or Inf; the vector is corrupt")
-    raw = payload.read(entry.keys["data"], begin, end_codes)
+    raw = payload.read(entry.keys["data"], begin, end_codes).numpy()
     positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first)
     codes = _unzstd(entry, raw[end_positions - begin :], count, first)
     return Streams(positions, codes, None, scales, is_bitmask(entry))
@@ -201,4 +201,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return problems
 
 
-CODEC = Codec("quantized", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True)
+CODEC = Codec("quantized", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True, adds_block_by_block=True)
