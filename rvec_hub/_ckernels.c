@@ -481,13 +481,12 @@ static int bf16_values(const struct walk *w) {
     return 1;
 }
 
-/* The arithmetic of add16 on sixteen entries gathered together: sums[i] = bf16(sums[i] + alpha * deltas[i])
-   in the `lanes` whose delta is not zero (bf16 bits, both). */
-AVX512 static inline __attribute__((always_inline)) void add_gathered16(uint16_t *sums, const uint16_t *deltas, __mmask16 lanes, __m512 alpha,
-                                                                       __m512 *err, __m512 *norm, __mmask16 *bad) {
+/* The arithmetic of add16 on sixteen entries gathered together: sums[i] = bf16(sums[i] + alpha * v[i]) (bf16
+   bits) in the `lanes` where v is not zero. */
+AVX512 static inline __attribute__((always_inline)) void add_gathered16(uint16_t *sums, __m512 v, __mmask16 lanes, __m512 alpha, __m512 *err,
+                                                                       __m512 *norm, __mmask16 *bad) {
     const __m512i exponent = _mm512_set1_epi32(0x7F80);
     const __m256i stored = _mm256_loadu_si256((const __m256i *)sums);
-    const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)deltas)), 16));
     const __mmask16 live = _mm512_mask_cmp_ps_mask(lanes, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
     const __m512 exact = _mm512_fmadd_ps(alpha, v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16)));
     const __m512i u = _mm512_castps_si512(exact);
@@ -498,6 +497,67 @@ AVX512 static inline __attribute__((always_inline)) void add_gathered16(uint16_t
     *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
     *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
     *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+}
+
+/* The base weights at a round's entries, elements [p0, end), gathered into `sums` (vpcompressw); the next
+   round's base rows fetched meanwhile. */
+AVX512_BYTES static inline __attribute__((always_inline)) void gather_base(uint16_t *sums, const uint16_t *from, const uint8_t *mask, int64_t p0,
+                                                                          int64_t end, int64_t ahead) {
+    int64_t c = 0;
+    for (int64_t p = p0; p < end; p += 32) {
+        uint32_t m;
+        memcpy(&m, mask + (p >> 3), sizeof m);
+        _mm512_storeu_si512(sums + c, _mm512_maskz_compress_epi16(m, _mm512_loadu_si512(from + p)));
+        c += __builtin_popcount(m);
+        _mm_prefetch((const char *)(from + p + ahead), _MM_HINT_T0);
+    }
+}
+
+/* Elements [p0, end) of `out`: the base weights with a round's sums put back at its entries (vpexpandw);
+   with `streaming` (64-byte aligned rows), stored past the caches: the merged weights are not read again
+   soon, and the stores need not read the lines they fill first. */
+AVX512_BYTES static inline __attribute__((always_inline)) void scatter_sums(uint16_t *out, const uint16_t *from, const uint16_t *sums,
+                                                                           const uint8_t *mask, int64_t p0, int64_t end, int streaming) {
+    int64_t c = 0;
+    for (int64_t p = p0; p < end; p += 32) {
+        uint32_t m;
+        memcpy(&m, mask + (p >> 3), sizeof m);
+        const __m512i merged = _mm512_mask_expand_epi16(_mm512_loadu_si512(from + p), m, _mm512_loadu_si512(sums + c));
+        if (streaming)
+            _mm512_stream_si512((__m512i *)(out + p), merged);
+        else
+            _mm512_storeu_si512(out + p, merged);
+        c += __builtin_popcount(m);
+    }
+}
+
+/* Entries of the round [p0, end): the sum of popcounts of its mask. */
+static inline int64_t entries_in(const uint8_t *mask, int64_t p0, int64_t end) {
+    int64_t count = 0;
+    for (int64_t p = p0; p < end; p += 64) {
+        uint64_t m;
+        memcpy(&m, mask + (p >> 3), sizeof m);
+        count += __builtin_popcountll(m);
+    }
+    return count;
+}
+
+/* The scalar walk from element p0 (a multiple of 16) to the block's end, after a gathered walk: it adds in
+   place, so the source's weights are copied first; 0, or the block's status. */
+static int finish_scalar(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n, int64_t p0) {
+    if (p0 >= n)
+        return 0;
+    if (w->source)
+        memcpy((uint16_t *)w->target + p0, w->source + p0, (size_t)(n - p0) * sizeof(uint16_t));
+    for (; p0 < n; p0 += 16) {
+        uint32_t m = bits16(mask, n_mask, p0);
+        if (n - p0 < 16 && m >> (n - p0))
+            return 1;
+        int status = group(w, p0, m);
+        if (status)
+            return status;
+    }
+    return 0;
 }
 
 #define SPAN 2048 /* elements of one round of the byte walk: its buffers and base rows stay in the first-level cache */
@@ -539,8 +599,6 @@ AVX512_BYTES static int walk_mask_bytes(struct walk *w, const uint8_t *mask, int
     const int can_escape = w->bad_code == 4;
     uint16_t *out = (uint16_t *)w->target;
     const uint16_t *from = w->source ? w->source : out;
-    /* Aligned rows are written past the caches: the merged weights are not read again soon, and the
-       stores need not read the lines they fill first. */
     const int streaming = ((uintptr_t)out & 63) == 0;
     uint16_t deltas[SPAN + 64], sums[SPAN + 64]; /* the round's entries: their values, their bases then sums */
     __m512 err[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, norm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
@@ -548,12 +606,7 @@ AVX512_BYTES static int walk_mask_bytes(struct walk *w, const uint8_t *mask, int
     int64_t k = 0, e = 0, p0 = 0;
     while (n - p0 >= 64) {
         const int64_t end = n - p0 >= SPAN ? p0 + SPAN : p0 + ((n - p0) & ~(int64_t)63);
-        int64_t count = 0;
-        for (int64_t p = p0; p < end; p += 64) {
-            uint64_t m;
-            memcpy(&m, mask + (p >> 3), sizeof m);
-            count += __builtin_popcountll(m);
-        }
+        const int64_t count = entries_in(mask, p0, end);
         if (k + count > w->n_codes)
             break;
         int64_t used = 0; /* escaped values the round takes */
@@ -583,32 +636,17 @@ AVX512_BYTES static int walk_mask_bytes(struct walk *w, const uint8_t *mask, int
         }
         if (corrupt)
             break;
-        int64_t c = 0;
-        for (int64_t p = p0; p < end; p += 32) {
-            uint32_t m;
-            memcpy(&m, mask + (p >> 3), sizeof m);
-            _mm512_storeu_si512(sums + c, _mm512_maskz_compress_epi16(m, _mm512_loadu_si512(from + p)));
-            c += __builtin_popcount(m);
-            _mm_prefetch((const char *)(from + p + SPAN), _MM_HINT_T0);
-        }
+        gather_base(sums, from, mask, p0, end, SPAN);
         for (int64_t i = 0; i < count; i += 32) {
             const int64_t left = count - i;
-            add_gathered16(sums + i, deltas + i, left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1u), alpha, &err[0], &norm[0], &bad);
+            const __m512i words = _mm512_loadu_si512(deltas + i);
+            add_gathered16(sums + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(words)), 16)),
+                           left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1u), alpha, &err[0], &norm[0], &bad);
             if (left > 16)
-                add_gathered16(sums + i + 16, deltas + i + 16, left >= 32 ? 0xFFFF : (__mmask16)((1u << (left - 16)) - 1u), alpha, &err[1],
-                               &norm[1], &bad);
+                add_gathered16(sums + i + 16, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(words, 1)), 16)),
+                               left >= 32 ? 0xFFFF : (__mmask16)((1u << (left - 16)) - 1u), alpha, &err[1], &norm[1], &bad);
         }
-        c = 0;
-        for (int64_t p = p0; p < end; p += 32) {
-            uint32_t m;
-            memcpy(&m, mask + (p >> 3), sizeof m);
-            const __m512i merged = _mm512_mask_expand_epi16(_mm512_loadu_si512(from + p), m, _mm512_loadu_si512(sums + c));
-            if (streaming)
-                _mm512_stream_si512((__m512i *)(out + p), merged);
-            else
-                _mm512_storeu_si512(out + p, merged);
-            c += __builtin_popcount(m);
-        }
+        scatter_sums(out, from, sums, mask, p0, end, streaming);
         k += count;
         e += used;
         p0 = end;
@@ -622,28 +660,114 @@ AVX512_BYTES static int walk_mask_bytes(struct walk *w, const uint8_t *mask, int
     w->err += _mm512_reduce_add_ps(_mm512_add_ps(err[0], err[1]));
     w->norm += _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
     w->bad |= bad != 0;
-    if (p0 >= n)
-        return 0;
-    if (w->source) /* the scalar walk adds in place */
-        memcpy(out + p0, w->source + p0, (size_t)(n - p0) * sizeof(uint16_t));
-    for (; p0 < n; p0 += 16) {
-        uint32_t m = bits16(mask, n_mask, p0);
-        if (n - p0 < 16 && m >> (n - p0))
-            return 1;
-        int status = group(w, p0, m);
-        if (status)
-            return status;
+    return finish_scalar(w, mask, n_mask, n, p0);
+}
+
+/* walk_mask_bytes for any other fused add: a codebook of float32 values, escaped float32 values, or row
+   scales (`quantized`). Each round's codes are looked up sixteen at a time (a permute from a codebook of
+   sixteen values or fewer, else a gather), escaped values expanded into the escape codes' places; with
+   scales, each entry's row scale is laid beside its value (one broadcast where thirty-two elements lie in
+   one row) and multiplies it, as `next_value` does; then as walk_mask_bytes. */
+AVX512_BYTES static int walk_mask_values(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
+    const int small = w->n_table <= 16, bounded = w->n_table < 256;
+    const __m512 few = small ? _mm512_maskz_loadu_ps((__mmask16)((1u << w->n_table) - 1u), w->table) : _mm512_setzero_ps();
+    const __m128i limit = _mm_set1_epi8((char)(bounded ? w->n_table : 0)), escape = _mm_set1_epi8((char)255);
+    const __m512 alpha = _mm512_set1_ps(w->alpha);
+    const int can_escape = w->bad_code == 4;
+    uint16_t *out = (uint16_t *)w->target;
+    const uint16_t *from = w->source ? w->source : out;
+    const int streaming = ((uintptr_t)out & 63) == 0;
+    float values[SPAN + 16], scale[SPAN + 64]; /* the round's entries: their values and row scales */
+    uint16_t sums[SPAN + 64];
+    __m512 err[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, norm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
+    __mmask16 bad = 0;
+    int64_t k = 0, e = 0, p0 = 0, row = 0, row_end = w->cols;
+    while (n - p0 >= 64) {
+        const int64_t end = n - p0 >= SPAN ? p0 + SPAN : p0 + ((n - p0) & ~(int64_t)63);
+        const int64_t count = entries_in(mask, p0, end);
+        if (k + count > w->n_codes)
+            break;
+        int64_t used = 0; /* escaped values the round takes */
+        int corrupt = 0;
+        for (int64_t i = 0; i < count; i += 16) {
+            const __mmask16 lanes = count - i >= 16 ? 0xFFFF : (__mmask16)((1u << (count - i)) - 1u);
+            const __m128i code = _mm_maskz_loadu_epi8(lanes, w->codes + k + i);
+            const __mmask16 escapes = bounded ? _mm_mask_cmpge_epu8_mask(lanes, code, limit) : 0; /* escape codes, or corrupt */
+            if (escapes && (!can_escape || _mm_mask_cmpneq_epi8_mask(escapes, code, escape) || e + used + __builtin_popcount(escapes) > w->n_escaped)) {
+                corrupt = 1;
+                break;
+            }
+            const __m512i index = _mm512_cvtepu8_epi32(code);
+            __m512 v = small ? _mm512_permutexvar_ps(index, few)
+                             : _mm512_mask_i32gather_ps(_mm512_setzero_ps(), (__mmask16)(lanes & ~escapes), index, w->table, 4);
+            if (escapes) {
+                v = _mm512_mask_expandloadu_ps(v, escapes, w->escaped + e + used);
+                used += __builtin_popcount(escapes);
+            }
+            _mm512_storeu_ps(values + i, v);
+        }
+        if (corrupt)
+            break;
+        if (w->scales) {
+            int64_t c = 0;
+            for (int64_t p = p0; p < end; p += 32) {
+                uint32_t m;
+                memcpy(&m, mask + (p >> 3), sizeof m);
+                while (p >= row_end) {
+                    row++;
+                    row_end += w->cols;
+                }
+                if (p + 32 <= row_end) {
+                    const __m512 one = _mm512_set1_ps(w->scales[row]);
+                    _mm512_storeu_ps(scale + c, one);
+                    _mm512_storeu_ps(scale + c + 16, one);
+                } else { /* rows start inside these thirty-two: each element's own row */
+                    float lane[32];
+                    int64_t r = row, r_end = row_end;
+                    for (int j = 0; j < 32; j++) {
+                        while (p + j >= r_end) {
+                            r++;
+                            r_end += w->cols;
+                        }
+                        lane[j] = w->scales[r];
+                    }
+                    const int low = __builtin_popcount(m & 0xFFFFu);
+                    _mm512_storeu_ps(scale + c, _mm512_maskz_compress_ps((__mmask16)m, _mm512_loadu_ps(lane)));
+                    _mm512_storeu_ps(scale + c + low, _mm512_maskz_compress_ps((__mmask16)(m >> 16), _mm512_loadu_ps(lane + 16)));
+                }
+                c += __builtin_popcount(m);
+            }
+        }
+        gather_base(sums, from, mask, p0, end, SPAN);
+        for (int64_t i = 0; i < count; i += 16) {
+            __m512 v = _mm512_loadu_ps(values + i);
+            if (w->scales)
+                v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + i));
+            add_gathered16(sums + i, v, count - i >= 16 ? 0xFFFF : (__mmask16)((1u << (count - i)) - 1u), alpha, &err[(i >> 4) & 1],
+                           &norm[(i >> 4) & 1], &bad);
+        }
+        scatter_sums(out, from, sums, mask, p0, end, streaming);
+        k += count;
+        e += used;
+        p0 = end;
     }
-    return 0;
+    if (streaming)
+        _mm_sfence();
+    w->k = k;
+    w->e = e;
+    w->err += _mm512_reduce_add_ps(_mm512_add_ps(err[0], err[1]));
+    w->norm += _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
+    w->bad |= bad != 0;
+    return finish_scalar(w, mask, n_mask, n, p0);
 }
 
 /* walk_mask in two passes: every code looked up into a buffer, then the bitmask walked sixteen elements
    at a time, each step's values expanded from the buffer to their positions (vexpandps) and added in
    vector lanes with the same fused sum and rounding as add_at, bit for bit. */
 AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
-    if (has_bytes() && bf16_values(w)) {
+    if (w->add && has_bytes()) {
         walked = 2;
-        return walk_mask_bytes(w, mask, n_mask, n);
+        return bf16_values(w) ? walk_mask_bytes(w, mask, n_mask, n) : walk_mask_values(w, mask, n_mask, n);
     }
     walked = 1;
     float *looked = values_buffer((size_t)(w->n_codes + 1) * sizeof(float)); /* + 1: never a request for 0 bytes */

@@ -25,10 +25,10 @@ from codec_common import StoredPayload, encode_one, rl_delta
 needs_kernels = pytest.mark.skipif(not fused.available(), reason="the compiled kernels are not built")
 
 
-@pytest.fixture(params=["bytes", "vector", "scalar"])
+@pytest.fixture(params=["gathered", "vector", "scalar"])
 def walk(request: pytest.FixtureRequest) -> Iterator[str]:
-    """Each test three times: every walk this CPU has (the byte walk needs VBMI2), the AVX-512 walk without
-    the byte walk, then the scalar walk."""
+    """Each test three times: every walk this CPU has (a fused add's gathered walks need VBMI2), the AVX-512
+    walk without them, then the scalar walk."""
     if not fused.available():
         pytest.skip("the compiled kernels are not built")
     before = _kernels.vector_walk(request.param)
@@ -36,16 +36,15 @@ def walk(request: pytest.FixtureRequest) -> Iterator[str]:
     _kernels.vector_walk(before)
 
 
-def _walk_taken(walk: str, values_are_bf16: bool) -> str:
-    """The walk an add takes with the walks up to `walk` allowed, on this CPU (Linux's flags), for a block of
-    bf16 values (the byte walk's) or not."""
+def _walk_taken(walk: str) -> str:
+    """The walk a fused add takes with the walks up to `walk` allowed, on this CPU (Linux's flags)."""
     cpuinfo = Path("/proc/cpuinfo")
     flags = set(cpuinfo.read_text().split()) if cpuinfo.exists() else set()
     has = ["scalar"]
     if platform.machine() == "x86_64" and {"avx512f", "avx512bw", "avx512vl", "avx512dq", "bmi2"} <= flags:
         has.append("vector")
-        if values_are_bf16 and {"avx512vbmi", "avx512_vbmi2"} <= flags:
-            has.append("bytes")
+        if {"avx512vbmi", "avx512_vbmi2"} <= flags:
+            has.append("gathered")
     allowed = _kernels.WALKS[: _kernels.WALKS.index(walk) + 1]
     return [w for w in has if w in allowed][-1]
 
@@ -117,13 +116,22 @@ def test_a_vector_with_gap_positions_still_decodes_and_adds(walk: str, encoding:
     assert torch.equal(a.view(torch.int16), b.view(torch.int16))
 
 
-@pytest.mark.parametrize("encoding", ["packed", "quantized"])
+# bf16 values (bytes looked up), float32 ones with escapes, a codebook of 16 values with row scales, one of 256
+_VALUES = {"packed": ("packed", {}), "packed float32": ("packed", {"dtype": torch.float32}), "quantized": ("quantized", {"bits": 4}),
+           "quantized 8 bits": ("quantized", {"bits": 8})}
+
+
+@pytest.mark.parametrize("values", list(_VALUES))
 @pytest.mark.parametrize("shape", [(40, 96), (30, 37), (64, 5), (3, 2000)])
 @pytest.mark.parametrize("alpha", [1.0, -0.5])
-def test_the_fused_bitmask_add_equals_the_general_path(walk: str, encoding: str, shape: tuple[int, int], alpha: float) -> None:
+def test_the_fused_bitmask_add_equals_the_general_path(walk: str, values: str, shape: tuple[int, int], alpha: float) -> None:
     delta = _with_escapes(*shape, seed=2)
-    options = {"bits": 4} if encoding == "quantized" else {}
+    encoding, options = _VALUES[values]
+    if "dtype" in options:
+        delta = delta * (1 + 2**-10)  # values bf16 cannot hold
     entry, stored = encode_one(encoding, delta, rows_per_block=7, **options)
+    if "dtype" in options:
+        assert bool((stored.tensors["table"].view(torch.int32) & 0xFFFF).any())
     assert entry.params["positions"] == "bitmask"
     codec = ENCODINGS[encoding]
     base = (torch.randn(*shape, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
@@ -134,7 +142,7 @@ def test_the_fused_bitmask_add_equals_the_general_path(walk: str, encoding: str,
         status, err_sq, norm_sq = codec.add_into(entry, stored, start, stop, rows, alpha)
         assert status == 0
         if stop - start == shape[0]:  # every block added whole: the walk the CPU and the setting allow
-            assert _kernels.last_walk() == _walk_taken(walk, values_are_bf16=encoding == "packed")
+            assert _kernels.last_walk() == _walk_taken(walk)
         # Equal values: a base -0.0 the vector leaves alone stays -0.0, where the general path's sum gives +0.0.
         assert torch.equal(rows.float(), expected[start:stop].float())
     decoded = codec.decode_rows(entry, stored, 0, shape[0])
@@ -203,7 +211,7 @@ def test_the_vector_scalar_and_torch_walks_decode_alike_and_refuse_the_same_corr
 
 
 def test_a_corruption_deep_in_a_long_block_is_named_whichever_walk_adds_it(walk: str) -> None:
-    delta = _with_escapes(64, 300, seed=7)  # 19 200 elements: the byte walk's rounds, then its last partial step
+    delta = _with_escapes(64, 300, seed=7)  # 19 200 elements: the gathered walk's rounds, then its last partial step
     entry, stored = encode_one("packed", delta, rows_per_block=64)
     positions, codes, planes = _streams(stored)
     escapes = int(stored.tensors["index"][0, 2])
