@@ -24,6 +24,7 @@
 
 #define BAD_VALUE 8 /* a sum is NaN or infinite in bf16 */
 #define NO_MEMORY 9 /* a buffer could not be allocated */
+#define SPAN 2048   /* elements of one round of a gathered walk (its buffers and base rows stay in the first-level cache), and how far the vector loops fetch ahead */
 
 static inline float widen(uint16_t bits) {
     uint32_t u = (uint32_t)bits << 16;
@@ -66,12 +67,23 @@ static inline __attribute__((always_inline)) int dense(uint16_t *out, const uint
 }
 
 /* `source` NULL: out itself, added in place. */
-CLONES int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums) {
-    return dense(out, source ? source : out, delta, 1, n, alpha, sums);
-}
-
 CLONES int rvec_dense_f32(uint16_t *out, const uint16_t *source, const float *delta, int64_t n, float alpha, float *sums) {
     return dense(out, source ? source : out, delta, 0, n, alpha, sums);
+}
+
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
+#define VECTOR_KERNELS
+static int dense_avx512(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums);
+static int has_avx512(void);
+#endif
+
+/* A bf16 delta takes the AVX-512 loop where the CPU has it and the walk setting allows vector walks. */
+int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums) {
+#ifdef VECTOR_KERNELS
+    if (has_avx512())
+        return dense_avx512(out, source ? source : out, delta, n, alpha, sums);
+#endif
+    return dense(out, source ? source : out, delta, 1, n, alpha, sums);
 }
 
 /* At each (checked) position where[i], in any order: out += alpha * values[i]. */
@@ -257,6 +269,42 @@ static int has_bytes(void) {
     if (known < 0)
         known = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2");
     return known;
+}
+
+
+/* `dense` for a bf16 delta, sixteen weights a step with the same fused sum and rounding, bit for bit; the
+   sums stored past the caches where aligned (see scatter_sums), the next rows fetched ahead. */
+AVX512 static int dense_avx512(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums) {
+    const __m512 a = _mm512_set1_ps(alpha);
+    const __m512i exponent = _mm512_set1_epi32(0x7F80);
+    __m512 err = _mm512_setzero_ps(), norm = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256i stored = _mm256_loadu_si256((const __m256i *)(source + i));
+        const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(delta + i))), 16));
+        const __m512 exact = _mm512_fmadd_ps(a, v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16)));
+        const __m512i u = _mm512_castps_si512(exact);
+        const __m512i rounded = _mm512_srli_epi32(
+            _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+        const __m256i y = _mm512_cvtepi32_epi16(rounded);
+        if (((uintptr_t)(out + i) & 31) == 0)
+            _mm256_stream_si256((__m256i *)(out + i), y);
+        else
+            _mm256_storeu_si256((__m256i *)(out + i), y);
+        const __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
+        err = _mm512_fmadd_ps(e, e, err);
+        norm = _mm512_fmadd_ps(v, v, norm);
+        bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(rounded, exponent), exponent);
+        _mm_prefetch((const char *)(source + i + SPAN), _MM_HINT_T0);
+        _mm_prefetch((const char *)(delta + i + SPAN), _MM_HINT_T0);
+    }
+    _mm_sfence();
+    float tail[2];
+    int status = dense(out + i, source + i, delta + i, 1, n - i, alpha, tail);
+    sums[0] = _mm512_reduce_add_ps(err) + tail[0];
+    sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha + tail[1];
+    return bad || status ? BAD_VALUE : 0;
 }
 
 /* walk_mask sixteen elements at a time: the group's codes looked up together (a gather from the codebook),
@@ -559,8 +607,6 @@ static int finish_scalar(struct walk *w, const uint8_t *mask, int64_t n_mask, in
     }
     return 0;
 }
-
-#define SPAN 2048 /* elements of one round of the byte walk: its buffers and base rows stay in the first-level cache */
 
 /* walk_mask for the fused add of bf16 values, with no pass before it. Round by round over SPAN elements:
    the round's codes looked up sixty-four at a time as the low and high bytes of their bf16 values
