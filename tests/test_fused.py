@@ -66,6 +66,34 @@ def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding
     assert math.isclose(fused_kept.retained, general_kept.retained, rel_tol=1e-4)
 
 
+@pytest.mark.parametrize("size", [1, 15, 16, 47, 4099])  # shorter than a vector step, a step, steps and a tail
+@pytest.mark.parametrize("offset", [0, 1])  # rows aligned for streaming stores, and rows that are not
+@pytest.mark.parametrize("separate", [False, True])  # added in place, or from separate base rows
+def test_the_vector_dense_loop_adds_as_the_scalar_loop_and_the_float32_path(size, offset, separate):
+    from rvec_hub import _kernels
+
+    g = torch.Generator().manual_seed(size)
+    base = (torch.randn(offset + size, generator=g) * 0.02).to(torch.bfloat16)[offset:]
+    delta = (torch.randn(size, generator=g) * 1e-3).to(torch.bfloat16)
+    delta[::5] = 0.0
+    base[::7] = -0.0
+    expected = add_rows(base.clone(), [(delta.float(), 0.7)], torch.bfloat16)
+    results = {}
+    for walk in ("vector", "scalar"):
+        before = _kernels.vector_walk(walk)
+        try:
+            rows = torch.full((offset + size,), float("nan"), dtype=torch.bfloat16)[offset:] if separate else base.clone()
+            results[walk] = (fused.add_dense(rows, delta, 0.7, base if separate else None), rows)
+        finally:
+            _kernels.vector_walk(before)
+    (status, err_sq, norm_sq), rows = results["vector"]
+    assert status == 0 and torch.equal(rows.view(torch.int16), results["scalar"][1].view(torch.int16))
+    assert torch.equal(rows.float(), expected.float())
+    assert (err_sq, norm_sq) == pytest.approx(results["scalar"][0][1:], rel=1e-4, abs=1e-20)
+    delta[size // 2] = float("inf")
+    assert fused.add_dense(base.clone(), delta, 0.7)[0] == fused.BAD_VALUE
+
+
 @pytest.mark.parametrize("encoding", ["packed", "quantized"])
 def test_a_row_range_cutting_coded_blocks_adds_only_its_rows(family, encoded, encoding):
     vector, base = encoded[encoding], open_checkpoint(family["instruct"])
