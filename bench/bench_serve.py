@@ -35,7 +35,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import log_line, warm_cache  # noqa: E402
+from _measure import evict_cache, log_line, warm_cache  # noqa: E402
 
 from rvec_hub.synthetic import QWEN25_05B, write_family  # noqa: E402
 
@@ -140,7 +140,9 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
 
     Each vector is measured twice: as a server start finds a vector rvec wrote or verified before (its
     digests recorded, `rvec_hub.digests`, so nothing is hashed), and with `RVEC_VERIFY=full`, which
-    hashes every payload byte as a first open after download does ("hashed")."""
+    hashes every payload byte as a first open after download does ("hashed"). With one thread, a third
+    time with the vector's files dropped from the page cache before each run, the base's kept
+    ("vector not cached"): what a start pays to read the vector from disk."""
     import torch
 
     from rvec_hub.arith import Survival
@@ -155,11 +157,13 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     for vec in vectors.values():
         if vec:
             Vector.open(vec).close()  # records the digests, as extract, compress and pull do
-    modes = [(name, vec, full) for name, vec in vectors.items() for full in ((False, True) if vec else (False,))]
+    modes = [(name, vec, full, cold) for name, vec in vectors.items() for full, cold in (((False, False), (True, False), (False, True)) if vec else ((False, False),))]
     out = {}
     for count in threads:
         torch.set_num_threads(count)
-        for name, vec, full in modes:
+        for name, vec, full, cold in modes:
+            if cold and count != 1:
+                continue
             if full:
                 os.environ["RVEC_VERIFY"] = "full"
             else:
@@ -167,6 +171,8 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
             runs = []
             for _ in range(repeat):
                 warm_cache(base, *([vec] if vec else []))
+                if cold:
+                    evict_cache(vec)
                 started, cpu = time.perf_counter(), time.process_time()
                 opened = open_specs([VectorSpec(str(vec), 1.0)], verify="background") if vec else []
                 prepared = time.perf_counter()
@@ -181,9 +187,9 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
                 runs.append({"wall_s": done - started, "cpu_s": time.process_time() - cpu, "prepare_s": prepared - started,
                              "merge_s": merging, "read_and_copy_s": loaded - prepared - merging, "hash_wait_s": done - loaded})
             best = min(runs, key=lambda r: r["wall_s"])
-            label = f"{name}{', hashed' if full else ''} ({count} thread{'s' if count > 1 else ''})"
-            out[label] = {**best, "cpu_s": min(r["cpu_s"] for r in runs), "threads": count, "hashed": full}
-            if vec and count == 1 and not full:
+            label = f"{name}{', hashed' if full else ''}{', vector not cached' if cold else ''} ({count} thread{'s' if count > 1 else ''})"
+            out[label] = {**best, "cpu_s": min(r["cpu_s"] for r in runs), "threads": count, "hashed": full, "vector_cached": not cold}
+            if vec and count == 1 and not full and not cold:
                 out[label]["merge_split_s"] = _merge_split(files, opened, params)
             log_line(f"loading only, {label}: {best['wall_s']:.2f} s wall (merge {best['merge_s']:.2f}), {out[label]['cpu_s']:.2f} s CPU")
         base_row = out[f"safetensors (base) ({count} thread{'s' if count > 1 else ''})"]
