@@ -230,9 +230,9 @@ static inline __attribute__((always_inline)) int walk_every(struct walk *w, int6
 
 static int vector_walk = 2;
 
-/* Which bitmask walks may run where the CPU has them (`enable`; -1 only asks): 2 all, 1 the AVX-512 walk
-   but not its byte walk, 0 only the scalar walk. Tests run each on the same machine. Returns the setting
-   before the call. */
+/* Which walks may run where the CPU has them (`enable`; -1 only asks): 2 all, 1 the AVX-512 walk but not
+   the gathered walks of a fused bitmask add, 0 only the scalar loops (the dense add's too). Tests run each
+   on the same machine. Returns the setting before the call. */
 int rvec_vector_walk(int enable) {
     int before = vector_walk;
     if (enable >= 0)
@@ -261,8 +261,8 @@ static int has_avx512(void) {
     return known;
 }
 
-/* Whether the byte walk may run: the AVX-512 walk may, and the CPU has VBMI and VBMI2. */
-static int has_bytes(void) {
+/* Whether the gathered walks may run: the AVX-512 walk may, and the CPU has VBMI and VBMI2. */
+static int has_gathered(void) {
     static int known = -1;
     if (vector_walk < 2 || !has_avx512())
         return 0;
@@ -270,7 +270,6 @@ static int has_bytes(void) {
         known = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2");
     return known;
 }
-
 
 /* `dense` for a bf16 delta, sixteen weights a step with the same fused sum and rounding, bit for bit; the
    sums stored past the caches where aligned (see scatter_sums), the next rows fetched ahead. */
@@ -811,7 +810,7 @@ AVX512_BYTES static int walk_mask_values(struct walk *w, const uint8_t *mask, in
    at a time, each step's values expanded from the buffer to their positions (vexpandps) and added in
    vector lanes with the same fused sum and rounding as add_at, bit for bit. */
 AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
-    if (w->add && has_bytes()) {
+    if (w->add && has_gathered()) {
         walked = 2;
         return bf16_values(w) ? walk_mask_bytes(w, mask, n_mask, n) : walk_mask_values(w, mask, n_mask, n);
     }
