@@ -4,9 +4,10 @@ The general path (`arith.add_rows`) widens base and delta to float32 chunks, add
 measures the cast: five passes over every weight. For the common case, one vector merged into a bf16
 model, these kernels do all of it in the pass that reads the delta: the base rows are rounded in place
 to bf16(float32(base) + α·Δ), and the squared rounding error and ‖α·Δ‖² (what `Survival` records) are
-summed on the way. A packed delta is added straight from its position and code streams; where the
-positions are a bitmask and the CPU has AVX-512 with VBMI2, a bf16 vector's codes are looked up sixty-four
-at a time and only the weights the vector changes are computed, sixteen a step (`_ckernels.c`).
+summed on the way. A packed (or quantized) delta is added straight from its position and code streams;
+where the positions are a bitmask and the CPU has AVX-512 with VBMI2, the codes are looked up many at a time
+(a bf16 vector's sixty-four) and only the weights the vector changes are computed, sixteen a step, the
+others copied from the base (`_ckernels.c`).
 
 The sum is float32's fused multiply-add, as torch's `add(alpha=)` computes it, rounded to bf16 to
 nearest even, as torch casts. The kernels are C (`rvec_hub._kernels`); where the package was installed
