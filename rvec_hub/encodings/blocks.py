@@ -88,15 +88,6 @@ def frame(stream: np.ndarray, raw_above: float = _RAW_ABOVE) -> bytes:
     return compressed if len(compressed) <= raw_above * len(raw) else _stored_frame(raw)
 
 
-_RAW_HEAD = b"\x28\xb5\x2f\xfd\xa0"  # zstd's magic, then a single segment with a 4-byte content size
-
-
-def _raw_header(size: int) -> bytes:
-    """The first 12 bytes of `_stored_frame` for `size` bytes (at most one raw block): frame header, then
-    the header of its one, last, raw block."""
-    return _RAW_HEAD + size.to_bytes(4, "little") + (size << 3 | 1).to_bytes(3, "little")
-
-
 def _stored_frame(data: bytes) -> bytes:
     """`data` as a zstd frame of raw blocks (RFC 8878: single segment, 4- or 8-byte content size, no checksum)."""
     size = len(data)
@@ -306,12 +297,9 @@ def _corrupt_block(entry: TensorEntry, first_row: int, problem: str) -> FormatEr
 
 
 def _unzstd(entry: TensorEntry, frame: np.ndarray, size: int, first_row: int) -> np.ndarray:
-    """One stored frame (uint8) decompressed, checked to hold `size` bytes; a frame of one raw block as
-    `_stored_frame` writes it is read in place."""
+    """One stored frame (uint8) decompressed, checked to hold `size` bytes."""
     if size == 0 and frame.size == 0:
         return np.zeros(0, dtype=np.uint8)
-    if 0 < size <= _RAW_BLOCK and frame.size == len(_RAW_HEAD) + 7 + size and bytes(frame[:12]) == _raw_header(size):
-        return frame[12:]
     import zstandard
 
     try:
