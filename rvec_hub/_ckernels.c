@@ -205,8 +205,9 @@ static inline __attribute__((always_inline)) int walk_gaps(struct walk *w, const
     return 0;
 }
 
-static inline __attribute__((always_inline)) int walk_mask(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n) {
-    for (int64_t p0 = 0; p0 < n; p0 += 16) {
+/* The bitmask walk from element p_start (a multiple of 16) on. */
+static inline __attribute__((always_inline)) int walk_mask(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n, int64_t p_start) {
+    for (int64_t p0 = p_start; p0 < n; p0 += 16) {
         uint32_t m = bits16(mask, n_mask, p0);
         if (n - p0 < 16 && m >> (n - p0))
             return 1;
@@ -596,15 +597,39 @@ static int finish_scalar(struct walk *w, const uint8_t *mask, int64_t n_mask, in
         return 0;
     if (w->source)
         memcpy((uint16_t *)w->target + p0, w->source + p0, (size_t)(n - p0) * sizeof(uint16_t));
-    for (; p0 < n; p0 += 16) {
-        uint32_t m = bits16(mask, n_mask, p0);
-        if (n - p0 < 16 && m >> (n - p0))
-            return 1;
-        int status = group(w, p0, m);
-        if (status)
-            return status;
-    }
-    return 0;
+    return walk_mask(w, mask, n_mask, n, p0);
+}
+
+/* A gathered walk's sums in vector lanes: squared rounding errors, |v|^2 (two of each, for alternate
+   steps), and the lanes whose sum left bf16's range. */
+struct tally {
+    __m512 err[2], norm[2];
+    __mmask16 bad;
+};
+
+/* The end of a gathered walk that stopped at element p0 with k codes and e escaped values used: its
+   streaming stores fenced, its sums into the walk's, and the scalar walk from p0 on. */
+AVX512 static int finish_gathered(struct walk *w, const uint8_t *mask, int64_t n_mask, int64_t n, int64_t p0, int64_t k, int64_t e,
+                                  const struct tally *t, int streaming) {
+    if (streaming)
+        _mm_sfence();
+    w->k = k;
+    w->e = e;
+    w->err += _mm512_reduce_add_ps(_mm512_add_ps(t->err[0], t->err[1]));
+    w->norm += _mm512_reduce_add_ps(_mm512_add_ps(t->norm[0], t->norm[1]));
+    w->bad |= t->bad != 0;
+    return finish_scalar(w, mask, n_mask, n, p0);
+}
+
+/* The next round of a gathered walk from element p0, code k on: its end (*end, after the last whole step of
+   sixty-four) and its entries; -1 where no whole step is left or the entries outrun the codes (the scalar
+   walk then goes on, and names the problem). */
+static inline int64_t next_round(const struct walk *w, const uint8_t *mask, int64_t n, int64_t p0, int64_t k, int64_t *end) {
+    if (n - p0 < 64)
+        return -1;
+    *end = n - p0 >= SPAN ? p0 + SPAN : p0 + ((n - p0) & ~(int64_t)63);
+    const int64_t count = entries_in(mask, p0, *end);
+    return k + count > w->n_codes ? -1 : count;
 }
 
 /* walk_mask for the fused add of bf16 values, with no pass before it. Round by round over SPAN elements:
@@ -646,14 +671,9 @@ AVX512_BYTES static int walk_mask_bytes(struct walk *w, const uint8_t *mask, int
     const uint16_t *from = w->source ? w->source : out;
     const int streaming = ((uintptr_t)out & 63) == 0;
     uint16_t deltas[SPAN + 64], sums[SPAN + 64]; /* the round's entries: their values, their bases then sums */
-    __m512 err[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, norm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    __mmask16 bad = 0;
-    int64_t k = 0, e = 0, p0 = 0;
-    while (n - p0 >= 64) {
-        const int64_t end = n - p0 >= SPAN ? p0 + SPAN : p0 + ((n - p0) & ~(int64_t)63);
-        const int64_t count = entries_in(mask, p0, end);
-        if (k + count > w->n_codes)
-            break;
+    struct tally t = {{_mm512_setzero_ps(), _mm512_setzero_ps()}, {_mm512_setzero_ps(), _mm512_setzero_ps()}, 0};
+    int64_t k = 0, e = 0, p0 = 0, end, count;
+    while ((count = next_round(w, mask, n, p0, k, &end)) >= 0) {
         int64_t used = 0; /* escaped values the round takes */
         int corrupt = 0;
         for (int64_t i = 0; i < count && !corrupt; i += 64) {
@@ -686,26 +706,19 @@ AVX512_BYTES static int walk_mask_bytes(struct walk *w, const uint8_t *mask, int
             const int64_t left = count - i;
             const __m512i words = _mm512_loadu_si512(deltas + i);
             add_gathered16(sums + i, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(words)), 16)),
-                           left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1u), alpha, &err[0], &norm[0], &bad);
+                           left >= 16 ? 0xFFFF : (__mmask16)((1u << left) - 1u), alpha, &t.err[0], &t.norm[0], &t.bad);
             if (left > 16)
                 add_gathered16(sums + i + 16, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(words, 1)), 16)),
-                               left >= 32 ? 0xFFFF : (__mmask16)((1u << (left - 16)) - 1u), alpha, &err[1], &norm[1], &bad);
+                               left >= 32 ? 0xFFFF : (__mmask16)((1u << (left - 16)) - 1u), alpha, &t.err[1], &t.norm[1], &t.bad);
         }
         scatter_sums(out, from, sums, mask, p0, end, streaming);
         k += count;
         e += used;
         p0 = end;
     }
-    if (streaming)
-        _mm_sfence();
     if (escaped != (uint16_t *)kept)
         free(escaped);
-    w->k = k;
-    w->e = e;
-    w->err += _mm512_reduce_add_ps(_mm512_add_ps(err[0], err[1]));
-    w->norm += _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
-    w->bad |= bad != 0;
-    return finish_scalar(w, mask, n_mask, n, p0);
+    return finish_gathered(w, mask, n_mask, n, p0, k, e, &t, streaming);
 }
 
 /* walk_mask_bytes for any other fused add: a codebook of float32 values, escaped float32 values, or row
@@ -724,14 +737,9 @@ AVX512_BYTES static int walk_mask_values(struct walk *w, const uint8_t *mask, in
     const int streaming = ((uintptr_t)out & 63) == 0;
     float values[SPAN + 16], scale[SPAN + 64]; /* the round's entries: their values and row scales */
     uint16_t sums[SPAN + 64];
-    __m512 err[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, norm[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()};
-    __mmask16 bad = 0;
-    int64_t k = 0, e = 0, p0 = 0, row = 0, row_end = w->cols;
-    while (n - p0 >= 64) {
-        const int64_t end = n - p0 >= SPAN ? p0 + SPAN : p0 + ((n - p0) & ~(int64_t)63);
-        const int64_t count = entries_in(mask, p0, end);
-        if (k + count > w->n_codes)
-            break;
+    struct tally t = {{_mm512_setzero_ps(), _mm512_setzero_ps()}, {_mm512_setzero_ps(), _mm512_setzero_ps()}, 0};
+    int64_t k = 0, e = 0, p0 = 0, end, count, row = 0, row_end = w->cols;
+    while ((count = next_round(w, mask, n, p0, k, &end)) >= 0) {
         int64_t used = 0; /* escaped values the round takes */
         int corrupt = 0;
         for (int64_t i = 0; i < count; i += 16) {
@@ -788,22 +796,15 @@ AVX512_BYTES static int walk_mask_values(struct walk *w, const uint8_t *mask, in
             __m512 v = _mm512_loadu_ps(values + i);
             if (w->scales)
                 v = _mm512_mul_ps(v, _mm512_loadu_ps(scale + i));
-            add_gathered16(sums + i, v, count - i >= 16 ? 0xFFFF : (__mmask16)((1u << (count - i)) - 1u), alpha, &err[(i >> 4) & 1],
-                           &norm[(i >> 4) & 1], &bad);
+            add_gathered16(sums + i, v, count - i >= 16 ? 0xFFFF : (__mmask16)((1u << (count - i)) - 1u), alpha, &t.err[(i >> 4) & 1],
+                           &t.norm[(i >> 4) & 1], &t.bad);
         }
         scatter_sums(out, from, sums, mask, p0, end, streaming);
         k += count;
         e += used;
         p0 = end;
     }
-    if (streaming)
-        _mm_sfence();
-    w->k = k;
-    w->e = e;
-    w->err += _mm512_reduce_add_ps(_mm512_add_ps(err[0], err[1]));
-    w->norm += _mm512_reduce_add_ps(_mm512_add_ps(norm[0], norm[1]));
-    w->bad |= bad != 0;
-    return finish_scalar(w, mask, n_mask, n, p0);
+    return finish_gathered(w, mask, n_mask, n, p0, k, e, &t, streaming);
 }
 
 /* walk_mask in two passes: every code looked up into a buffer, then the bitmask walked sixteen elements
@@ -858,7 +859,7 @@ static inline __attribute__((always_inline)) int coded(
             if (!add)
                 memset(target, 0, (size_t)n * sizeof(float));
             walked = 0;
-            status = walk_mask(&w, positions, n_positions, n);
+            status = walk_mask(&w, positions, n_positions, n, 0);
         }
     } else if (n_positions == 0 && n_codes > 0 && !w.scales) { /* a code for every element */
         if (w.source)
