@@ -272,30 +272,37 @@ static int has_gathered(void) {
     return known;
 }
 
+/* bf16(base + alpha * v) in sixteen lanes (bf16 bits), the fused sum rounded to nearest even as add_at
+   rounds it; the `live` lanes' squared rounding errors and |v|^2 added into err and norm, and those of them
+   whose sum left bf16's range into bad. */
+AVX512 static inline __attribute__((always_inline)) __m256i sum16(__m512 alpha, __m512 v, __m256i base, __mmask16 live, __m512 *err,
+                                                                 __m512 *norm, __mmask16 *bad) {
+    const __m512i exponent = _mm512_set1_epi32(0x7F80);
+    const __m512 exact = _mm512_fmadd_ps(alpha, v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(base), 16)));
+    const __m512i u = _mm512_castps_si512(exact);
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+    const __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
+    *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
+    *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
+    *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+    return _mm512_cvtepi32_epi16(rounded);
+}
+
 /* `dense` for a bf16 delta, sixteen weights a step with the same fused sum and rounding, bit for bit; the
    sums stored past the caches where aligned (see scatter_sums), the next rows fetched ahead. */
 AVX512 static int dense_avx512(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums) {
     const __m512 a = _mm512_set1_ps(alpha);
-    const __m512i exponent = _mm512_set1_epi32(0x7F80);
     __m512 err = _mm512_setzero_ps(), norm = _mm512_setzero_ps();
     __mmask16 bad = 0;
     int64_t i = 0;
     for (; i + 16 <= n; i += 16) {
-        const __m256i stored = _mm256_loadu_si256((const __m256i *)(source + i));
         const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(delta + i))), 16));
-        const __m512 exact = _mm512_fmadd_ps(a, v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16)));
-        const __m512i u = _mm512_castps_si512(exact);
-        const __m512i rounded = _mm512_srli_epi32(
-            _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
-        const __m256i y = _mm512_cvtepi32_epi16(rounded);
+        const __m256i y = sum16(a, v, _mm256_loadu_si256((const __m256i *)(source + i)), 0xFFFF, &err, &norm, &bad);
         if (((uintptr_t)(out + i) & 31) == 0)
             _mm256_stream_si256((__m256i *)(out + i), y);
         else
             _mm256_storeu_si256((__m256i *)(out + i), y);
-        const __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
-        err = _mm512_fmadd_ps(e, e, err);
-        norm = _mm512_fmadd_ps(v, v, norm);
-        bad |= _mm512_cmpeq_epi32_mask(_mm512_and_si512(rounded, exponent), exponent);
         _mm_prefetch((const char *)(source + i + SPAN), _MM_HINT_T0);
         _mm_prefetch((const char *)(delta + i + SPAN), _MM_HINT_T0);
     }
@@ -365,29 +372,20 @@ AVX512 static int look_up_avx512(struct walk *w, float *values) {
    norm; a sum outside bf16's range into bad), and the source's weight elsewhere when there is a source. */
 AVX512 static inline __attribute__((always_inline)) void add16(const struct walk *w, int64_t p0, __mmask16 lanes, __mmask16 m, __m512 v,
                                                               __m512 *err, __m512 *norm, __mmask16 *bad) {
-    const __m512i exponent = _mm512_set1_epi32(0x7F80);
     uint16_t *bits = (uint16_t *)w->target;
     const uint16_t *from = w->source ? w->source : bits;
-    __m256i stored = _mm256_maskz_loadu_epi16(lanes, from + p0);
+    const __m256i stored = _mm256_maskz_loadu_epi16(lanes, from + p0);
     if (!m) {
         if (w->source)
             _mm256_mask_storeu_epi16(bits + p0, lanes, stored);
         return;
     }
-    __mmask16 live = _mm512_mask_cmp_ps_mask(m, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    __m512 base = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16));
-    __m512 exact = _mm512_fmadd_ps(_mm512_set1_ps(w->alpha), v, base);
-    __m512i u = _mm512_castps_si512(exact);
-    __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(m, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
+    const __m256i y = sum16(_mm512_set1_ps(w->alpha), v, stored, live, err, norm, bad);
     if (w->source) /* every weight of the step: the sums where the vector adds, the base elsewhere */
-        _mm256_mask_storeu_epi16(bits + p0, lanes, _mm256_mask_blend_epi16(live, stored, _mm512_cvtepi32_epi16(rounded)));
+        _mm256_mask_storeu_epi16(bits + p0, lanes, _mm256_mask_blend_epi16(live, stored, y));
     else
-        _mm256_mask_storeu_epi16(bits + p0, live, _mm512_cvtepi32_epi16(rounded));
-    __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
-    *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
-    *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
-    *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+        _mm256_mask_storeu_epi16(bits + p0, live, y);
 }
 
 /* One step of walk_mask_avx512: the sixteen elements from p0 on, their values the next ones of `looked`;
@@ -533,18 +531,9 @@ static int bf16_values(const struct walk *w) {
    bits) in the `lanes` where v is not zero. */
 AVX512 static inline __attribute__((always_inline)) void add_gathered16(uint16_t *sums, __m512 v, __mmask16 lanes, __m512 alpha, __m512 *err,
                                                                        __m512 *norm, __mmask16 *bad) {
-    const __m512i exponent = _mm512_set1_epi32(0x7F80);
     const __m256i stored = _mm256_loadu_si256((const __m256i *)sums);
     const __mmask16 live = _mm512_mask_cmp_ps_mask(lanes, v, _mm512_setzero_ps(), _CMP_NEQ_UQ);
-    const __m512 exact = _mm512_fmadd_ps(alpha, v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(stored), 16)));
-    const __m512i u = _mm512_castps_si512(exact);
-    const __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
-    _mm256_storeu_si256((__m256i *)sums, _mm256_mask_blend_epi16(live, stored, _mm512_cvtepi32_epi16(rounded)));
-    const __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
-    *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
-    *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
-    *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
+    _mm256_storeu_si256((__m256i *)sums, _mm256_mask_blend_epi16(live, stored, sum16(alpha, v, stored, live, err, norm, bad)));
 }
 
 /* The base weights at a round's entries, elements [p0, end), gathered into `sums` (vpcompressw); the next

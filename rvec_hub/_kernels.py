@@ -42,7 +42,7 @@ _NO_MEMORY = 9  # a status of `coded`: its buffer could not be allocated (as in 
 
 
 _TORCH = {np.uint8: torch.uint8, np.uint16: torch.bfloat16, np.float32: torch.float32, np.int64: torch.int64}
-_SUMS = ctypes.c_float * 2
+_SUMS = ctypes.c_float * 2  # a kernel's two sums: rounding error², ‖α·Δ‖²
 
 
 def _at(array: Any, dtype: type) -> int:
@@ -72,12 +72,12 @@ def dense(out: np.ndarray, delta: np.ndarray, alpha: float, source: np.ndarray |
     Returns (status, rounding error², ‖α·Δ‖²); status 8 (`fused.BAD_VALUE`) when a sum is not finite."""
     if delta.size != out.size or (source is not None and source.size != out.size):
         raise ValueError(f"a delta of {delta.size} values for {out.size} weights")
-    sums = np.zeros(2, dtype=np.float32)
+    sums = _SUMS()
     from_ = None if source is None else _at(source, np.uint16)
     if delta.dtype == np.uint16:
-        status = _lib.rvec_dense_bf16(_at(out, np.uint16), from_, _at(delta, np.uint16), out.size, alpha, sums.ctypes.data)
+        status = _lib.rvec_dense_bf16(_at(out, np.uint16), from_, _at(delta, np.uint16), out.size, alpha, sums)
     else:
-        status = _lib.rvec_dense_f32(_at(out, np.uint16), from_, _at(delta, np.float32), out.size, alpha, sums.ctypes.data)
+        status = _lib.rvec_dense_f32(_at(out, np.uint16), from_, _at(delta, np.float32), out.size, alpha, sums)
     return _result(status, sums)
 
 
@@ -85,8 +85,8 @@ def indexed(out: np.ndarray, where: np.ndarray, values: np.ndarray, alpha: float
     """out ← bf16(out + α·value) at each flat position of `where` (int64 positions, each inside `out`, in any order)."""
     if where.size != values.size:
         raise ValueError(f"{where.size} positions for {values.size} values")
-    sums = np.zeros(2, dtype=np.float32)
-    status = _lib.rvec_indexed(_at(out, np.uint16), _at(where, np.int64), _at(values, np.float32), where.size, alpha, sums.ctypes.data)
+    sums = _SUMS()
+    status = _lib.rvec_indexed(_at(out, np.uint16), _at(where, np.int64), _at(values, np.float32), where.size, alpha, sums)
     return _result(status, sums)
 
 
