@@ -887,6 +887,39 @@ CLONES int rvec_coded_decode(const uint8_t *positions, int64_t n_positions, int 
                  cols, out, NULL, n, 0.0f, sums, 0);
 }
 
+/* `n` codes of `slot` bits (1, 2 or 4), 8 / slot to a byte, least significant first (`quantized`'s
+   "bitpacked" codes), widened to a byte each into `out`. 0; 1 for another slot width or a packed length
+   that is not ceil(n / (8 / slot)); 2 where a bit past the n-th code is set. */
+int rvec_unpack_codes(const uint8_t *packed, int64_t n_packed, int slot, uint8_t *out, int64_t n) {
+    if ((slot != 1 && slot != 2 && slot != 4) || n < 0)
+        return 1;
+    const int per = 8 / slot;
+    if (n_packed != (n + per - 1) / per)
+        return 1;
+    uint8_t spread[256][8]; /* each byte's codes, one a byte */
+    for (int b = 0; b < 256; b++)
+        for (int j = 0; j < per; j++)
+            spread[b][j] = (uint8_t)((b >> (j * slot)) & ((1 << slot) - 1));
+    const int64_t whole = n / per;
+    if (slot == 1)
+        for (int64_t i = 0; i < whole; i++)
+            memcpy(out + 8 * i, spread[packed[i]], 8);
+    else if (slot == 2)
+        for (int64_t i = 0; i < whole; i++)
+            memcpy(out + 4 * i, spread[packed[i]], 4);
+    else
+        for (int64_t i = 0; i < whole; i++)
+            memcpy(out + 2 * i, spread[packed[i]], 2);
+    const int left = (int)(n - whole * per);
+    if (left) {
+        const uint8_t last = packed[whole];
+        memcpy(out + whole * per, spread[last], (size_t)left);
+        if (last >> (left * slot))
+            return 2;
+    }
+    return 0;
+}
+
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", "rvec's compiled kernels, called through ctypes.", -1, NULL};
 
 PyMODINIT_FUNC PyInit__ckernels(void) { return PyModule_Create(&module); }

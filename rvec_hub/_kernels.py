@@ -33,6 +33,8 @@ for _name, _args in {
 }.items():
     getattr(_lib, _name).argtypes = _args
     getattr(_lib, _name).restype = _I
+_lib.rvec_unpack_codes.argtypes = [_P, _N, _I, _P, _N]
+_lib.rvec_unpack_codes.restype = _I
 _lib.rvec_vector_walk.argtypes = [_I]
 _lib.rvec_vector_walk.restype = _I
 _lib.rvec_last_walk.argtypes = []
@@ -141,3 +143,12 @@ def last_walk() -> str | None:
     """The walk (`WALKS`) this thread's last bitmask block took; None before any."""
     walked = _lib.rvec_last_walk()
     return WALKS[walked] if walked >= 0 else None
+
+
+def unpack_codes(packed: np.ndarray, n: int, slot: int) -> tuple[np.ndarray, int]:
+    """`n` codes of `slot` bits (1, 2 or 4) packed 8 / slot to a byte, least significant first, one a byte;
+    and 0, or 1 for a packed length that does not fit `n`, 2 for a bit set past the last code."""
+    out = np.empty(n, dtype=np.uint8)
+    status = _lib.rvec_unpack_codes(_at(packed, np.uint8), packed.size, slot, _at(out, np.uint8), n)
+    return out, status
+

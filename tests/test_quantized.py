@@ -13,7 +13,7 @@ from rvec_hub import FormatError, UsageError, Vector, apply_vectors, compress, f
 from rvec_hub.arith import add_rows
 from rvec_hub.cli._errors import run_cli
 from rvec_hub.cli.main import cli
-from rvec_hub.encodings import ENCODINGS, blocks
+from rvec_hub.encodings import ENCODINGS, blocks, quantized
 from rvec_hub.manifest import load_manifest
 
 from codec_common import StoredPayload, encode_one, rl_delta
@@ -79,26 +79,100 @@ def test_fused_add_passes_over_blocks_without_kept_entries() -> None:
     assert status == 0 and torch.equal(rows.view(torch.int16), expected.view(torch.int16))
 
 
-def _frames(stored: StoredPayload) -> tuple[list[int], np.ndarray, np.ndarray]:
+def _frames(entry, stored: StoredPayload) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """A one-block payload's index row, position stream and codes (a byte each, whatever the layout)."""
     import zstandard
 
     index = stored.tensors["index"][0].tolist()
     data = stored.tensors["data"].numpy().tobytes()
     gaps = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[: index[4]]), dtype=np.uint8).copy()
     codes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[index[4] : index[5]]), dtype=np.uint8).copy()
+    if entry.params.get("codes") == "bitpacked":
+        slot = quantized.code_slot(entry.params["bits"])
+        codes = np.unpackbits(codes, bitorder="little").reshape(-1, slot)
+        codes = (codes << np.arange(slot, dtype=np.uint8)).sum(axis=1).astype(np.uint8)[: index[1]]
     return index, gaps, codes
 
 
-def _rebuilt(stored: StoredPayload, gaps: np.ndarray, codes: np.ndarray) -> StoredPayload:
-    """The one-block payload with other gap and code streams, its index made consistent with them."""
+def _rebuilt(entry, stored: StoredPayload, gaps: np.ndarray, codes: np.ndarray, packed: np.ndarray | None = None) -> StoredPayload:
+    """The one-block payload with other gap and code streams (codes a byte each, or `packed` as stored), its
+    index made consistent with them."""
     import zstandard
 
-    a, b = zstandard.ZstdCompressor().compress(gaps.tobytes()), zstandard.ZstdCompressor().compress(codes.tobytes())
+    if packed is None:
+        packed = quantized._packed(codes, quantized.code_slot(entry.params["bits"])) if entry.params.get("codes") == "bitpacked" else codes
+    a, b = zstandard.ZstdCompressor().compress(gaps.tobytes()), zstandard.ZstdCompressor().compress(packed.tobytes())
     index = stored.tensors["index"].clone()
     index[0, 1:] = torch.tensor([codes.size, 0, gaps.size, len(a), len(a) + len(b), len(a) + len(b)])
     return StoredPayload({**stored.tensors, "index": index, "data": torch.frombuffer(bytearray(a + b), dtype=torch.uint8)})
 
 
+def _byte_codes(entry, stored: StoredPayload):
+    """The same one-block tensor as a vector written before bit-packed codes stores it: a byte per code."""
+    old = entry.model_copy(update={"params": {k: v for k, v in entry.params.items() if k != "codes"}})
+    _, gaps, codes = _frames(entry, stored)
+    return old, _rebuilt(old, stored, gaps, codes)
+
+
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 5, 8])
+def test_codes_are_bit_packed_and_byte_codes_still_read(bits: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)
+    delta = rl_delta(6, 50, seed=bits)
+    entry, stored = _encoded(delta, bits=bits)
+    assert entry.params["codes"] == "bitpacked"
+    index, _, codes = _frames(entry, stored)
+    import zstandard
+
+    data = stored.tensors["data"].numpy().tobytes()
+    stored_codes = len(zstandard.ZstdDecompressor().decompress(data[index[4] : index[5]]))
+    assert stored_codes == -(-index[1] * quantized.code_slot(bits) // 8)  # 8, 4, 2 or 1 codes a byte
+    assert int(codes.max()) < 1 << bits
+    decoded = CODEC.decode_rows(entry, stored, 0, 6)
+    old, old_stored = _byte_codes(entry, stored)
+    assert CODEC.validate(old, old_stored) == []
+    assert torch.equal(CODEC.decode_rows(old, old_stored, 0, 6), decoded)
+    if fused.available():
+        base = (torch.randn(6, 50, generator=torch.Generator().manual_seed(1)) * 0.02).to(torch.bfloat16)
+        rows, old_rows = base.clone(), base.clone()
+        assert CODEC.add_into(entry, stored, 0, 6, rows, 1.0)[0] == 0
+        assert CODEC.add_into(old, old_stored, 0, 6, old_rows, 1.0)[0] == 0
+        assert torch.equal(rows.view(torch.int16), old_rows.view(torch.int16))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_code_bits_past_the_last_code_are_refused(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)
+    if not compiled:
+        import rvec_hub
+
+        monkeypatch.setitem(__import__("sys").modules, "rvec_hub._kernels", None)  # as if the compiled part were not built
+        monkeypatch.delattr(rvec_hub, "_kernels", raising=False)
+        monkeypatch.setattr(blocks, "_compiled_kernel", lambda: None)
+    elif not fused.available():
+        pytest.skip("the compiled kernels are not built")
+    delta = rl_delta(6, 50)
+    entries = delta.view(-1).nonzero()
+    delta.view(-1)[entries[: (entries.numel() - 2) % 4]] = 0  # two codes in the last byte, its upper half unused
+    entry, stored = _encoded(delta, bits=2)
+    _, gaps, codes = _frames(entry, stored)
+    assert codes.size % 4
+    good = quantized._packed(codes, 2)
+    assert torch.equal(CODEC.decode_rows(entry, _rebuilt(entry, stored, gaps, codes, good), 0, 6), CODEC.decode_rows(entry, stored, 0, 6))
+    bad = good.copy()
+    bad[-1] |= 0x80
+    with pytest.raises(FormatError, match=f"tensor w: the quantized block from row 0 sets code bits past its {codes.size} codes; the vector is corrupt"):
+        CODEC.decode_rows(entry, _rebuilt(entry, stored, gaps, codes, bad), 0, 6)
+    with pytest.raises(FormatError, match="tensor w: a quantized frame of the block from row 0 holds .* bytes, the index says"):
+        CODEC.decode_rows(entry, _rebuilt(entry, stored, gaps, codes, good[:-1]), 0, 6)
+
+
+def test_an_unknown_code_layout_is_named() -> None:
+    entry, stored = _encoded(rl_delta(6, 50), bits=2)
+    odd = entry.model_copy(update={"params": {**entry.params, "codes": "nibbles"}})
+    assert CODEC.validate(odd, stored) == ["tensor w: quantized codes 'nibbles' is not a code layout rvec knows (\"bitpacked\", or absent for a byte each)"]
+
+
+@pytest.mark.parametrize("layout", ["bitpacked", "bytes"])
 @pytest.mark.parametrize(
     "corrupt, message",
     [
@@ -109,12 +183,16 @@ def _rebuilt(stored: StoredPayload, gaps: np.ndarray, codes: np.ndarray) -> Stor
         (lambda g, c: (g[:-1], c), "counts .* entries, 0 escapes and .* gap bytes"),
     ],
 )
-def test_corrupt_streams_are_refused_with_the_tensor_named(corrupt, message, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_corrupt_streams_are_refused_with_the_tensor_named(layout, corrupt, message, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)  # gap positions (tests/test_bitmask.py corrupts bitmasks)
     delta = rl_delta(6, 50)
     entry, stored = _encoded(delta, bits=2)
-    _, gaps, codes = _frames(stored)
-    broken = _rebuilt(stored, *corrupt(gaps, codes))
+    if layout == "bytes":
+        entry, stored = _byte_codes(entry, stored)
+    elif message == "code outside its codebook":
+        pytest.skip("a 2-bit field holds no code outside a 4-value codebook")
+    _, gaps, codes = _frames(entry, stored)
+    broken = _rebuilt(entry, stored, *corrupt(gaps, codes))
     if message is None:
         CODEC.decode_rows(entry, broken, 0, 6)
         return

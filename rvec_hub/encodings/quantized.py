@@ -13,9 +13,12 @@ BitDelta (a sign and a scale per weight matrix) and DeltaZip (sparse positions, 
 The payload uses the coded-block layout `packed` uses (`blocks`), per block of rows: an `index` (int64, one
 row per block: last row + 1, entries, 0 escapes, position bytes and the end offsets of the position, code and
 (empty) escape frames in `data`), positions as a bitmask or gaps (`blocks.position_coding`: a bitmask from
-one kept entry in 16 on) and one byte per code, each stream one zstd frame, compressed even where `packed`
-would store it raw for speed (this encoding is chosen for its size). The block walks (`decode_blocks`,
-`add_blocks`) read it, with this encoding's codebook and streams.
+one kept entry in 16 on) and the codes bit-packed (`params["codes"]` "bitpacked": 8, 4 or 2 codes to a
+byte for 1, 2, or 3 and 4 bits; a byte each above 4), each stream one zstd frame, stored raw where zstd
+saves less than a quarter, as `packed` does: a server adds the vector at every start, and zstd's decoding of
+a 2-bit vector's bitmask and byte-wide codes cost more than reading the larger streams (bench/README.md).
+Vectors written with a byte per code (no "codes" parameter) read as before. The block walks
+(`decode_blocks`, `add_blocks`) read it, with this encoding's codebook and streams.
 """
 
 from __future__ import annotations
@@ -75,8 +78,7 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
         marked = np.zeros(block.size, dtype=np.uint16)
         marked[np.flatnonzero(mask)] = codes.astype(np.uint16) + 1  # `split` codes the non-zero entries' positions
         positions, coded = split(marked)
-        # Chosen for its size: raw only where zstd cannot shrink a stream.
-        written, ends = frames_of((positions, (coded - 1).astype(np.uint8)), offset, raw_above=1.0)
+        written, ends = frames_of((positions, _packed((coded - 1).astype(np.uint8), code_slot(bits))), offset)
         frames += written
         offset = ends[-1]
         index.append([b, values.size, 0, positions.size, ends[0], ends[1], ends[1]])
@@ -90,8 +92,46 @@ def _encode_blocks(delta: torch.Tensor, bits: int, keep: float, rows_per_block: 
     norm = float(np.linalg.norm(flat))
     rel = math.sqrt(err_sq) / norm if norm else 0.0
     density = kept / max(1, rows * cols)
-    params = {"bits": bits, "keep": keep, "density": density, **({"positions": "bitmask"} if bitmask else {})}
+    params = {"bits": bits, "keep": keep, "density": density, "codes": "bitpacked", **({"positions": "bitmask"} if bitmask else {})}
     return Encoded("quantized", stored, params=params, stats={"rel_error": rel, "density": density, "energy": 1.0 - rel**2})
+
+
+def code_slot(bits: int) -> int:
+    """The bits a code of `bits` bits takes in a "bitpacked" code frame: 1, 2, 4 or 8 (a byte, unpacked)."""
+    return 1 << (bits - 1).bit_length()
+
+
+def _packed(codes: np.ndarray, slot: int) -> np.ndarray:
+    """Codes (uint8) `8 // slot` to a byte, least significant first, the last byte's unused bits 0."""
+    if slot == 8:
+        return codes
+    per = 8 // slot
+    lanes = np.zeros(-(-codes.size // per) * per, dtype=np.uint8)
+    lanes[: codes.size] = codes
+    lanes = lanes.reshape(-1, per)
+    out = lanes[:, 0].copy()
+    for j in range(1, per):
+        out |= lanes[:, j] << (j * slot)
+    return out
+
+
+def _unpacked(entry: TensorEntry, packed: np.ndarray, count: int, slot: int, first: int) -> np.ndarray:
+    """The block's `count` codes, a byte each, from its bit-packed code frame."""
+    try:
+        from .._kernels import unpack_codes
+    except ImportError:  # without the compiled part: the same in numpy
+        per = 8 // slot
+        wide = ((packed[:, None] >> (np.arange(per, dtype=np.uint8) * slot)) & ((1 << slot) - 1)).reshape(-1)
+        codes, status = wide[:count], int(bool(wide[count:].any()))
+    else:
+        codes, status = unpack_codes(packed, count, slot)
+    if status:
+        raise FormatError(f"tensor {entry.name}: the quantized block from row {first} sets code bits past its {count} codes; the vector is corrupt")
+    return codes
+
+
+def _slot(entry: TensorEntry) -> int:
+    return code_slot(entry.params["bits"]) if entry.params.get("codes") == "bitpacked" else 8
 
 
 def _cut(flat: np.ndarray, chunks: list[tuple[int, int]], keep: float) -> tuple[float, int, int]:
@@ -178,7 +218,10 @@ def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int,
         raise FormatError(f"tensor {entry.name}: a quantized row scale from row {first} is NaN or Inf; the vector is corrupt")
     raw = payload.read(entry.keys["data"], begin, end_codes).numpy()
     positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first)
-    codes = _unzstd(entry, raw[end_positions - begin :], count, first)
+    slot = _slot(entry)
+    codes = _unzstd(entry, raw[end_positions - begin :], -(-count * slot // 8), first)
+    if slot < 8:
+        codes = _unpacked(entry, codes, count, slot, first)
     return Streams(positions, codes, None, scales, is_bitmask(entry))
 
 
@@ -189,6 +232,8 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     bits = entry.params.get("bits")
     if not isinstance(bits, int) or isinstance(bits, bool) or not 1 <= bits <= MAX_BITS:
         return [f"tensor {entry.name}: quantized bits {bits!r} is not an integer from 1 to {MAX_BITS}"]
+    if entry.params.get("codes", "bitpacked") != "bitpacked":
+        return [f"tensor {entry.name}: quantized codes {entry.params['codes']!r} is not a code layout rvec knows (\"bitpacked\", or absent for a byte each)"]
     rows, _ = as_rows(tuple(entry.shape))
     problems += position_problems(entry)
     problems += expect_stored(entry, payload, "table", (1 << bits,), [torch.float32])
