@@ -10,12 +10,15 @@ with float32 sums, rounded once to bf16: 2⁻⁹ of the delta, far below what tr
 from __future__ import annotations
 
 import math
+import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
 from .. import fused
+from ..arith import CHUNK_ELEMENTS
 from ..errors import UsageError
 from ..manifest import TensorEntry
 from .base import FLOAT_DTYPES, Codec, Encoded, Payload, expect_keys, expect_stored
@@ -143,13 +146,33 @@ def _encode(
     return Encoded("lowrank", {"A": a.cpu(), "B": b.cpu()}, params={"rank": rank}, stats=stats)
 
 
-def _product(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
+def _product(entry: TensorEntry, payload: Payload, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """B[rows]·A: in bf16 when both factors are bf16 (a float32 sum rounded once to bf16, on AMX or
-    AVX-512 bf16 units several times faster than a float32 product), in float32 otherwise."""
-    b, a = payload.read(entry.keys["B"], start, stop), payload.read(entry.keys["A"])
+    AVX-512 bf16 units several times faster than a float32 product), in float32 otherwise; into `out` (as
+    many elements, the product's dtype) when given."""
+    b, a = payload.read(entry.keys["B"], start, stop), _whole_a(entry, payload)
     if b.dtype != torch.bfloat16 or a.dtype != torch.bfloat16:
         b, a = b.float(), a.float()
-    return (b @ a).reshape((stop - start, *entry.shape[1:]))
+    if out is None or out.dtype != b.dtype:
+        return (b @ a).reshape((stop - start, *entry.shape[1:]))
+    return torch.matmul(b, a, out=out.view(b.shape[0], a.shape[1])).view((stop - start, *entry.shape[1:]))
+
+
+_local = threading.local()
+
+
+def _whole_a(entry: TensorEntry, payload: Payload) -> torch.Tensor:
+    """The tensor's A, read once for the row chunks of a tensor one thread adds in turn: this thread keeps
+    the last one it read, with its payload (a weak reference) and key."""
+    kept = getattr(_local, "a", None)
+    if kept is not None and kept[0]() is payload and kept[1] == entry.keys["A"]:
+        return kept[2]
+    a = payload.read(entry.keys["A"])
+    try:
+        _local.a = (weakref.ref(payload), entry.keys["A"], a)
+    except TypeError:  # a payload that takes no weak references reads A every time
+        pass
+    return a
 
 
 def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
@@ -157,7 +180,12 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
 
 
 def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
-    return fused.add_dense(rows, _product(entry, payload, start, stop), alpha, base)
+    # The product goes into this thread's buffer, reused from chunk to chunk: a fresh one per chunk is
+    # mapped and faulted in again.
+    scratch = getattr(_local, "scratch", None)
+    if scratch is None or scratch.numel() < rows.numel():
+        scratch = _local.scratch = torch.empty(max(rows.numel(), CHUNK_ELEMENTS), dtype=torch.bfloat16)
+    return fused.add_dense(rows, _product(entry, payload, start, stop, scratch[: rows.numel()]), alpha, base)
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
