@@ -7,7 +7,8 @@ import json
 import pytest
 import torch
 
-from rvec_hub import FormatError, UsageError, Vector
+from rvec_hub import FormatError, UsageError, Vector, fused
+from rvec_hub.arith import add_rows
 from rvec_hub.budget import RankCandidate, allocate_ranks, parse_size, uniform_rank
 from rvec_hub.encodings import ENCODINGS
 from rvec_hub.manifest import TensorEntry
@@ -85,6 +86,23 @@ def test_lowrank_decodes_row_ranges_of_the_product() -> None:
     entry, stored, _ = _round_trip(delta, "lowrank", rank=8, dtype=torch.float32)
     whole = ENCODINGS["lowrank"].decode_rows(entry, stored, 0, 64)
     torch.testing.assert_close(ENCODINGS["lowrank"].decode_rows(entry, stored, 10, 30), whole[10:30])
+
+
+@pytest.mark.skipif(not fused.available(), reason="the fused add needs the compiled kernels")
+def test_lowrank_adds_take_each_payloads_own_factors_chunk_by_chunk() -> None:
+    """A thread keeps the last A it read: tensors of the same key in other payloads, and other tensors,
+    read their own."""
+    codec = ENCODINGS["lowrank"]
+    g = torch.Generator().manual_seed(4)
+    first = encode_one("lowrank", torch.randn(48, 40, generator=g) * 1e-2, rank=6)
+    second = encode_one("lowrank", torch.randn(48, 40, generator=g) * 1e-2, rank=6)
+    base = (torch.randn(48, 40, generator=g) * 0.02).to(torch.bfloat16)
+    for entry, stored in (first, second, first, second):
+        expected = add_rows(base, [(codec.decode_rows(entry, stored, 0, 48), 1.0)], torch.bfloat16)
+        rows = base.clone()
+        for lo in range(0, 48, 16):
+            assert codec.add_into(entry, stored, lo, lo + 16, rows[lo : lo + 16], 1.0)[0] == 0
+        assert torch.equal(rows.view(torch.int16), expected.view(torch.int16))
 
 
 def test_lowrank_refuses_a_rank_larger_than_the_matrix() -> None:
