@@ -74,7 +74,10 @@ CLONES int rvec_dense_f32(uint16_t *out, const uint16_t *source, const float *de
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #define VECTOR_KERNELS
 static int dense_avx512(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums);
+static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
+                       float alpha, float *sums);
 static int has_avx512(void);
+static int has_amx(void);
 #endif
 
 /* A bf16 delta takes the AVX-512 loop where the CPU has it and the walk setting allows vector walks. */
@@ -84,6 +87,18 @@ int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta
         return dense_avx512(out, source ? source : out, delta, n, alpha, sums);
 #endif
     return dense(out, source ? source : out, delta, 1, n, alpha, sums);
+}
+
+/* The low-rank add of a bf16 factor pair on AMX (lowrank_amx); -1 where it cannot run here (no AMX, a
+   rank that is not a multiple of 32 up to 256, columns not a multiple of 16): the caller multiplies and
+   adds the general way. */
+int rvec_lowrank_bf16(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
+                      float alpha, float *sums) {
+#ifdef VECTOR_KERNELS
+    if (rank > 0 && rank % 32 == 0 && rank <= 256 && cols > 0 && cols % 16 == 0 && has_amx())
+        return lowrank_amx(out, source ? source : out, b, a, rows, cols, rank, alpha, sums);
+#endif
+    return -1;
 }
 
 /* At each (checked) position where[i], in any order: out += alpha * values[i]. */
@@ -248,6 +263,8 @@ int rvec_last_walk(void) { return walked; }
 
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 #define AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi,bmi2,popcnt,fma")))
 
 static int has_avx512(void) {
@@ -821,6 +838,117 @@ AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t 
     if (looked != kept)
         free(looked);
     return status;
+}
+
+/* The low-rank add on AMX: out = bf16(source + alpha * bf16(B·A)) for `rows` rows of `cols` weights, B the
+   rows' factor (rows × rank bf16), A the other in AMX's pair layout (rank / 2 rows of cols pairs: A[2k][n],
+   A[2k + 1][n]). Sixteen rows and sixty-four columns a step: the product's float32 sums in four tiles
+   (TDPBF16PS, thirty-two ranks a call), rounded once to bf16 as a bf16 matmul rounds them, then added with
+   sum16, as `dense` adds a bf16 delta. rank a multiple of 32, cols of 16. */
+#define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi,bmi2,popcnt,fma,amx-tile,amx-bf16")))
+
+struct tile_config {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t bytes[16];
+    uint8_t rows[16];
+};
+
+/* Whether AMX's bf16 tiles may be used: the CPU has them, the walk setting allows vector walks, and Linux
+   lets this process use the tile data state. */
+static int has_amx(void) {
+    static int known = -1;
+    if (vector_walk < 1 || !has_avx512())
+        return 0;
+    if (known < 0) {
+        known = __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-bf16") &&
+                syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+    }
+    return known;
+}
+
+AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols,
+                           int64_t rank, float alpha, float *sums) {
+    float *sum = values_buffer((size_t)(16 * cols) * sizeof(float)); /* sixteen rows of the product's sums */
+    if (!sum)
+        return NO_MEMORY;
+    struct tile_config config = {0};
+    config.palette = 1;
+    for (int t = 0; t < 8; t++) {
+        config.rows[t] = 16;
+        config.bytes[t] = 64;
+    }
+    _tile_loadconfig(&config);
+    const __m512 alpha16 = _mm512_set1_ps(alpha);
+    const int streaming = ((uintptr_t)out & 31) == 0; /* every step's sixteen weights 32-byte aligned (cols a multiple of 16) */
+    __m512 err = _mm512_setzero_ps(), norm = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    uint16_t padded[16 * 256]; /* the last rows' factor, zeros below them (rank at most 256 here) */
+    const int64_t stride = cols * (int64_t)sizeof(float), pair_stride = cols * 2 * (int64_t)sizeof(uint16_t);
+    for (int64_t r0 = 0; r0 < rows; r0 += 16) {
+        const int64_t live = rows - r0 < 16 ? rows - r0 : 16;
+        const uint16_t *brows = b + r0 * rank;
+        if (live < 16) {
+            memset(padded, 0, sizeof padded);
+            memcpy(padded, brows, (size_t)(live * rank) * sizeof(uint16_t));
+            brows = padded;
+        }
+        for (int64_t c0 = 0; c0 < cols; c0 += 64) { /* the sixteen rows' sums, sixty-four columns at a time */
+            const int tiles = cols - c0 >= 64 ? 4 : (int)((cols - c0) / 16);
+            _tile_zero(0);
+            _tile_zero(1);
+            _tile_zero(2);
+            _tile_zero(3);
+            for (int64_t k = 0; k < rank; k += 32) {
+                _tile_loadd(4, brows + k, rank * sizeof(uint16_t));
+                const uint16_t *pairs = a + (k / 2) * cols * 2 + c0 * 2;
+                _tile_loadd(6, pairs, pair_stride);
+                _tile_dpbf16ps(0, 4, 6);
+                if (tiles > 1) {
+                    _tile_loadd(7, pairs + 32, pair_stride);
+                    _tile_dpbf16ps(1, 4, 7);
+                }
+                if (tiles > 2) {
+                    _tile_loadd(6, pairs + 64, pair_stride);
+                    _tile_dpbf16ps(2, 4, 6);
+                }
+                if (tiles > 3) {
+                    _tile_loadd(7, pairs + 96, pair_stride);
+                    _tile_dpbf16ps(3, 4, 7);
+                }
+            }
+            _tile_stored(0, sum + c0, stride);
+            if (tiles > 1)
+                _tile_stored(1, sum + c0 + 16, stride);
+            if (tiles > 2)
+                _tile_stored(2, sum + c0 + 32, stride);
+            if (tiles > 3)
+                _tile_stored(3, sum + c0 + 48, stride);
+        }
+        /* the rows' weights in one run, as `dense` adds a bf16 delta: each sum rounded to bf16 (to nearest
+           even, as a bf16 matmul rounds it), widened, and added */
+        uint16_t *to = out + r0 * cols;
+        const uint16_t *from = source + r0 * cols;
+        for (int64_t i = 0; i < live * cols; i += 16) {
+            const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(sum + i));
+            const __m512i rounded = _mm512_and_si512(
+                _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
+                _mm512_set1_epi32((int)0xFFFF0000u));
+            const __m256i y = sum16(alpha16, _mm512_castsi512_ps(rounded), _mm256_loadu_si256((const __m256i *)(from + i)), 0xFFFF, &err, &norm, &bad);
+            if (streaming)
+                _mm256_stream_si256((__m256i *)(to + i), y);
+            else
+                _mm256_storeu_si256((__m256i *)(to + i), y);
+            _mm_prefetch((const char *)(from + i + SPAN), _MM_HINT_T0);
+        }
+    }
+    _tile_release();
+    if (streaming)
+        _mm_sfence();
+    if (sum != kept)
+        free(sum);
+    sums[0] = _mm512_reduce_add_ps(err);
+    sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha;
+    return bad ? BAD_VALUE : 0;
 }
 
 #endif

@@ -33,6 +33,8 @@ for _name, _args in {
 }.items():
     getattr(_lib, _name).argtypes = _args
     getattr(_lib, _name).restype = _I
+_lib.rvec_lowrank_bf16.argtypes = [_P, _P, _P, _P, _N, _N, _N, _F, _P]
+_lib.rvec_lowrank_bf16.restype = _I
 _lib.rvec_unpack_codes.argtypes = [_P, _N, _I, _P, _N]
 _lib.rvec_unpack_codes.restype = _I
 _lib.rvec_vector_walk.argtypes = [_I]
@@ -81,6 +83,21 @@ def dense(out: np.ndarray, delta: np.ndarray, alpha: float, source: np.ndarray |
     else:
         status = _lib.rvec_dense_f32(_at(out, np.uint16), from_, _at(delta, np.float32), out.size, alpha, sums)
     return _result(status, sums)
+
+
+def lowrank(out: Any, b: Any, pairs: Any, alpha: float, source: Any | None = None) -> tuple[int, float, float] | None:
+    """out ← bf16(out + α·bf16(b·A)) on AMX for bf16 tensors: `out` rows × cols, `b` rows × rank, `pairs`
+    A (rank × cols) laid out as AMX takes it, rank / 2 × cols × 2 (A[2k][n], A[2k + 1][n]); with `source`
+    (bf16 like `out`), out ← bf16(source + α·bf16(b·A)). None where it cannot run here (no AMX, a rank
+    that is not a multiple of 32 up to 256, columns not a multiple of 16); else as `dense`."""
+    rows, rank = b.shape
+    cols = pairs.shape[1]
+    if _size(out) != rows * cols or (source is not None and _size(source) != rows * cols) or tuple(pairs.shape) != (rank // 2, cols, 2):
+        raise ValueError(f"a {rows}×{rank} factor and {tuple(pairs.shape)} pairs for {_size(out)} weights")
+    sums = _SUMS()
+    from_ = None if source is None else _at(source, np.uint16)
+    status = _lib.rvec_lowrank_bf16(_at(out, np.uint16), from_, _at(b, np.uint16), _at(pairs, np.uint16), rows, cols, rank, alpha, sums)
+    return None if status < 0 else _result(status, sums)
 
 
 def indexed(out: np.ndarray, where: np.ndarray, values: np.ndarray, alpha: float) -> tuple[int, float, float]:

@@ -117,6 +117,18 @@ def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float, base: torch
     return kernels["dense"](target, values, alpha, source)
 
 
+def add_lowrank(rows: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float] | None:
+    """rows ← bf16(rows + α·bf16(b·A)) in one pass on AMX, the product never stored; with `base`,
+    rows ← bf16(base + α·bf16(b·A)). `b` (rows × rank) and `pairs` (A, rank × cols, as rank / 2 × cols × 2
+    pairs A[2k][n], A[2k + 1][n]) are contiguous bf16. None where the kernel cannot run here (no compiled
+    kernels, no AMX, a rank that is not a multiple of 32 up to 256, columns not a multiple of 16): the caller
+    multiplies and calls `add_dense`. Otherwise as `add_dense`."""
+    kernels = _kernels()
+    if kernels is None:
+        return None
+    return kernels["lowrank"](rows, b, pairs, alpha, base)
+
+
 def add_at(rows: torch.Tensor, where: torch.Tensor, values: torch.Tensor, alpha: float) -> tuple[int, float, float]:
     """rows ← bf16(rows + α·values) at the flat positions `where` (int64, each inside `rows`), in place.
 
@@ -168,4 +180,4 @@ def _kernels() -> dict[str, Any] | None:
         from . import _kernels as compiled
     except ImportError:  # installed without the compiled part
         return None
-    return {"dense": compiled.dense, "coded": compiled.coded, "indexed": compiled.indexed}
+    return {"dense": compiled.dense, "coded": compiled.coded, "indexed": compiled.indexed, "lowrank": compiled.lowrank}

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from rvec_hub import Vector, fused
+from rvec_hub import Vector, _kernels, fused
 from rvec_hub.arith import Survival, add_rows
 from rvec_hub.compress import compress
 from rvec_hub.encodings import ENCODINGS
@@ -24,6 +24,8 @@ def encoded(vector_dir, vector_fp32, tmp_path_factory) -> dict[str, Vector]:
     root = tmp_path_factory.mktemp("fused")
     compress(Vector.open(vector_dir), root / "packed", method="sparse", device="cpu", quiet=True)
     compress(Vector.open(vector_dir), root / "lowrank", method="lowrank", rank=4, factor_dtype=torch.float32, device="cpu", quiet=True)
+    # bf16 factors of rank 32 over columns in sixteens: added on AMX where the CPU has it
+    compress(Vector.open(vector_dir), root / "lowrank-bf16", method="lowrank", rank=32, factor_dtype=torch.bfloat16, device="cpu", quiet=True)
     compress(Vector.open(vector_dir), root / "quantized", method="quantized", bits=3, keep=0.5, device="cpu", quiet=True)
     sparse = {}
     for layout in ("bitmask", "gaps"):  # rvec 0.1.0's encoding, still read: both of its layouts
@@ -43,11 +45,11 @@ def encoded(vector_dir, vector_fp32, tmp_path_factory) -> dict[str, Vector]:
 
         rewrite_vector(vector_dir, root / f"sparse-{layout}", payload, manifest)
     paths = {"dense-bf16": vector_dir, "dense-fp32": vector_fp32, "packed": root / "packed", "lowrank": root / "lowrank",
-             "quantized": root / "quantized", "sparse-bitmask": root / "sparse-bitmask", "sparse-gaps": root / "sparse-gaps"}
+             "lowrank-bf16": root / "lowrank-bf16", "quantized": root / "quantized", "sparse-bitmask": root / "sparse-bitmask", "sparse-gaps": root / "sparse-gaps"}
     return {name: Vector.open(path) for name, path in paths.items()}
 
 
-@pytest.mark.parametrize("encoding", ["dense-bf16", "dense-fp32", "packed", "lowrank", "quantized", "sparse-bitmask", "sparse-gaps"])
+@pytest.mark.parametrize("encoding", ["dense-bf16", "dense-fp32", "packed", "lowrank", "lowrank-bf16", "quantized", "sparse-bitmask", "sparse-gaps"])
 @pytest.mark.parametrize("alpha", [1.0, -1.0, 0.3, 1.7])
 def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding, alpha):
     vector, base = encoded[encoding], open_checkpoint(family["instruct"])
@@ -92,6 +94,56 @@ def test_the_vector_dense_loop_adds_as_the_scalar_loop_and_the_float32_path(size
     assert (err_sq, norm_sq) == pytest.approx(results["scalar"][0][1:], rel=1e-4, abs=1e-20)
     delta[size // 2] = float("inf")
     assert fused.add_dense(base.clone(), delta, 0.7)[0] == fused.BAD_VALUE
+
+
+def _factors(rows: int, cols: int, rank: int, scale: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """B (rows × rank), A (rank × cols) in bf16, and A in AMX's pair layout."""
+    g = torch.Generator().manual_seed(rows * 7 + cols * 3 + rank)
+    b = (torch.randn(rows, rank, generator=g) * scale).bfloat16()
+    a = (torch.randn(rank, cols, generator=g) * scale).bfloat16()
+    return b, a, a.view(rank // 2, 2, cols).transpose(1, 2).contiguous()
+
+
+@pytest.mark.parametrize(("rows", "cols", "rank"), [(16, 64, 32), (37, 80, 64), (5, 16, 96), (130, 896, 64), (20, 48, 256)])
+@pytest.mark.parametrize("separate", [False, True])  # added in place, or from separate base rows
+@pytest.mark.parametrize("offset", [0, 1])  # rows aligned for streaming stores, and rows that are not
+@pytest.mark.parametrize("alpha", [1.0, -0.7])
+def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separate, offset, alpha):
+    """Sixteen rows and sixty-four columns a step, with row and column tails: every weight as torch's bf16
+    matmul (float32 sums rounded once) added by the dense kernel, and the same sums."""
+    b, a, pairs = _factors(rows, cols, rank)
+    base = (torch.randn(rows, cols, generator=torch.Generator().manual_seed(1)) * 0.02).bfloat16()
+    held = torch.empty(rows * cols + offset, dtype=torch.bfloat16)
+    out = held[offset:].view(rows, cols)
+    out.copy_(base)
+    fused_sums = fused.add_lowrank(out, b, pairs, alpha, base.clone() if separate else None)
+    if fused_sums is None:
+        pytest.skip("no AMX bf16 tiles on this CPU")
+    expected = base.clone()
+    dense_sums = fused.add_dense(expected, b @ a, alpha)
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
+    assert fused_sums[0] == dense_sums[0] == 0
+    assert fused_sums[1:] == pytest.approx(dense_sums[1:], rel=1e-5)
+
+
+def test_the_amx_low_rank_add_declines_what_it_cannot_add_and_refuses_an_overflow():
+    base = torch.zeros(16, 40, dtype=torch.bfloat16)
+    _, _, pairs = _factors(16, 40, 32)
+    assert fused.add_lowrank(base, torch.zeros(16, 32, dtype=torch.bfloat16), pairs, 1.0) is None  # 40 columns: not in sixteens
+    b, _, pairs = _factors(16, 64, 6)
+    assert fused.add_lowrank(torch.zeros(16, 64, dtype=torch.bfloat16), b, pairs, 1.0) is None  # rank 6: not in thirty-twos
+    b, _, pairs = _factors(16, 64, 32)
+    before = _kernels.vector_walk("scalar")
+    try:
+        assert fused.add_lowrank(torch.zeros(16, 64, dtype=torch.bfloat16), b, pairs, 1.0) is None  # the scalar setting
+    finally:
+        _kernels.vector_walk(before)
+    big_b, big_pairs = b.abs() * 1e20, pairs.abs() * 1e20  # products near 1e37: their sums leave float32 and bf16
+    general = torch.full((16, 64), 3e38, dtype=torch.bfloat16)
+    assert fused.add_dense(general, big_b @ big_pairs.transpose(1, 2).reshape(32, 64), 1.0)[0] == fused.BAD_VALUE
+    added = fused.add_lowrank(torch.full((16, 64), 3e38, dtype=torch.bfloat16), big_b, big_pairs, 1.0)
+    if added is not None:
+        assert added[0] == fused.BAD_VALUE
 
 
 @pytest.mark.parametrize("encoding", ["packed", "quantized"])

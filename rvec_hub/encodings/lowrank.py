@@ -5,6 +5,9 @@ power iterations re-orthonormalised by QR), or from an exact SVD when the sketch
 matrix anyway. √σ goes into each factor so both stay in the same range when stored in bf16. Rows decode
 as B[rows]·A, so apply and the serving loader stream them like dense rows. Bf16 factors multiply in bf16
 with float32 sums, rounded once to bf16: 2⁻⁹ of the delta, far below what truncating the rank costs.
+Where the CPU has AMX's bf16 tiles, adding bf16 factors of a rank in thirty-twos is one pass
+(`fused.add_lowrank`): the tiles' float32 sums, rounded and added as they come, the same bits as the
+product added by the dense kernel, without storing the product.
 """
 
 from __future__ import annotations
@@ -146,33 +149,39 @@ def _encode(
     return Encoded("lowrank", {"A": a.cpu(), "B": b.cpu()}, params={"rank": rank}, stats=stats)
 
 
-def _product(entry: TensorEntry, payload: Payload, start: int, stop: int, out: torch.Tensor | None = None) -> torch.Tensor:
+def _product(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
+    return _multiply(payload.read(entry.keys["B"], start, stop), _whole_a(entry, payload)[0]).reshape((stop - start, *entry.shape[1:]))
+
+
+def _multiply(b: torch.Tensor, a: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """B[rows]·A: in bf16 when both factors are bf16 (a float32 sum rounded once to bf16, on AMX or
     AVX-512 bf16 units several times faster than a float32 product), in float32 otherwise; into `out` (as
     many elements, the product's dtype) when given."""
-    b, a = payload.read(entry.keys["B"], start, stop), _whole_a(entry, payload)
     if b.dtype != torch.bfloat16 or a.dtype != torch.bfloat16:
         b, a = b.float(), a.float()
     if out is None or out.dtype != b.dtype:
-        return (b @ a).reshape((stop - start, *entry.shape[1:]))
-    return torch.matmul(b, a, out=out.view(b.shape[0], a.shape[1])).view((stop - start, *entry.shape[1:]))
+        return b @ a
+    return torch.matmul(b, a, out=out.view(b.shape[0], a.shape[1]))
 
 
 _local = threading.local()
 
 
-def _whole_a(entry: TensorEntry, payload: Payload) -> torch.Tensor:
-    """The tensor's A, read once for the row chunks of a tensor one thread adds in turn: this thread keeps
-    the last one it read, with its payload (a weak reference) and key."""
+def _whole_a(entry: TensorEntry, payload: Payload) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The tensor's A and, for bf16, A in AMX's pair layout (rank / 2 × cols × 2), read once for the row
+    chunks of a tensor one thread adds in turn: this thread keeps the last it read, with its payload (a weak
+    reference) and key."""
     kept = getattr(_local, "a", None)
     if kept is not None and kept[0]() is payload and kept[1] == entry.keys["A"]:
-        return kept[2]
+        return kept[2], kept[3]
     a = payload.read(entry.keys["A"])
+    rank, cols = a.shape
+    pairs = a.view(rank // 2, 2, cols).transpose(1, 2).contiguous() if a.dtype == torch.bfloat16 and rank % 2 == 0 else None
     try:
-        _local.a = (weakref.ref(payload), entry.keys["A"], a)
+        _local.a = (weakref.ref(payload), entry.keys["A"], a, pairs)
     except TypeError:  # a payload that takes no weak references reads A every time
         pass
-    return a
+    return a, pairs
 
 
 def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) -> torch.Tensor:
@@ -180,12 +189,18 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
 
 
 def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
+    b = payload.read(entry.keys["B"], start, stop)
+    a, pairs = _whole_a(entry, payload)
+    if pairs is not None and b.dtype == torch.bfloat16:  # on AMX: the product's sums added as they come, never stored
+        added = fused.add_lowrank(rows, b.contiguous(), pairs, alpha, base)
+        if added is not None:
+            return added
     # The product goes into this thread's buffer, reused from chunk to chunk: a fresh one per chunk is
     # mapped and faulted in again.
     scratch = getattr(_local, "scratch", None)
     if scratch is None or scratch.numel() < rows.numel():
         scratch = _local.scratch = torch.empty(max(rows.numel(), CHUNK_ELEMENTS), dtype=torch.bfloat16)
-    return fused.add_dense(rows, _product(entry, payload, start, stop, scratch[: rows.numel()]), alpha, base)
+    return fused.add_dense(rows, _multiply(b, a, scratch[: rows.numel()]).reshape(rows.shape), alpha, base)
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
