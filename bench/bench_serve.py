@@ -134,7 +134,8 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     preallocated bf16 parameters, bare or wrapped by rvec's merge, payloads hashed on a thread meanwhile
     (`open_specs(verify="background")`, waited for at the end). Best of `repeat` wall and CPU times per
     torch thread count (vLLM CPU gives its worker one thread per bound core), so a contended host disturbs it
-    less than a whole engine start. The wall time splits into opening and checking the vectors, reading
+    less than a whole engine start; the repetitions run round by round, every vector and mode once a round,
+    so a slow spell of the host falls on each alike (every run's wall time is kept, `wall_all_s`). The wall time splits into opening and checking the vectors, reading
     the base, adding the vectors (decode, add and cast: one fused pass for one vector into bf16), and
     waiting for the hash.
 
@@ -145,7 +146,6 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     ("vector not cached"): what a start pays to read the vector from disk."""
     import torch
 
-    from rvec_hub.arith import Survival
     from rvec_hub.io.checkpoint import open_checkpoint
     from rvec_serving.spec import VectorSpec, open_specs
 
@@ -161,36 +161,18 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     out = {}
     for count in threads:
         torch.set_num_threads(count)
-        for name, vec, full, cold in modes:
-            if cold and count != 1:
-                continue
-            if full:
-                os.environ["RVEC_VERIFY"] = "full"
-            else:
-                os.environ.pop("RVEC_VERIFY", None)
-            runs = []
-            for _ in range(repeat):
-                warm_cache(base, *([vec] if vec else []))
-                if cold:
-                    evict_cache(vec)
-                started, cpu = time.perf_counter(), time.process_time()
-                opened = open_specs([VectorSpec(str(vec), 1.0)], verify="background") if vec else []
-                prepared = time.perf_counter()
-                kept, seconds = [Survival() for _ in opened], [0.0]
-                for key, tensor in _weights(files, opened, kept, seconds):
-                    params[key].copy_(tensor)
-                merging = seconds[0]
-                loaded = time.perf_counter()
-                for item in opened:
-                    item.vector.wait_verified()
-                done = time.perf_counter()
-                runs.append({"wall_s": done - started, "cpu_s": time.process_time() - cpu, "prepare_s": prepared - started,
-                             "merge_s": merging, "read_and_copy_s": loaded - prepared - merging, "hash_wait_s": done - loaded})
-            best = min(runs, key=lambda r: r["wall_s"])
+        counted = [mode for mode in modes if count == 1 or not mode[3]]
+        runs: dict[tuple, list[dict]] = {mode: [] for mode in counted}
+        for _ in range(repeat):  # round by round, every mode once a round: a slow spell of the host touches each alike
+            for name, vec, full, cold in counted:
+                runs[(name, vec, full, cold)].append(_load_once(files, params, base, vec, full, cold))
+        for (name, vec, full, cold), done in runs.items():
+            best = min(done, key=lambda r: r["wall_s"])
             label = f"{name}{', hashed' if full else ''}{', vector not cached' if cold else ''} ({count} thread{'s' if count > 1 else ''})"
-            out[label] = {**best, "cpu_s": min(r["cpu_s"] for r in runs), "threads": count, "hashed": full, "vector_cached": not cold}
+            out[label] = {**best, "cpu_s": min(r["cpu_s"] for r in done), "threads": count, "hashed": full, "vector_cached": not cold,
+                          "wall_all_s": [round(r["wall_s"], 3) for r in done]}
             if vec and count == 1 and not full and not cold:
-                out[label]["merge_split_s"] = _merge_split(files, opened, params)
+                out[label]["merge_split_s"] = _merge_split(files, open_specs([VectorSpec(str(vec), 1.0)], verify="background"), params)
             log_line(f"loading only, {label}: {best['wall_s']:.2f} s wall (merge {best['merge_s']:.2f}), {out[label]['cpu_s']:.2f} s CPU")
         base_row = out[f"safetensors (base) ({count} thread{'s' if count > 1 else ''})"]
         for row in out.values():
@@ -199,6 +181,33 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
                 row["cpu_vs_base"] = row["cpu_s"] / base_row["cpu_s"] - 1
     os.environ.pop("RVEC_VERIFY", None)
     return out
+
+
+def _load_once(files: list[str], params: dict, base: Path, vec: Path | None, full: bool, cold: bool) -> dict:
+    """One load of the base's weights into `params`, with the vector merged (None: the base alone)."""
+    from rvec_hub.arith import Survival
+    from rvec_serving.spec import VectorSpec, open_specs
+
+    if full:
+        os.environ["RVEC_VERIFY"] = "full"
+    else:
+        os.environ.pop("RVEC_VERIFY", None)
+    warm_cache(base, *([vec] if vec else []))
+    if cold:
+        evict_cache(vec)
+    started, cpu = time.perf_counter(), time.process_time()
+    opened = open_specs([VectorSpec(str(vec), 1.0)], verify="background") if vec else []
+    prepared = time.perf_counter()
+    kept, seconds = [Survival() for _ in opened], [0.0]
+    for key, tensor in _weights(files, opened, kept, seconds):
+        params[key].copy_(tensor)
+    merging = seconds[0]
+    loaded = time.perf_counter()
+    for item in opened:
+        item.vector.wait_verified()
+    done = time.perf_counter()
+    return {"wall_s": done - started, "cpu_s": time.process_time() - cpu, "prepare_s": prepared - started,
+            "merge_s": merging, "read_and_copy_s": loaded - prepared - merging, "hash_wait_s": done - loaded}
 
 
 def _weights(files: list[str], opened: list, kept: list, seconds: list[float]):
@@ -300,7 +309,7 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=64, help="Rank of the low-rank vector.")
     parser.add_argument("--prompts", type=int, default=16, help="Throughput: concurrent prompts.")
     parser.add_argument("--max-tokens", type=int, default=64, help="Throughput: tokens generated per prompt.")
-    parser.add_argument("--loading-repeat", type=int, default=3, help="Repetitions of the in-process loading measurement.")
+    parser.add_argument("--loading-repeat", type=int, default=5, help="Repetitions of the in-process loading measurement.")
     parser.add_argument("--threads", default="1,2", help="Torch thread counts for the in-process loading measurement.")
     parser.add_argument("--no-engine", action="store_true", help="Measure in-process loading only, start no engine.")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "serve.json")
