@@ -74,10 +74,13 @@ CLONES int rvec_dense_f32(uint16_t *out, const uint16_t *source, const float *de
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #define VECTOR_KERNELS
 static int dense_avx512(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums);
+static int has_avx512(void);
+#if !defined(__clang__) && __GNUC__ >= 11 /* AMX intrinsics */
+#define AMX_KERNELS
 static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
                        float alpha, float *sums);
-static int has_avx512(void);
 static int has_amx(void);
+#endif
 #endif
 
 /* A bf16 delta takes the AVX-512 loop where the CPU has it and the walk setting allows vector walks. */
@@ -94,7 +97,7 @@ int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta
    adds the general way. */
 int rvec_lowrank_bf16(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
                       float alpha, float *sums) {
-#ifdef VECTOR_KERNELS
+#ifdef AMX_KERNELS
     if (rank > 0 && rank % 32 == 0 && rank <= 256 && cols > 0 && cols % 16 == 0 && has_amx())
         return lowrank_amx(out, source ? source : out, b, a, rows, cols, rank, alpha, sums);
 #endif
@@ -840,6 +843,7 @@ AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t 
     return status;
 }
 
+#ifdef AMX_KERNELS
 /* The low-rank add on AMX: out = bf16(source + alpha * bf16(B·A)) for `rows` rows of `cols` weights, B the
    rows' factor (rows × rank bf16), A the other in AMX's pair layout (rank / 2 rows of cols pairs: A[2k][n],
    A[2k + 1][n]). Sixteen rows and sixty-four columns a step: the product's float32 sums in four tiles
@@ -950,6 +954,8 @@ AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t
     sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha;
     return bad ? BAD_VALUE : 0;
 }
+
+#endif
 
 #endif
 
