@@ -292,6 +292,13 @@ static int has_gathered(void) {
     return known;
 }
 
+/* Sixteen float32 bit patterns rounded to bf16, to nearest even, as to_bf16 rounds: the bf16 bits in each
+   lane's low half. */
+AVX512 static inline __attribute__((always_inline)) __m512i round16(__m512i u) {
+    return _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+}
+
 /* bf16(base + alpha * v) in sixteen lanes (bf16 bits), the fused sum rounded to nearest even as add_at
    rounds it; the `live` lanes' squared rounding errors and |v|^2 added into err and norm, and those of them
    whose sum left bf16's range into bad. */
@@ -299,9 +306,7 @@ AVX512 static inline __attribute__((always_inline)) __m256i sum16(__m512 alpha, 
                                                                  __m512 *norm, __mmask16 *bad) {
     const __m512i exponent = _mm512_set1_epi32(0x7F80);
     const __m512 exact = _mm512_fmadd_ps(alpha, v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(base), 16)));
-    const __m512i u = _mm512_castps_si512(exact);
-    const __m512i rounded = _mm512_srli_epi32(
-        _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))), 16);
+    const __m512i rounded = round16(_mm512_castps_si512(exact));
     const __m512 e = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(rounded, 16)), exact);
     *err = _mm512_mask3_fmadd_ps(e, e, *err, live);
     *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
@@ -933,11 +938,8 @@ AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t
         uint16_t *to = out + r0 * cols;
         const uint16_t *from = source + r0 * cols;
         for (int64_t i = 0; i < live * cols; i += 16) {
-            const __m512i u = _mm512_castps_si512(_mm512_loadu_ps(sum + i));
-            const __m512i rounded = _mm512_and_si512(
-                _mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1))),
-                _mm512_set1_epi32((int)0xFFFF0000u));
-            const __m256i y = sum16(alpha16, _mm512_castsi512_ps(rounded), _mm256_loadu_si256((const __m256i *)(from + i)), 0xFFFF, &err, &norm, &bad);
+            const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(round16(_mm512_castps_si512(_mm512_loadu_ps(sum + i))), 16));
+            const __m256i y = sum16(alpha16, rounded, _mm256_loadu_si256((const __m256i *)(from + i)), 0xFFFF, &err, &norm, &bad);
             if (streaming)
                 _mm256_stream_si256((__m256i *)(to + i), y);
             else

@@ -30,13 +30,11 @@ for _name, _args in {
     "rvec_indexed": [_P, _P, _P, _N, _F, _P],
     "rvec_coded_add": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _P, _N, _F, _P],
     "rvec_coded_decode": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _P],
+    "rvec_lowrank_bf16": [_P, _P, _P, _P, _N, _N, _N, _F, _P],
+    "rvec_unpack_codes": [_P, _N, _I, _P, _N],
 }.items():
     getattr(_lib, _name).argtypes = _args
     getattr(_lib, _name).restype = _I
-_lib.rvec_lowrank_bf16.argtypes = [_P, _P, _P, _P, _N, _N, _N, _F, _P]
-_lib.rvec_lowrank_bf16.restype = _I
-_lib.rvec_unpack_codes.argtypes = [_P, _N, _I, _P, _N]
-_lib.rvec_unpack_codes.restype = _I
 _lib.rvec_vector_walk.argtypes = [_I]
 _lib.rvec_vector_walk.restype = _I
 _lib.rvec_last_walk.argtypes = []
