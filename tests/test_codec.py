@@ -14,7 +14,7 @@ from rvec_hub.io.safetensors_io import ShardWriter
 from rvec_hub.manifest import TensorEntry
 from rvec_hub.package import PAYLOAD_METADATA, finalize_vector
 
-from codec_common import StoredPayload, encode_one, rl_delta
+from codec_common import StoredPayload, block_codes, encode_one, rl_delta
 
 CODEC = ENCODINGS["packed"]
 
@@ -46,7 +46,7 @@ def test_packed_codes_every_element_of_a_mostly_nonzero_tensor_with_either_decod
 
     _, count, escapes, _, end_gaps, end_codes, end = stored.tensors["index"][0].tolist()
     data = stored.tensors["data"].numpy().tobytes()
-    codes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[end_gaps:end_codes]), dtype=np.uint8)
+    codes = block_codes(entry, np.frombuffer(zstandard.ZstdDecompressor().decompress(data[end_gaps:end_codes]), dtype=np.uint8), count)
     planes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[end_codes:end]), dtype=np.uint8)
     escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
     out = torch.full((count,), 7.0)
@@ -114,7 +114,8 @@ def test_a_wide_codebook_keeps_the_frequent_values_through_blocks_of_distinct_on
 
 def test_a_tensor_whose_values_are_all_distinct_writes_an_empty_codebook(tmp_path: Path) -> None:
     delta = torch.tensor([1e-3, -2e-3, 3e-3]).to(torch.bfloat16).float()
-    stored = CODEC.encode(delta, dtype=torch.bfloat16).stored
+    encoded = CODEC.encode(delta, dtype=torch.bfloat16)
+    stored = encoded.stored
     assert stored["table"].numel() == 0
     writer = ShardWriter(tmp_path, "vector", 2**30, PAYLOAD_METADATA, [(k, tuple(v.shape), v.dtype) for k, v in stored.items()])
     for key, value in stored.items():
@@ -123,7 +124,7 @@ def test_a_tensor_whose_values_are_all_distinct_writes_an_empty_codebook(tmp_pat
     from safetensors.torch import load_file
 
     back = load_file(str(tmp_path / "vector.safetensors"))
-    entry = TensorEntry(name="w", shape=(3,), dtype="bfloat16", encoding="packed", keys={r: r for r in stored})
+    entry = TensorEntry(name="w", shape=(3,), dtype="bfloat16", encoding="packed", keys={r: r for r in stored}, params=encoded.params)
     assert _same_bits(CODEC.decode_rows(entry, StoredPayload(back), 0, 3), delta)
 
 
@@ -138,11 +139,13 @@ def _block_streams(delta: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.T
     """The decompressed gaps and codes of a one-block bf16 tensor, with its codebook and escaped values."""
     import zstandard
 
-    stored = CODEC.encode(delta, dtype=torch.bfloat16).stored
+    encoded = CODEC.encode(delta, dtype=torch.bfloat16)
+    stored = encoded.stored
     _, count, escapes, gap_bytes, end_gaps, end_codes, end = stored["index"][0].tolist()
     data = stored["data"].numpy().tobytes()
     frames = [zstandard.ZstdDecompressor().decompress(data[a:b]) for a, b in [(0, end_gaps), (end_gaps, end_codes), (end_codes, end)]]
     gaps, codes, planes = (np.frombuffer(f, dtype=np.uint8) for f in frames)
+    codes = block_codes(TensorEntry(name="w", shape=tuple(delta.shape), dtype="bfloat16", encoding="packed", params=encoded.params), codes, count)
     assert escapes > 0 and len(gaps) == gap_bytes and len(codes) == count
     escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
     return gaps, codes, stored["table"].float(), escaped
@@ -189,6 +192,16 @@ def test_decoding_refuses_a_frame_that_does_not_decompress() -> None:
     data[:8] = 0
     with pytest.raises(FormatError, match="does not decompress|holds .* bytes"):
         CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "data": data}), 0, 20)
+
+
+def test_a_frame_declaring_more_bytes_than_its_index_is_refused_before_any_allocation() -> None:
+    entry, stored = _round_trip(rl_delta(6, 50))
+    data = stored.tensors["data"].clone()
+    header = bytes(data[:5].tolist())
+    assert header[:4] == b"\x28\xb5\x2f\xfd" and header[4] == 0xA0  # the raw bitmask frame: a 4-byte content size
+    data[5:9] = torch.tensor(list(((1 << 32) - 1).to_bytes(4, "little")), dtype=torch.uint8)
+    with pytest.raises(FormatError, match="tensor w: a packed frame of the block from row 0 declares 4294967295 bytes, the index says 38; the vector is corrupt"):
+        CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "data": data}), 0, 6)
 
 
 def test_validate_names_a_codebook_in_the_wrong_dtype() -> None:

@@ -296,18 +296,25 @@ def _corrupt_block(entry: TensorEntry, first_row: int, problem: str) -> FormatEr
     return FormatError(f"tensor {entry.name}: the {entry.encoding} block from row {first_row} {problem}; the vector is corrupt")
 
 
-def _unzstd(entry: TensorEntry, frame: np.ndarray, size: int, first_row: int) -> np.ndarray:
-    """One stored frame (uint8) decompressed, checked to hold `size` bytes."""
+def _unzstd(entry: TensorEntry, frame: np.ndarray, size: int, first_row: int, *, at_most: bool = False) -> np.ndarray:
+    """One stored frame (uint8) decompressed, checked to hold `size` bytes (with `at_most`, up to `size`).
+
+    The size a frame's header declares is checked before anything is allocated: zstd allocates it whole."""
     if size == 0 and frame.size == 0:
         return np.zeros(0, dtype=np.uint8)
     import zstandard
 
+    where = f"tensor {entry.name}: a {entry.encoding} frame of the block from row {first_row}"
+    expected = f"{'at most ' if at_most else ''}{size}"
     try:
+        declared = zstandard.frame_content_size(frame)
+        if declared > size:
+            raise FormatError(f"{where} declares {declared} bytes, the index says {expected}; the vector is corrupt")
         data = _decompressor().decompress(frame, max_output_size=size)
     except zstandard.ZstdError as exc:
-        raise FormatError(f"tensor {entry.name}: a {entry.encoding} frame of the block from row {first_row} does not decompress ({exc}); the vector is corrupt") from None
-    if len(data) != size:
-        raise FormatError(f"tensor {entry.name}: a {entry.encoding} frame of the block from row {first_row} holds {len(data)} bytes, the index says {size}; the vector is corrupt")
+        raise FormatError(f"{where} does not decompress ({exc}); the vector is corrupt") from None
+    if len(data) > size or (len(data) != size and not at_most):
+        raise FormatError(f"{where} holds {len(data)} bytes, the index says {expected}; the vector is corrupt")
     return np.frombuffer(data, dtype=np.uint8)
 
 
