@@ -9,7 +9,9 @@ loops do not make. Commands that run for long (servers, training, evaluation) tu
 modules are loaded, with what was loaded frozen out of its passes.
 
 Inside a vLLM engine, whose heap is larger still, the loader pauses the collector while it opens and
-checks the vectors (`paused`): one full pass there cost 0.36–0.48 s of a 0.77–1.10 s step.
+checks the vectors (`paused`): one full pass there cost 0.36–0.48 s of a 0.77–1.10 s step. The merged
+weight iterators (`rvec_serving.merge`, `rvec_serving.sharded`) pause it while the weights stream in, so
+that no such pass falls inside the load either.
 """
 
 from __future__ import annotations

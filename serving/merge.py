@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import torch
 
-from rvec_hub import fused
+from rvec_hub import collector, fused
 from rvec_hub.arith import Survival, add_rows, row_chunks
 from rvec_hub.tied import delta_source
 
@@ -131,9 +131,10 @@ def merged_weights(
         >>> model.load_weights(merged_weights(safetensors_weights_iterator(files), vectors, torch.bfloat16))
     """
     survival = survival if survival is not None else [Survival() for _ in vectors]
-    for name, tensor in weights:
-        yield name, merge_tensor(name, tensor, vectors, out_dtype, survival, device)
-        del tensor
+    with collector.paused():  # see `collector`: a full pass over an engine's heap costs more than a tensor's merge
+        for name, tensor in weights:
+            yield name, merge_tensor(name, tensor, vectors, out_dtype, survival, device)
+            del tensor
 
 
 def untouched(vectors: list[OpenedVector], seen: set[str]) -> list[str]:

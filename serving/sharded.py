@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch.utils._pytree import tree_map
 
-from rvec_hub import fused
+from rvec_hub import collector, fused
 from rvec_hub.arith import Survival, add_rows, row_chunks
 from rvec_hub.tied import delta_source
 
@@ -186,13 +186,14 @@ def lazily_merged_weights(
     Args:
         seconds: a one-element accumulator of the time spent merging, for the loader's report.
     """
-    for name, tensor in weights:
-        if not _active(vectors, name) or not tensor.dtype.is_floating_point:
-            yield name, tensor
-        elif tensor.dim() == 0:
-            with _timed(seconds):
-                merged = merge_tensor(name, tensor, vectors, out_dtype, survival)
-            yield name, merged
-        else:
-            yield name, MergeOnNarrow(tensor, _Pending(name, tensor, 0, tensor.shape[0], vectors, out_dtype, survival, seconds))
-        del tensor
+    with collector.paused():  # as in `merged_weights`
+        for name, tensor in weights:
+            if not _active(vectors, name) or not tensor.dtype.is_floating_point:
+                yield name, tensor
+            elif tensor.dim() == 0:
+                with _timed(seconds):
+                    merged = merge_tensor(name, tensor, vectors, out_dtype, survival)
+                yield name, merged
+            else:
+                yield name, MergeOnNarrow(tensor, _Pending(name, tensor, 0, tensor.shape[0], vectors, out_dtype, survival, seconds))
+            del tensor
