@@ -848,6 +848,27 @@ AVX512 static int walk_mask_avx512(struct walk *w, const uint8_t *mask, int64_t 
     return status;
 }
 
+/* rvec_unnibble_codes's whole steps of sixty-four codes: each step's thirty-two bytes widened to a nibble a
+   byte, and the long codes' bytes expanded into the places of their 15s (vpexpandb). Stops before the last
+   partial step or where the long codes run out; returns the codes it wrote, and in *used the long codes'
+   bytes it took. */
+AVX512_BYTES static int64_t unnibble_avx512(const uint8_t *nibbles, const uint8_t *longs, int64_t n_longs, uint8_t *out, int64_t n, int64_t *used) {
+    const __m512i low = _mm512_set1_epi16(0x000F), high = _mm512_set1_epi16(0x0F00), fifteen = _mm512_set1_epi8(15);
+    int64_t i = 0, o = 0;
+    for (; i + 64 <= n; i += 64) {
+        const __m512i wide = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)(nibbles + i / 2)));
+        const __m512i codes = _mm512_or_si512(_mm512_and_si512(wide, low), _mm512_and_si512(_mm512_slli_epi16(wide, 4), high));
+        const __mmask64 m = _mm512_cmpeq_epi8_mask(codes, fifteen);
+        const int64_t count = __builtin_popcountll(m);
+        if (o + count > n_longs)
+            break;
+        _mm512_storeu_si512(out + i, m ? _mm512_mask_expandloadu_epi8(codes, m, longs + o) : codes);
+        o += count;
+    }
+    *used = o;
+    return i;
+}
+
 #ifdef AMX_KERNELS
 /* The low-rank add on AMX: out = bf16(source + alpha * bf16(B·A)) for `rows` rows of `cols` weights, B the
    rows' factor (rows × rank bf16), A the other in AMX's pair layout (rank / 2 rows of cols pairs: A[2k][n],
@@ -1054,6 +1075,36 @@ int rvec_unpack_codes(const uint8_t *packed, int64_t n_packed, int slot, uint8_t
             return 2;
     }
     return 0;
+}
+
+/* `n` codes of `packed`'s "nibbles" layout into `out`, a byte each: ceil(n / 2) bytes of two codes (low
+   nibble first), a nibble of 15 standing for the next of the long codes' bytes that follow them. 0; 1 where
+   the nibbles do not fit in `n_data` bytes, 2 where a nibble past the n-th code is set, 3 where the 15s
+   outnumber the long codes' bytes, 4 where long codes' bytes are left over. */
+int rvec_unnibble_codes(const uint8_t *data, int64_t n_data, uint8_t *out, int64_t n) {
+    const int64_t n_nibbles = (n + 1) / 2;
+    if (n < 0 || n_data < n_nibbles)
+        return 1;
+    const uint8_t *longs = data + n_nibbles;
+    const int64_t n_longs = n_data - n_nibbles;
+    int64_t i = 0, o = 0;
+#ifdef AVX512
+    if (has_avx512() && __builtin_cpu_supports("avx512vbmi2"))
+        i = unnibble_avx512(data, longs, n_longs, out, n, &o);
+#endif
+    for (; i < n; i++) {
+        const uint8_t c = (uint8_t)(data[i / 2] >> (4 * (i & 1)) & 15);
+        if (c == 15) {
+            if (o == n_longs)
+                return 3;
+            out[i] = longs[o++];
+        } else {
+            out[i] = c;
+        }
+    }
+    if ((n & 1) && data[n / 2] >> 4)
+        return 2;
+    return o == n_longs ? 0 : 4;
 }
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_ckernels", "rvec's compiled kernels, called through ctypes.", -1, NULL};

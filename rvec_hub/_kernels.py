@@ -32,6 +32,7 @@ for _name, _args in {
     "rvec_coded_decode": [_P, _N, _I, _P, _N, _P, _N, _P, _N, _I, _P, _N, _N, _P, _N, _P],
     "rvec_lowrank_bf16": [_P, _P, _P, _P, _N, _N, _N, _F, _P],
     "rvec_unpack_codes": [_P, _N, _I, _P, _N],
+    "rvec_unnibble_codes": [_P, _N, _P, _N],
 }.items():
     getattr(_lib, _name).argtypes = _args
     getattr(_lib, _name).restype = _I
@@ -167,3 +168,12 @@ def unpack_codes(packed: np.ndarray, n: int, slot: int) -> tuple[np.ndarray, int
     status = _lib.rvec_unpack_codes(_at(packed, np.uint8), packed.size, slot, _at(out, np.uint8), n)
     return out, status
 
+
+
+def unnibble_codes(data: np.ndarray, n: int) -> tuple[np.ndarray, int]:
+    """`n` codes, one a byte, from `packed`'s "nibbles" layout (`rvec_hub.encodings.packed`); and 0, or the
+    status of `rvec_unnibble_codes` (_ckernels.c): 1 too few bytes, 2 a nibble set past the last code, 3 more
+    15s than long codes, 4 long codes left over."""
+    out = np.empty(n, dtype=np.uint8)
+    status = _lib.rvec_unnibble_codes(_at(data, np.uint8), data.size, _at(out, np.uint8), n)
+    return out, status

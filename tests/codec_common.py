@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from rvec_hub.encodings import ENCODINGS
@@ -45,3 +46,15 @@ def encode_one(encoding: str, delta: torch.Tensor, dtype: torch.dtype = torch.bf
     stored = StoredPayload(dict(encoded.stored))
     assert codec.validate(entry, stored) == []
     return entry, stored
+
+
+def block_codes(entry: TensorEntry, frame: np.ndarray, count: int) -> np.ndarray:
+    """A `packed` block's `count` codes, a byte each, from its decompressed code frame: as stored, or widened
+    from the "nibbles" layout."""
+    if entry.params.get("codes") != "nibbles":
+        return frame
+    from rvec_hub.encodings.packed import _unnibbled_numpy
+
+    codes, status = _unnibbled_numpy(frame, count)
+    assert status == 0
+    return codes

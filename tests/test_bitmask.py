@@ -19,8 +19,9 @@ except ImportError:  # installed without the compiled part: the tests that need 
     _kernels = None
 from rvec_hub.arith import add_rows
 from rvec_hub.encodings import ENCODINGS, blocks
+from rvec_hub.manifest import TensorEntry
 
-from codec_common import StoredPayload, encode_one, rl_delta
+from codec_common import StoredPayload, block_codes, encode_one, rl_delta
 
 needs_kernels = pytest.mark.skipif(not fused.available(), reason="the compiled kernels are not built")
 
@@ -53,8 +54,8 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.shape == b.shape and torch.equal(a.float().view(torch.int32), b.float().view(torch.int32))
 
 
-def _streams(stored: StoredPayload, block: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The decompressed position, code and escape streams of one block."""
+def _streams(entry: TensorEntry, stored: StoredPayload, block: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decompressed position, code (a byte each) and escape streams of one block."""
     import zstandard
 
     index = stored.tensors["index"].tolist()
@@ -62,7 +63,8 @@ def _streams(stored: StoredPayload, block: int = 0) -> tuple[np.ndarray, np.ndar
     _, _, _, _, end_positions, end_codes, end = index[block]
     data = stored.tensors["data"].numpy().tobytes()
     frames = [data[a:b] for a, b in [(begin, end_positions), (end_positions, end_codes), (end_codes, end)]]
-    return tuple(np.frombuffer(zstandard.ZstdDecompressor().decompress(f), dtype=np.uint8).copy() if f else np.zeros(0, np.uint8) for f in frames)
+    positions, codes, planes = (np.frombuffer(zstandard.ZstdDecompressor().decompress(f), dtype=np.uint8).copy() if f else np.zeros(0, np.uint8) for f in frames)
+    return positions, block_codes(entry, codes, int(index[block][1])), planes
 
 
 def _with_escapes(rows: int, cols: int, seed: int = 0) -> torch.Tensor:
@@ -186,7 +188,7 @@ def _corruptions(positions: np.ndarray, codes: np.ndarray, escaped: torch.Tensor
 def test_the_vector_scalar_and_torch_walks_decode_alike_and_refuse_the_same_corruptions(walk: str) -> None:
     delta = _with_escapes(15, 63)  # 945 elements: the bitmask's last byte holds one element
     entry, stored = encode_one("packed", delta)
-    positions, codes, planes = _streams(stored)
+    positions, codes, planes = _streams(entry, stored)
     escapes = int(stored.tensors["index"][0, 2])
     escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
     table = stored.tensors["table"].float()
@@ -213,7 +215,7 @@ def test_the_vector_scalar_and_torch_walks_decode_alike_and_refuse_the_same_corr
 def test_a_corruption_deep_in_a_long_block_is_named_whichever_walk_adds_it(walk: str) -> None:
     delta = _with_escapes(64, 300, seed=7)  # 19 200 elements: the gathered walk's rounds, then its last partial step
     entry, stored = encode_one("packed", delta, rows_per_block=64)
-    positions, codes, planes = _streams(stored)
+    positions, codes, planes = _streams(entry, stored)
     escapes = int(stored.tensors["index"][0, 2])
     escaped = torch.from_numpy(planes.reshape(2, escapes).T.copy()).view(torch.bfloat16).reshape(-1).float()
     table = stored.tensors["table"].float()
