@@ -869,6 +869,26 @@ AVX512_BYTES static int64_t unnibble_avx512(const uint8_t *nibbles, const uint8_
     return i;
 }
 
+/* rvec_unpack_codes's whole steps of sixty-four codes: each output quadword's `slot` source bytes laid in
+   its low bytes (vpermb), each code's field picked out by a bit offset (vpmultishiftqb). Returns the codes
+   it wrote. */
+AVX512_BYTES static int64_t unpack_avx512(const uint8_t *packed, int slot, uint8_t *out, int64_t n) {
+    uint8_t lay[64], offsets[64];
+    for (int k = 0; k < 64; k++) {
+        const int t = k % 8;
+        lay[k] = (uint8_t)(slot * (k / 8) + (t < slot ? t : slot - 1));
+        offsets[k] = (uint8_t)(slot * t);
+    }
+    const __m512i laid = _mm512_loadu_si512(lay), at = _mm512_loadu_si512(offsets), field = _mm512_set1_epi8((char)((1 << slot) - 1));
+    const __mmask64 bytes = ((__mmask64)1 << (8 * slot)) - 1;
+    int64_t i = 0;
+    for (; i + 64 <= n; i += 64) {
+        const __m512i source = _mm512_permutexvar_epi8(laid, _mm512_maskz_loadu_epi8(bytes, packed + i / (8 / slot)));
+        _mm512_storeu_si512(out + i, _mm512_and_si512(_mm512_multishift_epi64_epi8(at, source), field));
+    }
+    return i;
+}
+
 #ifdef AMX_KERNELS
 /* The low-rank add on AMX: out = bf16(source + alpha * bf16(B·A)) for `rows` rows of `cols` weights, B the
    rows' factor (rows × rank bf16), A the other in AMX's pair layout (rank / 2 rows of cols pairs: A[2k][n],
@@ -1057,15 +1077,20 @@ int rvec_unpack_codes(const uint8_t *packed, int64_t n_packed, int slot, uint8_t
     for (int b = 0; b < 256; b++)
         for (int j = 0; j < per; j++)
             spread[b][j] = (uint8_t)((b >> (j * slot)) & ((1 << slot) - 1));
+    int64_t done = 0;
+#ifdef AVX512
+    if (has_avx512() && __builtin_cpu_supports("avx512vbmi"))
+        done = unpack_avx512(packed, slot, out, n) / per; /* whole bytes: 64 codes are 8 / slot of them */
+#endif
     const int64_t whole = n / per;
     if (slot == 1)
-        for (int64_t i = 0; i < whole; i++)
+        for (int64_t i = done; i < whole; i++)
             memcpy(out + 8 * i, spread[packed[i]], 8);
     else if (slot == 2)
-        for (int64_t i = 0; i < whole; i++)
+        for (int64_t i = done; i < whole; i++)
             memcpy(out + 4 * i, spread[packed[i]], 4);
     else
-        for (int64_t i = 0; i < whole; i++)
+        for (int64_t i = done; i < whole; i++)
             memcpy(out + 2 * i, spread[packed[i]], 2);
     const int left = (int)(n - whole * per);
     if (left) {

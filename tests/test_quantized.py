@@ -139,6 +139,23 @@ def test_codes_are_bit_packed_and_byte_codes_still_read(bits: int, monkeypatch: 
         assert torch.equal(rows.view(torch.int16), old_rows.view(torch.int16))
 
 
+@pytest.mark.parametrize("slot", [1, 2, 4])
+@pytest.mark.parametrize("walk", ["gathered", "scalar"])
+def test_unpacking_long_runs_of_codes_is_the_same_whichever_walk(slot: int, walk: str) -> None:
+    if not fused.available():
+        pytest.skip("the compiled kernels are not built")
+    from rvec_hub import _kernels
+
+    before = _kernels.vector_walk(walk)
+    try:
+        for n in (63, 64, 65, 1000, 100_003):  # the vector loop's sixty-four codes a step, then the bytes after
+            codes = np.random.default_rng(n).integers(0, 1 << slot, size=n).astype(np.uint8)
+            out, status = _kernels.unpack_codes(quantized._packed(codes, slot), n, slot)
+            assert status == 0 and np.array_equal(out, codes)
+    finally:
+        _kernels.vector_walk(before)
+
+
 @pytest.mark.parametrize("compiled", [True, False])
 def test_code_bits_past_the_last_code_are_refused(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)
@@ -213,7 +230,7 @@ def test_corrupt_index_scales_and_codebook_are_refused() -> None:
         CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "index": escaped}), 0, 20)
     scales = stored.tensors["scales"].clone()
     scales[3] = float("nan")
-    with pytest.raises(FormatError, match="tensor w: a quantized row scale from row 0 is NaN"):
+    with pytest.raises(FormatError, match="tensor w: the quantized row scale of row 3 is NaN or Inf; the vector is corrupt"):
         CODEC.decode_rows(entry, StoredPayload({**stored.tensors, "scales": scales}), 0, 20)
     table = stored.tensors["table"].clone()
     table[0] = float("inf")

@@ -80,12 +80,15 @@ def _compressor() -> Any:
 
 def frame(stream: np.ndarray, raw_above: float = _RAW_ABOVE) -> bytes:
     """One stream as a zstd frame: compressed, or raw blocks where compression leaves more than `raw_above`
-    of its bytes (by default, saves less than a quarter); b"" for an empty stream."""
+    of its bytes (by default, saves less than a quarter; 0: raw, not tried); b"" for an empty stream."""
     if not stream.size:
         return b""
     raw = np.ascontiguousarray(stream).tobytes()
-    compressed = _compressor().compress(raw)
-    return compressed if len(compressed) <= raw_above * len(raw) else _stored_frame(raw)
+    if raw_above > 0:
+        compressed = _compressor().compress(raw)
+        if len(compressed) <= raw_above * len(raw):
+            return compressed
+    return _stored_frame(raw)
 
 
 def _stored_frame(data: bytes) -> bytes:

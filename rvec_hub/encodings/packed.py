@@ -127,7 +127,7 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
     coded_bytes = sum(map(len, code_frames))
     nibbles = coded_bytes > 0 and sum(map(_nibble_bytes, codes)) <= _NIBBLES_WITHIN * coded_bytes
     if nibbles:
-        code_frames = [frame(_nibbles(block)) for block in codes]
+        code_frames = [frame(_nibbles(block), raw_above=0.0) for block in codes]  # nibbles leave zstd little to take
     index, frames, nnz, offset = [], [], 0, 0
     for (_, b), (positions, values), block, code_frame in zip(chunks, blocks, codes, code_frames):
         escaped = values[block == ESCAPE]

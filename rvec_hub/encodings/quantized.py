@@ -33,7 +33,7 @@ from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .blocks import Streams, _unzstd, add_blocks, as_rows, decode_blocks, frames_of, is_bitmask, position_coding, position_problems, split_entries
+from .blocks import Streams, _memo, _unzstd, add_blocks, as_rows, decode_blocks, frames_of, is_bitmask, position_coding, position_problems, split_entries
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
@@ -208,14 +208,21 @@ def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
     return table
 
 
+def _row_scales(entry: TensorEntry, payload: Payload) -> torch.Tensor:
+    """The tensor's row scales, float32, checked finite (read once per payload, as the codebook is)."""
+    scales = payload.read(entry.keys["scales"]).float()
+    bad = (~torch.isfinite(scales)).nonzero()
+    if bad.numel():
+        raise FormatError(f"tensor {entry.name}: the quantized row scale of row {int(bad[0])} is NaN or Inf; the vector is corrupt")
+    return scales
+
+
 def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int, first: int) -> Streams:
     """A block's positions, codes and row scales (float32), checked and decompressed."""
     last, count, escapes, position_bytes, end_positions, end_codes, end_escapes = block
     if escapes or end_escapes != end_codes:
         raise FormatError(f"tensor {entry.name}: the quantized block from row {first} lists escaped values, which this encoding never stores; the vector is corrupt")
-    scales = payload.read(entry.keys["scales"], first, last).float()
-    if not bool(torch.isfinite(scales).all()):
-        raise FormatError(f"tensor {entry.name}: a quantized row scale from row {first} is NaN or Inf; the vector is corrupt")
+    scales = _memo(payload, ("scales", entry.name), lambda: _row_scales(entry, payload))[first:last]
     raw = payload.read(entry.keys["data"], begin, end_codes).numpy()
     positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first)
     slot = _slot(entry)
