@@ -15,7 +15,8 @@ and the extra disk that route needs.
     flock /tmp/rvec-bench.lock .venv/bin/python bench/bench_serve.py --repeat 2 --rank 64
 
 Figures go to bench/results/serve.json and markdown tables on stdout. Work files: .bench-work/serve/.
-Each configuration reports the best of its engine starts: on a shared host slow outliers are other load.
+Each configuration reports the best of its engine starts (and their median): on a shared host slow outliers
+are other load. The configurations start in an order that turns each round, so none always follows another.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import time
@@ -269,6 +271,7 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
         load, prepare_s = _best(rs, "load_weights_s"), _best(rs, "rvec_prepare_s") or 0.0
         rows[name] = {
             "startup_s": _best(rs, "startup_s"), "startup_cpu_s": _best(rs, "startup_cpu_s"), "load_weights_s": load,
+            "load_weights_median_s": _best(rs, "load_weights_s", statistics.median),
             "rvec_prepare_s": prepare_s,
             "load_overhead_vs_base": (load + prepare_s) / base_load - 1,
             "tokens_per_s": _best(rs, "tokens_per_s", max), "throughput_vs_base": _best(rs, "tokens_per_s", max) / base_tps - 1,
@@ -281,9 +284,10 @@ def summarize(runs: dict[str, list[dict]]) -> dict[str, dict]:
 
 def print_report(report: dict) -> None:
     """The markdown tables of a report."""
-    print("| weight loading only (best of %d) | wall s | CPU s | open+check s | read+copy s | merge s | hash wait s | wall vs base | ≤ %.1f s |"
-          % (report["loading_repeat"], TARGET_LOAD_S))
-    print("|---|---|---|---|---|---|---|---|---|")
+    if report["loading_only"]:
+        print("| weight loading only (best of %d) | wall s | CPU s | open+check s | read+copy s | merge s | hash wait s | wall vs base | ≤ %.1f s |"
+              % (report["loading_repeat"], TARGET_LOAD_S))
+        print("|---|---|---|---|---|---|---|---|---|")
     for name, r in report["loading_only"].items():
         met = "–" if name.startswith("safetensors") else ("met" if r["wall_s"] <= TARGET_LOAD_S else "missed")
         print(f"| {name} | {r['wall_s']:.2f} | {r['cpu_s']:.2f} | {r['prepare_s']:.2f} | {r.get('read_and_copy_s', 0):.2f} | "
@@ -297,10 +301,11 @@ def print_report(report: dict) -> None:
             print(f"| {name} | " + " | ".join(f"{split[p]:.2f}" for p in parts) + " |")
     if not report["configs"]:
         return
-    print("\n| engine (best of %d) | start-up s | weight loading s | + rvec prepare s | load vs base | tokens/s | vs base | tokens/CPU-s | vs base |" % report["repeat"])
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n| engine (best of %d) | start-up s | weight loading s | (median) | + rvec prepare s | load vs base | tokens/s | vs base | tokens/CPU-s | vs base |" % report["repeat"])
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in report["configs"].items():
-        print(f"| {name} | {r['startup_s']:.1f} | {r['load_weights_s']:.2f} | {r['rvec_prepare_s']:.2f} | {r['load_overhead_vs_base']:+.0%} | "
+        median = r.get("load_weights_median_s")
+        print(f"| {name} | {r['startup_s']:.1f} | {r['load_weights_s']:.2f} | {'–' if median is None else f'{median:.2f}'} | {r['rvec_prepare_s']:.2f} | {r['load_overhead_vs_base']:+.0%} | "
               f"{r['tokens_per_s']:.1f} | {r['throughput_vs_base']:+.1%} | {r['tokens_per_cpu_s']:.1f} | {r['throughput_per_cpu_vs_base']:+.1%} |")
     off = report["offline_apply"]
     print(f"\noffline route: rvec apply {off['apply_s']:.1f} s, then serve; extra disk {off['extra_disk_bytes'] / 1e9:.2f} GB")
@@ -314,7 +319,7 @@ def main() -> int:
     parser.add_argument("--rank", type=int, default=64, help="Rank of the low-rank vector.")
     parser.add_argument("--prompts", type=int, default=16, help="Throughput: concurrent prompts.")
     parser.add_argument("--max-tokens", type=int, default=64, help="Throughput: tokens generated per prompt.")
-    parser.add_argument("--loading-repeat", type=int, default=5, help="Repetitions of the in-process loading measurement.")
+    parser.add_argument("--loading-repeat", type=int, default=5, help="Repetitions of the in-process loading measurement (0: skip it).")
     parser.add_argument("--threads", default="1,2", help="Torch thread counts for the in-process loading measurement.")
     parser.add_argument("--no-engine", action="store_true", help="Measure in-process loading only, start no engine.")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "serve.json")
@@ -344,10 +349,12 @@ def main() -> int:
     }
     loading = loading_only(paths["base"], {"safetensors (base)": None, "rvec dense": paths["dense"], "rvec packed": paths["sparse"],
                                            f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized (2 bits)": paths["quantized"]},
-                           args.loading_repeat, [int(t) for t in args.threads.split(",")])
+                           args.loading_repeat, [int(t) for t in args.threads.split(",")]) if args.loading_repeat else {}
     runs: dict[str, list[dict]] = {name: [] for name in configs}
+    names = list(configs)
     for i in range(0 if args.no_engine else args.repeat):
-        for name, llm in configs.items():
+        for name in names[i % len(names):] + names[: i % len(names)]:  # an order that turns each round, as the loads in process
+            llm = configs[name]
             warm_cache(paths["base"], paths["applied"], *(paths[k] for k in ("dense", "sparse", "lowrank", "quantized")))
             log_line(f"[{i + 1}/{args.repeat}] {name}")
             runs[name].append(run_engine(args.work, name.split(" (")[0].replace(" ", "-") + ("-applied" if "apply" in name else ""), llm, throughput))

@@ -33,6 +33,7 @@ for _name, _args in {
     "rvec_lowrank_bf16": [_P, _P, _P, _P, _N, _N, _N, _F, _P],
     "rvec_unpack_codes": [_P, _N, _I, _P, _N],
     "rvec_unnibble_codes": [_P, _N, _P, _N],
+    "rvec_populate": [_P, _N],
 }.items():
     getattr(_lib, _name).argtypes = _args
     getattr(_lib, _name).restype = _I
@@ -177,3 +178,8 @@ def unnibble_codes(data: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     out = np.empty(n, dtype=np.uint8)
     status = _lib.rvec_unnibble_codes(_at(data, np.uint8), data.size, _at(out, np.uint8), n)
     return out, status
+
+
+def populate(tensor: torch.Tensor) -> int:
+    """Fault in a CPU tensor's pages for writing in one call (`rvec_populate`); 0, or why the kernel could not."""
+    return _lib.rvec_populate(tensor.data_ptr(), tensor.numel() * tensor.element_size())

@@ -76,6 +76,7 @@ def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVec
     threads torch may use: the cores vLLM gave this worker. An encoding that adds block by block gets
     one call per thread, each over a run of chunks, instead of one per chunk.
     """
+    fused.populate(out)  # a fresh parameter's pages, faulted in one call rather than one trap a page
     shape = tuple(base.shape)
     chunks = row_chunks(shape)
     workers = min(len(chunks), torch.get_num_threads())

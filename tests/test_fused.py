@@ -212,3 +212,16 @@ def test_apply_without_the_compiled_kernels_writes_the_same_weights(family, vect
     general, fused_out = apply(tmp_path / "general", True), apply(tmp_path / "fused", False)
     assert general.keys() == fused_out.keys()
     assert all(torch.equal(general[k].view(torch.int16), fused_out[k].view(torch.int16)) for k in general)
+
+
+def test_populate_faults_pages_in_without_changing_them() -> None:
+    if not fused.available():
+        pytest.skip("the compiled kernels are not built")
+    kept = torch.arange(3_000_001, dtype=torch.float32)[1:]  # not page-aligned: the pages around it are populated too
+    assert _kernels.populate(kept) in (0, 22)  # 22 (EINVAL): a kernel before Linux 5.14, which callers ignore
+    assert torch.equal(kept, torch.arange(1, 3_000_001, dtype=torch.float32))
+    fresh = torch.empty(4_000_000, dtype=torch.bfloat16)
+    fused.populate(fresh)
+    fresh.fill_(1.0)
+    assert bool((fresh == 1.0).all())
+    assert _kernels.populate(torch.empty(0)) == 0
