@@ -76,7 +76,6 @@ def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVec
     threads torch may use: the cores vLLM gave this worker. An encoding that adds block by block gets
     one call per thread, each over a run of chunks, instead of one per chunk.
     """
-    fused.populate(out)  # a fresh parameter's pages, faulted in one call rather than one trap a page
     shape = tuple(base.shape)
     chunks = row_chunks(shape)
     workers = min(len(chunks), torch.get_num_threads())
@@ -87,6 +86,7 @@ def fused_into(out: torch.Tensor, base: torch.Tensor, name: str, item: OpenedVec
     def one(chunk: tuple[int, int], kept: Survival) -> None:
         lo, hi = chunk
         rows, pristine = (out, base) if not shape else (out[lo:hi], base[lo:hi])
+        fused.populate(rows)  # a fresh parameter's pages, faulted in one call rather than one trap a page
         fused.add_in_place(rows, item.vector, source, first_row + lo, first_row + hi, item.alpha, kept, name=name, pristine=lambda: pristine,
                            base=pristine)
 
