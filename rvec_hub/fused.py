@@ -172,8 +172,9 @@ def add_coded(
 def populate(out: torch.Tensor) -> None:
     """Fault in the pages of `out` (contiguous, on the CPU) in one call before the kernels write it: in a fresh
     process, where a server's parameters are new memory, the kernels' first write to each page otherwise
-    traps once per page (a 0.5B model on one core, fresh process: 0.68–0.94 s against 1.22–1.32 s, bench/README.md).
-    Nothing is changed; where the kernel cannot (Linux before 5.14, or without the compiled kernels), nothing is done."""
+    traps once per page (a 0.5B model on one core, fresh process: 0.68–0.94 s against 1.22–1.32 s,
+    bench/README.md). Nothing is changed; where the kernel cannot (Linux before 5.14, or without the compiled
+    kernels), nothing is done."""
     kernels = _kernels()
     if kernels is not None and out.device.type == "cpu" and out.is_contiguous():
         kernels["populate"](out)

@@ -9,7 +9,7 @@ whole, and the values stored whole split into byte planes (least significant byt
 The codes are a byte each, or with `params["codes"]` "nibbles" two a byte (low nibble first), a code of 15
 or more standing as a 15 there and whole in the bytes after the nibbles, in order. A tensor takes nibbles
 where they cost at most a quarter more than zstd's byte codes (`_NIBBLES_WITHIN`): zstd decodes codes at
-about 1 GB/s, as long as the fused add takes over the whole tensor, where nibbles widen at memory speed.
+about 1 GB/s, which takes about as long as the fused add of the whole tensor; nibbles widen at memory speed.
 """
 
 from __future__ import annotations
