@@ -282,15 +282,19 @@ static int has_avx512(void) {
     return known;
 }
 
-/* Whether the gathered walks may run: the AVX-512 walk may, and the CPU has VBMI and VBMI2. */
-static int has_gathered(void) {
+/* Whether the byte kernels (compiled for AVX512_BYTES) may run: the AVX-512 walk may, and the CPU has VBMI
+   and VBMI2. */
+static int has_bytes(void) {
     static int known = -1;
-    if (vector_walk < 2 || !has_avx512())
+    if (!has_avx512())
         return 0;
     if (known < 0)
         known = __builtin_cpu_supports("avx512vbmi") && __builtin_cpu_supports("avx512vbmi2");
     return known;
 }
+
+/* Whether the gathered walks may run: the walk setting allows them, and the byte kernels may. */
+static int has_gathered(void) { return vector_walk >= 2 && has_bytes(); }
 
 /* Sixteen float32 bit patterns rounded to bf16, to nearest even, as to_bf16 rounds: the bf16 bits in each
    lane's low half. */
@@ -1079,7 +1083,7 @@ int rvec_unpack_codes(const uint8_t *packed, int64_t n_packed, int slot, uint8_t
             spread[b][j] = (uint8_t)((b >> (j * slot)) & ((1 << slot) - 1));
     int64_t done = 0;
 #ifdef AVX512
-    if (has_avx512() && __builtin_cpu_supports("avx512vbmi"))
+    if (has_bytes())
         done = unpack_avx512(packed, slot, out, n) / per; /* whole bytes: 64 codes are 8 / slot of them */
 #endif
     const int64_t whole = n / per;
@@ -1114,7 +1118,7 @@ int rvec_unnibble_codes(const uint8_t *data, int64_t n_data, uint8_t *out, int64
     const int64_t n_longs = n_data - n_nibbles;
     int64_t i = 0, o = 0;
 #ifdef AVX512
-    if (has_avx512() && __builtin_cpu_supports("avx512vbmi2"))
+    if (has_bytes())
         i = unnibble_avx512(data, longs, n_longs, out, n, &o);
 #endif
     for (; i < n; i++) {

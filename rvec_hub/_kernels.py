@@ -170,7 +170,6 @@ def unpack_codes(packed: np.ndarray, n: int, slot: int) -> tuple[np.ndarray, int
     return out, status
 
 
-
 def unnibble_codes(data: np.ndarray, n: int) -> tuple[np.ndarray, int]:
     """`n` codes, one a byte, from `packed`'s "nibbles" layout (`rvec_hub.encodings.packed`); and 0, or the
     status of `rvec_unnibble_codes` (_ckernels.c): 1 too few bytes, 2 a nibble set past the last code, 3 more

@@ -138,12 +138,17 @@ def split_entries(coding: str) -> Callable[[np.ndarray], tuple[np.ndarray, np.nd
 
 def frames_of(streams: tuple[np.ndarray, ...], offset: int, raw_above: float = _RAW_ABOVE) -> tuple[list[bytes], list[int]]:
     """One block's streams as zstd frames (`frame`) and the end offset of each in `data`, the block starting at `offset`."""
-    frames, ends = [], []
-    for stream in streams:
-        frames.append(frame(stream, raw_above))
-        offset += len(frames[-1])
+    frames = [frame(stream, raw_above) for stream in streams]
+    return frames, ends_of(frames, offset)
+
+
+def ends_of(frames: list[bytes], offset: int) -> list[int]:
+    """The end offset in `data` of each of a block's frames, the block starting at `offset`."""
+    ends = []
+    for written in frames:
+        offset += len(written)
         ends.append(offset)
-    return frames, ends
+    return ends
 
 
 def position_coding(entries: int, elements: int) -> str:

@@ -14,7 +14,6 @@ about 1 GB/s, which takes about as long as the fused add of the whole tensor; ni
 
 from __future__ import annotations
 
-import itertools
 import math
 from typing import Any
 
@@ -32,6 +31,7 @@ from .blocks import (
     add_blocks,
     as_rows,
     decode_blocks,
+    ends_of,
     frame,
     is_bitmask,
     position_coding,
@@ -133,7 +133,7 @@ def _encode_blocks(delta: torch.Tensor, dtype: torch.dtype, rows_per_block: int 
         escaped = values[block == ESCAPE]
         planes = escaped.view(np.uint8).reshape(-1, dtype.itemsize).T
         written = [frame(positions), code_frame, frame(planes)]
-        ends = list(itertools.accumulate(map(len, written), initial=offset))[1:]
+        ends = ends_of(written, offset)
         frames += written
         offset = ends[-1]
         index.append([b, values.size, escaped.size, positions.size, *ends])
