@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
+import pytest
 import torch
 
 from rvec_hub.encodings import ENCODINGS
@@ -58,3 +61,13 @@ def block_codes(entry: TensorEntry, frame: np.ndarray, count: int) -> np.ndarray
     codes, status = _unnibbled_numpy(frame, count)
     assert status == 0
     return codes
+
+
+def without_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Run the rest of a test as if the package's compiled part were not built."""
+    import rvec_hub
+    from rvec_hub.encodings import blocks
+
+    monkeypatch.setitem(sys.modules, "rvec_hub._kernels", None)
+    monkeypatch.delattr(rvec_hub, "_kernels", raising=False)
+    monkeypatch.setattr(blocks, "_compiled_kernel", lambda: None)

@@ -3,19 +3,17 @@ every corruption refused with the tensor named."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
 
-import rvec_hub
 from rvec_hub import FormatError, fused
 from rvec_hub.arith import add_rows
 from rvec_hub.encodings import ENCODINGS, blocks, packed
 
-from codec_common import StoredPayload, encode_one, rl_delta
+from codec_common import StoredPayload, encode_one, rl_delta, without_kernels
 
 CODEC = ENCODINGS["packed"]
 
@@ -24,9 +22,7 @@ CODEC = ENCODINGS["packed"]
 def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """Each test with every walk of the compiled kernels this CPU allows, then without the compiled part."""
     if request.param == "numpy":
-        monkeypatch.setitem(sys.modules, "rvec_hub._kernels", None)  # as if the compiled part were not built
-        monkeypatch.delattr(rvec_hub, "_kernels", raising=False)
-        monkeypatch.setattr(blocks, "_compiled_kernel", lambda: None)
+        without_kernels(monkeypatch)
         yield request.param
         return
     if not fused.available():

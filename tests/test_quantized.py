@@ -16,7 +16,7 @@ from rvec_hub.cli.main import cli
 from rvec_hub.encodings import ENCODINGS, blocks, quantized
 from rvec_hub.manifest import load_manifest
 
-from codec_common import StoredPayload, encode_one, rl_delta
+from codec_common import StoredPayload, encode_one, rl_delta, without_kernels
 
 CODEC = ENCODINGS["quantized"]
 _encoded = partial(encode_one, "quantized")  # (entry, payload) of one quantized tensor "w"
@@ -160,11 +160,7 @@ def test_unpacking_long_runs_of_codes_is_the_same_whichever_walk(slot: int, walk
 def test_code_bits_past_the_last_code_are_refused(compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(blocks, "BITMASK_FROM", 2.0)
     if not compiled:
-        import rvec_hub
-
-        monkeypatch.setitem(__import__("sys").modules, "rvec_hub._kernels", None)  # as if the compiled part were not built
-        monkeypatch.delattr(rvec_hub, "_kernels", raising=False)
-        monkeypatch.setattr(blocks, "_compiled_kernel", lambda: None)
+        without_kernels(monkeypatch)
     elif not fused.available():
         pytest.skip("the compiled kernels are not built")
     delta = rl_delta(6, 50)
