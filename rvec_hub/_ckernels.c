@@ -74,7 +74,9 @@ CLONES int rvec_dense_f32(uint16_t *out, const uint16_t *source, const float *de
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__linux__)
 #define VECTOR_KERNELS
 static int dense_avx512(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums);
+static int dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums);
 static int has_avx512(void);
+static int has_bf16(void);
 #if !defined(__clang__) && __GNUC__ >= 11 /* AMX intrinsics */
 #define AMX_KERNELS
 static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
@@ -83,9 +85,12 @@ static int has_amx(void);
 #endif
 #endif
 
-/* A bf16 delta takes the AVX-512 loop where the CPU has it and the walk setting allows vector walks. */
+/* A bf16 delta takes the AVX-512 loop where the CPU has it and the walk setting allows vector walks; the
+   converting loop where the CPU has AVX512-BF16 and the setting allows gathered walks. */
 int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums) {
 #ifdef VECTOR_KERNELS
+    if (has_bf16())
+        return dense_bf16(out, source ? source : out, delta, n, alpha, sums);
     if (has_avx512())
         return dense_avx512(out, source ? source : out, delta, n, alpha, sums);
 #endif
@@ -316,6 +321,73 @@ AVX512 static inline __attribute__((always_inline)) __m256i sum16(__m512 alpha, 
     *norm = _mm512_mask3_fmadd_ps(v, v, *norm, live);
     *bad |= _mm512_mask_cmpeq_epi32_mask(live, _mm512_and_si512(rounded, exponent), exponent);
     return _mm512_cvtepi32_epi16(rounded);
+}
+
+/* Whether the conversion kernels (compiled for AVX512_BF16) may run: the walk setting allows the gathered
+   walks, and the CPU converts float32 to bf16 itself (AVX512-BF16). */
+#define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,bmi,bmi2,popcnt,fma")))
+
+static int has_bf16(void) {
+    static int known = -1;
+    if (vector_walk < 2 || !has_avx512())
+        return 0;
+    if (known < 0)
+        known = __builtin_cpu_supports("avx512bf16");
+    return known;
+}
+
+/* Thirty-two float32 sums, the even elements' in `even` and the odd elements' in `odd`, rounded to bf16 by
+   round16 and laid out in order. */
+AVX512_BF16 static inline __attribute__((always_inline)) __m512i round32(__m512 even, __m512 odd) {
+    return _mm512_or_si512(round16(_mm512_castps_si512(even)), _mm512_slli_epi32(round16(_mm512_castps_si512(odd)), 16));
+}
+
+/* sum16 for thirty-two weights, base and d both thirty-two bf16 in order: each lane's even element
+   widened by a shift and its odd one by a mask, so no lane is widened by a permute; the sums rounded by
+   VCVTNE2PS2BF16 (to nearest even, as round16, one instruction for thirty-two) and put back in order
+   (vpermw). The conversion flushes a sum below bf16's normal range to zero, as no cast in torch does: a
+   step with a zero among its sums is rounded again by round16 (a weight cancelled to zero, or a tiny one;
+   the squared errors and norms of such sums are below float32's range either way). */
+AVX512_BF16 static inline __attribute__((always_inline)) __m512i sum32(__m512 alpha, __m512i d, __m512i base, __m512 *err, __m512 *norm,
+                                                                      __mmask32 *bad) {
+    const __m512i high = _mm512_set1_epi32((int)0xFFFF0000u), exponent = _mm512_set1_epi16(0x7F80);
+    const __m512i order = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3,
+                                           18, 2, 17, 1, 16, 0);
+    const __m512 d_even = _mm512_castsi512_ps(_mm512_slli_epi32(d, 16)), d_odd = _mm512_castsi512_ps(_mm512_and_si512(d, high));
+    const __m512 even = _mm512_fmadd_ps(alpha, d_even, _mm512_castsi512_ps(_mm512_slli_epi32(base, 16)));
+    const __m512 odd = _mm512_fmadd_ps(alpha, d_odd, _mm512_castsi512_ps(_mm512_and_si512(base, high)));
+    __m512i y = _mm512_permutexvar_epi16(order, (__m512i)_mm512_cvtne2ps_pbh(odd, even)); /* converted: evens low, odds high */
+    const __m512 e_even = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_slli_epi32(y, 16)), even);
+    const __m512 e_odd = _mm512_sub_ps(_mm512_castsi512_ps(_mm512_and_si512(y, high)), odd);
+    *err = _mm512_fmadd_ps(e_odd, e_odd, _mm512_fmadd_ps(e_even, e_even, *err));
+    *norm = _mm512_fmadd_ps(d_odd, d_odd, _mm512_fmadd_ps(d_even, d_even, *norm));
+    *bad |= _mm512_cmpeq_epi16_mask(_mm512_and_si512(y, exponent), exponent);
+    if (__builtin_expect(_mm512_testn_epi16_mask(y, _mm512_set1_epi16(0x7FFF)) != 0, 0))
+        y = round32(even, odd);
+    return y;
+}
+
+/* dense_avx512 with sum32: thirty-two weights a step, the same sums bit for bit. */
+AVX512_BF16 static int dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums) {
+    const __m512 a = _mm512_set1_ps(alpha);
+    __m512 err = _mm512_setzero_ps(), norm = _mm512_setzero_ps();
+    __mmask32 bad = 0;
+    int64_t i = 0;
+    for (; i + 32 <= n; i += 32) {
+        const __m512i y = sum32(a, _mm512_loadu_si512(delta + i), _mm512_loadu_si512(source + i), &err, &norm, &bad);
+        if (((uintptr_t)(out + i) & 63) == 0)
+            _mm512_stream_si512((__m512i *)(out + i), y);
+        else
+            _mm512_storeu_si512(out + i, y);
+        _mm_prefetch((const char *)(source + i + SPAN), _MM_HINT_T0);
+        _mm_prefetch((const char *)(delta + i + SPAN), _MM_HINT_T0);
+    }
+    _mm_sfence();
+    float tail[2];
+    int status = dense(out + i, source + i, delta + i, 1, n - i, alpha, tail);
+    sums[0] = _mm512_reduce_add_ps(err) + tail[0];
+    sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha + tail[1];
+    return bad || status ? BAD_VALUE : 0;
 }
 
 /* `dense` for a bf16 delta, sixteen weights a step with the same fused sum and rounding, bit for bit; the
@@ -897,9 +969,11 @@ AVX512_BYTES static int64_t unpack_avx512(const uint8_t *packed, int slot, uint8
 /* The low-rank add on AMX: out = bf16(source + alpha * bf16(B·A)) for `rows` rows of `cols` weights, B the
    rows' factor (rows × rank bf16), A the other in AMX's pair layout (rank / 2 rows of cols pairs: A[2k][n],
    A[2k + 1][n]). Sixteen rows and sixty-four columns a step: the product's float32 sums in four tiles
-   (TDPBF16PS, thirty-two ranks a call), rounded once to bf16 as a bf16 matmul rounds them, then added with
-   sum16, as `dense` adds a bf16 delta. rank a multiple of 32, cols of 16. */
-#define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,bmi,bmi2,popcnt,fma,amx-tile,amx-bf16")))
+   (TDPBF16PS, thirty-two ranks a call), stored to a buffer that stays in the first-level cache (stored
+   farther, tile stores cost as much as the products), rounded once to bf16 as a bf16 matmul rounds them,
+   then added as `dense` adds a bf16 delta. rank a multiple of 32, cols of 16. TDPBF16PS flushes sums below
+   float32's normal range to zero, so converting them to bf16 (which would flush them too) changes none. */
+#define AMX __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,bmi,bmi2,popcnt,fma,amx-tile,amx-bf16")))
 
 struct tile_config {
     uint8_t palette, start_row, reserved[14];
@@ -922,9 +996,7 @@ static int has_amx(void) {
 
 AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols,
                            int64_t rank, float alpha, float *sums) {
-    float *sum = values_buffer((size_t)(16 * cols) * sizeof(float)); /* sixteen rows of the product's sums */
-    if (!sum)
-        return NO_MEMORY;
+    float sum[16 * 64] __attribute__((aligned(64))); /* a step's float32 sums, row by row: stored and read in the first-level cache */
     struct tile_config config = {0};
     config.palette = 1;
     for (int t = 0; t < 8; t++) {
@@ -933,11 +1005,12 @@ AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t
     }
     _tile_loadconfig(&config);
     const __m512 alpha16 = _mm512_set1_ps(alpha);
-    const int streaming = ((uintptr_t)out & 31) == 0; /* every step's sixteen weights 32-byte aligned (cols a multiple of 16) */
+    const int convert = has_bf16();
     __m512 err = _mm512_setzero_ps(), norm = _mm512_setzero_ps();
     __mmask16 bad = 0;
+    __mmask32 bad32 = 0;
     uint16_t padded[16 * 256]; /* the last rows' factor, zeros below them (rank at most 256 here) */
-    const int64_t stride = cols * (int64_t)sizeof(float), pair_stride = cols * 2 * (int64_t)sizeof(uint16_t);
+    const int64_t pair_stride = cols * 2 * (int64_t)sizeof(uint16_t);
     for (int64_t r0 = 0; r0 < rows; r0 += 16) {
         const int64_t live = rows - r0 < 16 ? rows - r0 : 16;
         const uint16_t *brows = b + r0 * rank;
@@ -946,8 +1019,9 @@ AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t
             memcpy(padded, brows, (size_t)(live * rank) * sizeof(uint16_t));
             brows = padded;
         }
-        for (int64_t c0 = 0; c0 < cols; c0 += 64) { /* the sixteen rows' sums, sixty-four columns at a time */
-            const int tiles = cols - c0 >= 64 ? 4 : (int)((cols - c0) / 16);
+        for (int64_t c0 = 0; c0 < cols; c0 += 64) {
+            const int64_t width = cols - c0 >= 64 ? 64 : cols - c0;
+            const int tiles = (int)(width / 16);
             _tile_zero(0);
             _tile_zero(1);
             _tile_zero(2);
@@ -970,36 +1044,47 @@ AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t
                     _tile_dpbf16ps(3, 4, 7);
                 }
             }
-            _tile_stored(0, sum + c0, stride);
+            _tile_stored(0, sum, 64 * sizeof(float));
             if (tiles > 1)
-                _tile_stored(1, sum + c0 + 16, stride);
+                _tile_stored(1, sum + 16, 64 * sizeof(float));
             if (tiles > 2)
-                _tile_stored(2, sum + c0 + 32, stride);
+                _tile_stored(2, sum + 32, 64 * sizeof(float));
             if (tiles > 3)
-                _tile_stored(3, sum + c0 + 48, stride);
-        }
-        /* the rows' weights in one run, as `dense` adds a bf16 delta: each sum rounded to bf16 (to nearest
-           even, as a bf16 matmul rounds it), widened, and added */
-        uint16_t *to = out + r0 * cols;
-        const uint16_t *from = source + r0 * cols;
-        for (int64_t i = 0; i < live * cols; i += 16) {
-            const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(round16(_mm512_castps_si512(_mm512_loadu_ps(sum + i))), 16));
-            const __m256i y = sum16(alpha16, rounded, _mm256_loadu_si256((const __m256i *)(from + i)), 0xFFFF, &err, &norm, &bad);
-            if (streaming)
-                _mm256_stream_si256((__m256i *)(to + i), y);
-            else
-                _mm256_storeu_si256((__m256i *)(to + i), y);
-            _mm_prefetch((const char *)(from + i + SPAN), _MM_HINT_T0);
+                _tile_stored(3, sum + 48, 64 * sizeof(float));
+            /* the step's weights row by row, as `dense` adds a bf16 delta: each sum rounded to bf16 (to nearest
+               even, as a bf16 matmul rounds it), widened and added, thirty-two at a time by sum32 where the CPU
+               converts; the next sixteen rows' weights in these columns fetched meanwhile */
+            for (int64_t r = 0; r < live; r++) {
+                uint16_t *to = out + (r0 + r) * cols + c0;
+                const uint16_t *from = source + (r0 + r) * cols + c0;
+                const float *row = sum + r * 64;
+                int64_t i = 0;
+                for (; convert && i + 32 <= width; i += 32) {
+                    const __m512i d = (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(row + i + 16), _mm512_load_ps(row + i));
+                    const __m512i y = sum32(alpha16, d, _mm512_loadu_si512(from + i), &err, &norm, &bad32);
+                    if (((uintptr_t)(to + i) & 63) == 0)
+                        _mm512_stream_si512((__m512i *)(to + i), y);
+                    else
+                        _mm512_storeu_si512(to + i, y);
+                    _mm_prefetch((const char *)(from + i + 16 * cols), _MM_HINT_T0);
+                }
+                for (; i < width; i += 16) {
+                    const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(round16(_mm512_castps_si512(_mm512_load_ps(row + i))), 16));
+                    const __m256i y = sum16(alpha16, rounded, _mm256_loadu_si256((const __m256i *)(from + i)), 0xFFFF, &err, &norm, &bad);
+                    if (((uintptr_t)(to + i) & 31) == 0)
+                        _mm256_stream_si256((__m256i *)(to + i), y);
+                    else
+                        _mm256_storeu_si256((__m256i *)(to + i), y);
+                    _mm_prefetch((const char *)(from + i + 16 * cols), _MM_HINT_T0);
+                }
+            }
         }
     }
     _tile_release();
-    if (streaming)
-        _mm_sfence();
-    if (sum != kept)
-        free(sum);
+    _mm_sfence();
     sums[0] = _mm512_reduce_add_ps(err);
     sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha;
-    return bad ? BAD_VALUE : 0;
+    return bad || bad32 ? BAD_VALUE : 0;
 }
 
 #endif

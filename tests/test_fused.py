@@ -81,19 +81,73 @@ def test_the_vector_dense_loop_adds_as_the_scalar_loop_and_the_float32_path(size
     base[::7] = -0.0
     expected = add_rows(base.clone(), [(delta.float(), 0.7)], torch.bfloat16)
     results = {}
-    for walk in ("vector", "scalar"):
+    for walk in _kernels.WALKS:  # "gathered" converts with AVX512-BF16 where the CPU has it
         before = _kernels.vector_walk(walk)
         try:
             rows = torch.full((offset + size,), float("nan"), dtype=torch.bfloat16)[offset:] if separate else base.clone()
             results[walk] = (fused.add_dense(rows, delta, 0.7, base if separate else None), rows)
         finally:
             _kernels.vector_walk(before)
-    (status, err_sq, norm_sq), rows = results["vector"]
-    assert status == 0 and torch.equal(rows.view(torch.int16), results["scalar"][1].view(torch.int16))
-    assert torch.equal(rows.float(), expected.float())
-    assert (err_sq, norm_sq) == pytest.approx(results["scalar"][0][1:], rel=1e-4, abs=1e-20)
+    for walk in ("vector", "gathered"):
+        (status, err_sq, norm_sq), rows = results[walk]
+        assert status == 0 and torch.equal(rows.view(torch.int16), results["scalar"][1].view(torch.int16)), walk
+        assert torch.equal(rows.float(), expected.float())
+        assert (err_sq, norm_sq) == pytest.approx(results["scalar"][0][1:], rel=1e-4, abs=1e-20)
     delta[size // 2] = float("inf")
     assert fused.add_dense(base.clone(), delta, 0.7)[0] == fused.BAD_VALUE
+
+
+def _tiny_and_cancelling(n: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Base weights and a delta (bf16, scaled by `scale`) whose sums at alpha 1 are, by turns, below bf16's
+    normal range (which a float32-to-bf16 conversion instruction flushes to zero, and torch's cast does not),
+    exactly zero, and ordinary."""
+    g = torch.Generator().manual_seed(n)
+    base = (torch.randn(n, generator=g) * 0.02).bfloat16()
+    delta = (torch.randn(n, generator=g) * scale).bfloat16()
+    base[0::3] = (torch.randn(len(base[0::3]), generator=g) * 3e-39).bfloat16()  # bf16 subnormals
+    delta[0::3] = (torch.randn(len(delta[0::3]), generator=g) * 2e-39).bfloat16()
+    base[1::9] = -delta[1::9]  # cancelled
+    return base, delta
+
+
+@pytest.mark.parametrize("walk", _kernels.WALKS)
+def test_the_dense_add_keeps_sums_below_the_normal_range_and_sums_that_cancel(walk):
+    base, delta = _tiny_and_cancelling(4099, 1e-3)
+    assert bool((base.float() + delta.float() == 0).any()) and bool(((base.float() + delta.float()).abs() < 1.1754944e-38).sum() > 100)
+    expected = add_rows(base.clone(), [(delta.float(), 1.0)], torch.bfloat16)
+    before = _kernels.vector_walk(walk)
+    try:
+        rows = base.clone()
+        status, _, _ = fused.add_dense(rows, delta, 1.0)
+    finally:
+        _kernels.vector_walk(before)
+    assert status == 0
+    assert torch.equal(rows.view(torch.int16), expected.view(torch.int16))
+
+
+@pytest.mark.parametrize("walk", ["vector", "gathered"])
+def test_the_amx_low_rank_add_keeps_sums_below_the_normal_range_and_sums_that_cancel(walk):
+    """Rows of zero products over bf16 subnormal base weights, rows whose base cancels the product, ordinary
+    rows: every weight as torch's bf16 matmul added by torch."""
+    rows, cols, rank = 48, 112, 32
+    b, a, pairs = _factors(rows, cols, rank)
+    b[::3] = 0.0
+    product = b @ a
+    base = (torch.randn(rows, cols, generator=torch.Generator().manual_seed(5)) * 0.02).bfloat16()
+    base[::3] = (torch.randn(cols, generator=torch.Generator().manual_seed(6)) * 3e-39).bfloat16()
+    base[1::3, ::2] = -product[1::3, ::2]
+    expected = add_rows(base.clone(), [(product.float(), 1.0)], torch.bfloat16)
+    assert bool((expected == 0).sum() > 100) and bool((expected.float().abs() < 1.1754944e-38).sum() > 300)
+    before = _kernels.vector_walk(walk)
+    try:
+        out = base.clone()
+        added = fused.add_lowrank(out, b, pairs, 1.0)
+    finally:
+        _kernels.vector_walk(before)
+    if added is None:
+        pytest.skip("no AMX bf16 tiles on this CPU")
+    assert added[0] == 0
+    assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
 
 
 def _factors(rows: int, cols: int, rank: int, scale: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -108,7 +162,8 @@ def _factors(rows: int, cols: int, rank: int, scale: float = 0.05) -> tuple[torc
 @pytest.mark.parametrize("separate", [False, True])  # added in place, or from separate base rows
 @pytest.mark.parametrize("offset", [0, 1])  # rows aligned for streaming stores, and rows that are not
 @pytest.mark.parametrize("alpha", [1.0, -0.7])
-def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separate, offset, alpha):
+@pytest.mark.parametrize("walk", ["vector", "gathered"])  # the sums rounded by shifts, or converted (AVX512-BF16)
+def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separate, offset, alpha, walk):
     """Sixteen rows and sixty-four columns a step, with row and column tails: every weight as torch's bf16
     matmul (float32 sums rounded once) added by the dense kernel, and the same sums."""
     b, a, pairs = _factors(rows, cols, rank)
@@ -116,7 +171,11 @@ def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separa
     held = torch.empty(rows * cols + offset, dtype=torch.bfloat16)
     out = held[offset:].view(rows, cols)
     out.copy_(base)
-    fused_sums = fused.add_lowrank(out, b, pairs, alpha, base.clone() if separate else None)
+    before = _kernels.vector_walk(walk)
+    try:
+        fused_sums = fused.add_lowrank(out, b, pairs, alpha, base.clone() if separate else None)
+    finally:
+        _kernels.vector_walk(before)
     if fused_sums is None:
         pytest.skip("no AMX bf16 tiles on this CPU")
     expected = base.clone()
