@@ -255,8 +255,8 @@ static inline __attribute__((always_inline)) int walk_every(struct walk *w, int6
 static int vector_walk = 2;
 
 /* Which walks may run where the CPU has them (`enable`; -1 only asks): 2 all, 1 the AVX-512 walk but not
-   the gathered walks of a fused bitmask add, 0 only the scalar loops (the dense add's too). Tests run each
-   on the same machine. Returns the setting before the call. */
+   the gathered walks of a fused bitmask add nor the converting loops (has_bf16), 0 only the scalar loops (the
+   dense add's too). Tests run each on the same machine. Returns the setting before the call. */
 int rvec_vector_walk(int enable) {
     int before = vector_walk;
     if (enable >= 0)

@@ -151,8 +151,9 @@ WALKS = ("scalar", "vector", "gathered")  # the bitmask walks, each allowing the
 
 def vector_walk(walk: str | None = None) -> str:
     """Which walks may run where the CPU has them: "gathered" (the default) all, "vector" the AVX-512 walk
-    but not the gathered walks of a fused bitmask add (they need VBMI2), "scalar" only the scalar loops, the
-    dense add's too (the same results, for tests). `walk` None only asks; returns the setting before the call."""
+    but not the gathered walks of a fused bitmask add (they need VBMI2) nor the dense and low-rank loops that
+    convert to bf16 with AVX512-BF16, "scalar" only the scalar loops, the dense add's too (the same results,
+    for tests). `walk` None only asks; returns the setting before the call."""
     return WALKS[_lib.rvec_vector_walk(-1 if walk is None else WALKS.index(walk))]
 
 
