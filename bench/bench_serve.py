@@ -135,11 +135,12 @@ def loading_only(base: Path, vectors: dict[str, Path | None], repeat: int, threa
     """Weight loading alone, in this process, as the loader does it: vLLM's safetensors iterator copied into
     preallocated bf16 parameters, bare or wrapped by rvec's merge, payloads hashed on a thread meanwhile
     (`open_specs(verify="background")`, waited for at the end). Best of `repeat` wall and CPU times per
-    torch thread count (vLLM CPU gives its worker one thread per bound core), so a contended host disturbs it
-    less than a whole engine start; the repetitions run round by round, every vector and mode once a round,
-    so a slow spell of the host falls on each alike (every run's wall time is kept, `wall_all_s`). The wall
-    time splits into opening and checking the vectors, reading the base, adding the vectors (decode, add and
-    cast: one fused pass for one vector into bf16), and waiting for the hash.
+    torch thread count (vLLM CPU loads weights with a thread per core it may use, here two, and serves with
+    one), so a contended host disturbs it less than a whole engine start; the repetitions run round by
+    round, every vector and mode once a round, so a slow spell of the host falls on each alike (every run's
+    wall time is kept, `wall_all_s`). The wall time splits into opening and checking the vectors, reading
+    the base, adding the vectors (decode, add and cast: one fused pass for one vector into bf16), and
+    waiting for the hash.
 
     Each vector is measured twice: as a server start finds a vector rvec wrote or verified before (its
     digests recorded, `rvec_hub.digests`, so nothing is hashed), and with `RVEC_VERIFY=full`, which
