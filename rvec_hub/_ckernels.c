@@ -323,6 +323,18 @@ AVX512 static inline __attribute__((always_inline)) __m256i sum16(__m512 alpha, 
     return _mm512_cvtepi32_epi16(rounded);
 }
 
+/* The end of a vector loop of the dense add: the weights from `i` on by `dense`, the loop's sums reduced
+   into sums[0] and sums[1], its streaming stores fenced. */
+AVX512 static inline __attribute__((always_inline)) int dense_finish(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n,
+                                                                    int64_t i, float alpha, __m512 err, __m512 norm, int bad, float *sums) {
+    _mm_sfence();
+    float tail[2];
+    int status = dense(out + i, source + i, delta + i, 1, n - i, alpha, tail);
+    sums[0] = _mm512_reduce_add_ps(err) + tail[0];
+    sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha + tail[1];
+    return bad || status ? BAD_VALUE : 0;
+}
+
 /* Whether the conversion kernels (compiled for AVX512_BF16) may run: the walk setting allows the gathered
    walks, and the CPU converts float32 to bf16 itself (AVX512-BF16). */
 #define AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,avx512bf16,bmi,bmi2,popcnt,fma")))
@@ -382,12 +394,7 @@ AVX512_BF16 static int dense_bf16(uint16_t *out, const uint16_t *source, const u
         _mm_prefetch((const char *)(source + i + SPAN), _MM_HINT_T0);
         _mm_prefetch((const char *)(delta + i + SPAN), _MM_HINT_T0);
     }
-    _mm_sfence();
-    float tail[2];
-    int status = dense(out + i, source + i, delta + i, 1, n - i, alpha, tail);
-    sums[0] = _mm512_reduce_add_ps(err) + tail[0];
-    sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha + tail[1];
-    return bad || status ? BAD_VALUE : 0;
+    return dense_finish(out, source, delta, n, i, alpha, err, norm, bad != 0, sums);
 }
 
 /* `dense` for a bf16 delta, sixteen weights a step with the same fused sum and rounding, bit for bit; the
@@ -407,12 +414,7 @@ AVX512 static int dense_avx512(uint16_t *out, const uint16_t *source, const uint
         _mm_prefetch((const char *)(source + i + SPAN), _MM_HINT_T0);
         _mm_prefetch((const char *)(delta + i + SPAN), _MM_HINT_T0);
     }
-    _mm_sfence();
-    float tail[2];
-    int status = dense(out + i, source + i, delta + i, 1, n - i, alpha, tail);
-    sums[0] = _mm512_reduce_add_ps(err) + tail[0];
-    sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha + tail[1];
-    return bad || status ? BAD_VALUE : 0;
+    return dense_finish(out, source, delta, n, i, alpha, err, norm, bad != 0, sums);
 }
 
 /* walk_mask sixteen elements at a time: the group's codes looked up together (a gather from the codebook),
