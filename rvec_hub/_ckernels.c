@@ -323,6 +323,22 @@ AVX512 static inline __attribute__((always_inline)) __m256i sum16(__m512 alpha, 
     return _mm512_cvtepi32_epi16(rounded);
 }
 
+/* Sixteen (thirty-two) bf16 sums stored at `to`: past the caches where the store is 32-byte (64-byte)
+   aligned (see scatter_sums), else plainly. */
+AVX512 static inline __attribute__((always_inline)) void store16(uint16_t *to, __m256i y) {
+    if (((uintptr_t)to & 31) == 0)
+        _mm256_stream_si256((__m256i *)to, y);
+    else
+        _mm256_storeu_si256((__m256i *)to, y);
+}
+
+AVX512 static inline __attribute__((always_inline)) void store32(uint16_t *to, __m512i y) {
+    if (((uintptr_t)to & 63) == 0)
+        _mm512_stream_si512((__m512i *)to, y);
+    else
+        _mm512_storeu_si512(to, y);
+}
+
 /* The end of a vector loop of the dense add: the weights from `i` on by `dense`, the loop's sums reduced
    into sums[0] and sums[1], its streaming stores fenced. */
 AVX512 static inline __attribute__((always_inline)) int dense_finish(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n,
@@ -387,10 +403,7 @@ AVX512_BF16 static int dense_bf16(uint16_t *out, const uint16_t *source, const u
     int64_t i = 0;
     for (; i + 32 <= n; i += 32) {
         const __m512i y = sum32(a, _mm512_loadu_si512(delta + i), _mm512_loadu_si512(source + i), &err, &norm, &bad);
-        if (((uintptr_t)(out + i) & 63) == 0)
-            _mm512_stream_si512((__m512i *)(out + i), y);
-        else
-            _mm512_storeu_si512(out + i, y);
+        store32(out + i, y);
         _mm_prefetch((const char *)(source + i + SPAN), _MM_HINT_T0);
         _mm_prefetch((const char *)(delta + i + SPAN), _MM_HINT_T0);
     }
@@ -407,10 +420,7 @@ AVX512 static int dense_avx512(uint16_t *out, const uint16_t *source, const uint
     for (; i + 16 <= n; i += 16) {
         const __m512 v = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(delta + i))), 16));
         const __m256i y = sum16(a, v, _mm256_loadu_si256((const __m256i *)(source + i)), 0xFFFF, &err, &norm, &bad);
-        if (((uintptr_t)(out + i) & 31) == 0)
-            _mm256_stream_si256((__m256i *)(out + i), y);
-        else
-            _mm256_storeu_si256((__m256i *)(out + i), y);
+        store16(out + i, y);
         _mm_prefetch((const char *)(source + i + SPAN), _MM_HINT_T0);
         _mm_prefetch((const char *)(delta + i + SPAN), _MM_HINT_T0);
     }
@@ -1064,19 +1074,13 @@ AMX static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t
                 for (; convert && i + 32 <= width; i += 32) {
                     const __m512i d = (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(row + i + 16), _mm512_load_ps(row + i));
                     const __m512i y = sum32(alpha16, d, _mm512_loadu_si512(from + i), &err, &norm, &bad32);
-                    if (((uintptr_t)(to + i) & 63) == 0)
-                        _mm512_stream_si512((__m512i *)(to + i), y);
-                    else
-                        _mm512_storeu_si512(to + i, y);
+                    store32(to + i, y);
                     _mm_prefetch((const char *)(from + i + 16 * cols), _MM_HINT_T0);
                 }
                 for (; i < width; i += 16) {
                     const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(round16(_mm512_castps_si512(_mm512_load_ps(row + i))), 16));
                     const __m256i y = sum16(alpha16, rounded, _mm256_loadu_si256((const __m256i *)(from + i)), 0xFFFF, &err, &norm, &bad);
-                    if (((uintptr_t)(to + i) & 31) == 0)
-                        _mm256_stream_si256((__m256i *)(to + i), y);
-                    else
-                        _mm256_storeu_si256((__m256i *)(to + i), y);
+                    store16(to + i, y);
                     _mm_prefetch((const char *)(from + i + 16 * cols), _MM_HINT_T0);
                 }
             }
