@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -71,3 +73,15 @@ def without_kernels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "rvec_hub._kernels", None)
     monkeypatch.delattr(rvec_hub, "_kernels", raising=False)
     monkeypatch.setattr(blocks, "_compiled_kernel", lambda: None)
+
+
+@contextmanager
+def walking(walk: str) -> Iterator[None]:
+    """The compiled kernels' walk setting (`_kernels.WALKS`) for the body, the one before restored after."""
+    from rvec_hub import _kernels
+
+    before = _kernels.vector_walk(walk)
+    try:
+        yield
+    finally:
+        _kernels.vector_walk(before)

@@ -21,7 +21,7 @@ from rvec_hub.arith import add_rows
 from rvec_hub.encodings import ENCODINGS, blocks
 from rvec_hub.manifest import TensorEntry
 
-from codec_common import StoredPayload, block_codes, encode_one, rl_delta
+from codec_common import StoredPayload, block_codes, encode_one, rl_delta, walking
 
 needs_kernels = pytest.mark.skipif(not fused.available(), reason="the compiled kernels are not built")
 
@@ -32,9 +32,8 @@ def walk(request: pytest.FixtureRequest) -> Iterator[str]:
     walk without them, then the scalar walk."""
     if not fused.available():
         pytest.skip("the compiled kernels are not built")
-    before = _kernels.vector_walk(request.param)
-    yield request.param
-    _kernels.vector_walk(before)
+    with walking(request.param):
+        yield request.param
 
 
 def _walk_taken(walk: str) -> str:

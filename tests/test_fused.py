@@ -14,6 +14,7 @@ from rvec_hub.compress import compress
 from rvec_hub.encodings import ENCODINGS
 from rvec_hub.io.checkpoint import open_checkpoint
 
+from codec_common import walking
 from vector_edit import rewrite_vector
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernels are not built")
@@ -82,12 +83,9 @@ def test_the_vector_dense_loop_adds_as_the_scalar_loop_and_the_float32_path(size
     expected = add_rows(base.clone(), [(delta.float(), 0.7)], torch.bfloat16)
     results = {}
     for walk in _kernels.WALKS:  # "gathered" converts with AVX512-BF16 where the CPU has it
-        before = _kernels.vector_walk(walk)
-        try:
+        with walking(walk):
             rows = torch.full((offset + size,), float("nan"), dtype=torch.bfloat16)[offset:] if separate else base.clone()
             results[walk] = (fused.add_dense(rows, delta, 0.7, base if separate else None), rows)
-        finally:
-            _kernels.vector_walk(before)
     for walk in ("vector", "gathered"):
         (status, err_sq, norm_sq), rows = results[walk]
         assert status == 0 and torch.equal(rows.view(torch.int16), results["scalar"][1].view(torch.int16)), walk
@@ -115,12 +113,9 @@ def test_the_dense_add_keeps_sums_below_the_normal_range_and_sums_that_cancel(wa
     base, delta = _tiny_and_cancelling(4099, 1e-3)
     assert bool((base.float() + delta.float() == 0).any()) and bool(((base.float() + delta.float()).abs() < 1.1754944e-38).sum() > 100)
     expected = add_rows(base.clone(), [(delta.float(), 1.0)], torch.bfloat16)
-    before = _kernels.vector_walk(walk)
-    try:
+    with walking(walk):
         rows = base.clone()
         status, _, _ = fused.add_dense(rows, delta, 1.0)
-    finally:
-        _kernels.vector_walk(before)
     assert status == 0
     assert torch.equal(rows.view(torch.int16), expected.view(torch.int16))
 
@@ -138,12 +133,9 @@ def test_the_amx_low_rank_add_keeps_sums_below_the_normal_range_and_sums_that_ca
     base[1::3, ::2] = -product[1::3, ::2]
     expected = add_rows(base.clone(), [(product.float(), 1.0)], torch.bfloat16)
     assert bool((expected == 0).sum() > 100) and bool((expected.float().abs() < 1.1754944e-38).sum() > 300)
-    before = _kernels.vector_walk(walk)
-    try:
+    with walking(walk):
         out = base.clone()
         added = fused.add_lowrank(out, b, pairs, 1.0)
-    finally:
-        _kernels.vector_walk(before)
     if added is None:
         pytest.skip("no AMX bf16 tiles on this CPU")
     assert added[0] == 0
@@ -171,11 +163,8 @@ def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separa
     held = torch.empty(rows * cols + offset, dtype=torch.bfloat16)
     out = held[offset:].view(rows, cols)
     out.copy_(base)
-    before = _kernels.vector_walk(walk)
-    try:
+    with walking(walk):
         fused_sums = fused.add_lowrank(out, b, pairs, alpha, base.clone() if separate else None)
-    finally:
-        _kernels.vector_walk(before)
     if fused_sums is None:
         pytest.skip("no AMX bf16 tiles on this CPU")
     expected = base.clone()
@@ -192,11 +181,8 @@ def test_the_amx_low_rank_add_declines_what_it_cannot_add_and_refuses_an_overflo
     b, _, pairs = _factors(16, 64, 6)
     assert fused.add_lowrank(torch.zeros(16, 64, dtype=torch.bfloat16), b, pairs, 1.0) is None  # rank 6: not in thirty-twos
     b, _, pairs = _factors(16, 64, 32)
-    before = _kernels.vector_walk("scalar")
-    try:
+    with walking("scalar"):
         assert fused.add_lowrank(torch.zeros(16, 64, dtype=torch.bfloat16), b, pairs, 1.0) is None  # the scalar setting
-    finally:
-        _kernels.vector_walk(before)
     big_b, big_pairs = b.abs() * 1e20, pairs.abs() * 1e20  # products near 1e37: their sums leave float32 and bf16
     general = torch.full((16, 64), 3e38, dtype=torch.bfloat16)
     assert fused.add_dense(general, big_b @ big_pairs.transpose(1, 2).reshape(32, 64), 1.0)[0] == fused.BAD_VALUE

@@ -13,7 +13,7 @@ from rvec_hub import FormatError, fused
 from rvec_hub.arith import add_rows
 from rvec_hub.encodings import ENCODINGS, blocks, packed
 
-from codec_common import StoredPayload, encode_one, rl_delta, without_kernels
+from codec_common import StoredPayload, encode_one, rl_delta, walking, without_kernels
 
 CODEC = ENCODINGS["packed"]
 
@@ -27,11 +27,8 @@ def walk(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         return
     if not fused.available():
         pytest.skip("the compiled kernels are not built")
-    from rvec_hub import _kernels
-
-    before = _kernels.vector_walk(request.param)
-    yield request.param
-    _kernels.vector_walk(before)
+    with walking(request.param):
+        yield request.param
 
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:

@@ -16,7 +16,7 @@ from rvec_hub.cli.main import cli
 from rvec_hub.encodings import ENCODINGS, blocks, quantized
 from rvec_hub.manifest import load_manifest
 
-from codec_common import StoredPayload, encode_one, rl_delta, without_kernels
+from codec_common import StoredPayload, encode_one, rl_delta, walking, without_kernels
 
 CODEC = ENCODINGS["quantized"]
 _encoded = partial(encode_one, "quantized")  # (entry, payload) of one quantized tensor "w"
@@ -146,14 +146,11 @@ def test_unpacking_long_runs_of_codes_is_the_same_whichever_walk(slot: int, walk
         pytest.skip("the compiled kernels are not built")
     from rvec_hub import _kernels
 
-    before = _kernels.vector_walk(walk)
-    try:
+    with walking(walk):
         for n in (63, 64, 65, 1000, 100_003):  # the vector loop's sixty-four codes a step, then the bytes after
             codes = np.random.default_rng(n).integers(0, 1 << slot, size=n).astype(np.uint8)
             out, status = _kernels.unpack_codes(quantized._packed(codes, slot), n, slot)
             assert status == 0 and np.array_equal(out, codes)
-    finally:
-        _kernels.vector_walk(before)
 
 
 @pytest.mark.parametrize("compiled", [True, False])
