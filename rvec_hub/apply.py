@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import torch
 
 from . import fused
 from .alpha import check_alpha
-from .arith import Survival, Workspace, add_rows, resolve_device, row_chunks, streaming_threads
+from .arith import CHUNK_ELEMENTS, Survival, Workspace, add_rows, resolve_device, row_chunks, streaming_threads
 from .card import write_merged_card
 from .check import compatibility, dtype_name
 from .errors import RvecError
@@ -25,6 +26,7 @@ from .tied import delta_source
 from .vector import Vector
 
 DEFAULT_SHARD_BYTES = 5 * 1000**3
+_SUM_BYTES = 2 * CHUNK_ELEMENTS  # a bf16 chunk (`arith.row_chunks`)
 
 
 @dataclass(frozen=True)
@@ -94,10 +96,12 @@ def apply_vectors(
                     writer.begin(name, shape, dtype)
                     changed += bool(terms or one)
                 fresh = True  # rows read for this chunk alone: the writer may keep them without a copy
-                if one is not None:  # one vector, fused into the bf16 rows in place
-                    i, vector, src, staged, alpha = one
-                    fused.add_in_place(rows, vector, src, start, stop, alpha, survival[i], name=name, staged=staged,
+                written = None
+                if one is not None:  # one vector, fused: the bf16 base rows plus α·Δ written into rows of their own
+                    i, vector, src, staged, alpha, mapped, written = one
+                    fused.add_in_place(rows, vector, src, start, stop, alpha, survival[i], name=name, staged=staged, base=mapped,
                                        pristine=lambda: base.read_rows(name, start, stop) if shape else base.read_rows(name))
+                    del one, mapped, staged  # unmapped now, not when the next chunk replaces them
                 elif terms:
                     rows = add_rows(
                         rows.to(device), [(d, a) for _, d, a in terms], dtype, [survival[i] for i, _, _ in terms], workspace=workspace, name=name
@@ -105,7 +109,7 @@ def apply_vectors(
                     fresh = device.type != "cpu"  # on the CPU the sum lives in the reused workspace
                 elif rows.dtype != dtype:
                     rows = rows.to(dtype)
-                writer.write(rows, owned=fresh)
+                writer.write(rows, owned=fresh, written=written)
                 bar.update(rows.numel() * rows.element_size())
         shards = writer.finish()
         # A vector opened with background verification must prove intact before the output appears.
@@ -148,18 +152,43 @@ def _active(vectors: list[tuple[Vector, float]], name: str) -> list[tuple[int, V
 
 def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device):
     """Per chunk of rows, in plan order: the tensor, its row range, the base rows, per vector
-    (index, delta rows, alpha), and None. Where one vector's delta is to be fused
-    into the rows (`rvec_hub.fused`) instead of decoded here, no delta rows but, last, (index, vector,
-    source tensor, its payload with what the fused add reads staged (`Vector.staged`), alpha)."""
+    (index, delta rows, alpha), and None. Where one vector's delta is to be fused (`rvec_hub.fused`)
+    instead of decoded here: rows for the sum (`_Sums`), no delta rows and, last, (index, vector,
+    source tensor, its payload with what the fused add reads staged (`Vector.staged`), alpha, the base
+    rows mapped rather than copied (`Checkpoint.map_rows`), what returns the sum's rows once written)."""
+    sums = _Sums()
     for name, shape, dtype in plan:
         active = _active(vectors, name)
+        fuses = len(active) == 1 and fused.applies_to(active[0][1], active[0][3], base.tensors[name].dtype, dtype, device)
         for start, stop in row_chunks(shape):
-            rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
-            if len(active) == 1 and device.type == "cpu" and fused.applies(active[0][1], active[0][3], rows, dtype):
+            if fuses:
                 i, v, a, src = active[0]
-                yield name, shape, dtype, start, stop, rows, [], (i, v, src, v.staged(src, start, stop), a)
+                mapped = base.map_rows(name, start, stop) if shape else base.read_rows(name)
+                rows, written = sums.take(mapped)
+                yield name, shape, dtype, start, stop, rows, [], (i, v, src, v.staged(src, start, stop), a, mapped, written)
                 continue
+            rows = base.read_rows(name, start, stop) if shape else base.read_rows(name)
             yield name, shape, dtype, start, stop, rows, [(i, v.decode_rows(src, start, stop).to(device), a) for i, v, a, src in active], None
+
+
+class _Sums:
+    """Rows for the fused sums, each buffer used again once the writer has written it (`ShardWriter.write`).
+
+    Fresh rows would be fresh pages, a fault and a zeroed page every 4 KB: on a dense 1.5B vector that was
+    half of `rvec apply`'s minor faults. The reader thread takes, the writer's thread gives back; the
+    read-ahead and the writes in flight bound how many buffers there are.
+    """
+
+    def __init__(self) -> None:
+        self._free: list[torch.Tensor] = []
+
+    def take(self, like: torch.Tensor) -> tuple[torch.Tensor, Callable[[], None]]:
+        """Rows shaped and typed like `like`, contents undefined, and what gives them back."""
+        nbytes = like.numel() * like.element_size()
+        buffer = self._free.pop() if self._free else None
+        if buffer is None or buffer.numel() < nbytes:
+            buffer = torch.empty(max(nbytes, _SUM_BYTES), dtype=torch.uint8)
+        return buffer[:nbytes].view(like.dtype).view(like.shape), partial(self._free.append, buffer)
 
 
 def _copy_sidecars(source: Path, target: Path, out_dtype: torch.dtype | None) -> None:

@@ -234,7 +234,8 @@ class Vector:
         reads = ENCODINGS[entry.encoding].reads
         if reads is None:
             return self
-        return _Staged(self, {(key, lo, hi): self.read(key, lo, hi) for key, lo, hi in reads(entry, start, stop)})
+        # Mapped, not copied: these rows are read once, by the add (`SafetensorsFile.map_rows`).
+        return _Staged(self, {(key, lo, hi): self._files[self._owner[key]].map_rows(key, lo, hi) for key, lo, hi in reads(entry, start, stop)})
 
     def decode(self, name: str) -> torch.Tensor:
         """The whole delta for `name`, in float32."""

@@ -189,3 +189,50 @@ def test_open_files_are_closed_quietly_when_the_interpreter_exits(vector_dir: Pa
     script = f"import rvec_hub.io.safetensors_io as io_module\nfrom rvec_hub import Vector\nkept = Vector.open({str(vector_dir)!r})\n"
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+
+
+def test_apply_reuses_a_sum_buffer_only_after_the_writer_has_written_it(family, vector_dir, tmp_path, monkeypatch):
+    import time
+
+    from rvec_hub import apply as apply_module
+    from rvec_hub import arith, fused
+    from rvec_hub.io.safetensors_io import ShardWriter
+
+    if not fused.available():
+        pytest.skip("the fused kernels are not built")
+
+    class SlowFile:
+        """The shard file, written a millisecond late: sums pile up behind the writer."""
+
+        def __init__(self, file) -> None:
+            self._file = file
+
+        def write(self, data) -> int:
+            time.sleep(0.001)
+            return self._file.write(data)
+
+        def __getattr__(self, name: str):
+            return getattr(self._file, name)
+
+    open_shard = ShardWriter._open_shard
+
+    def slow_open_shard(self) -> None:
+        open_shard(self)
+        self._file = SlowFile(self._file)
+
+    buffers: list[int] = []
+    take = apply_module._Sums.take
+
+    def recording_take(self, like):
+        rows, written = take(self, like)
+        buffers.append(rows.untyped_storage().data_ptr())
+        return rows, written
+
+    monkeypatch.setattr(arith, "CHUNK_ELEMENTS", 1024)
+    monkeypatch.setattr(ShardWriter, "_open_shard", slow_open_shard)
+    monkeypatch.setattr(apply_module._Sums, "take", recording_take)
+    apply_vectors([(Vector.open(vector_dir), 1.0)], open_checkpoint(family["instruct"]), tmp_path / "out", quiet=True)
+    got, want = _weights(tmp_path / "out"), _reference(family, 1.0, torch.bfloat16)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+    assert len(buffers) > 100 and len(set(buffers)) <= 16, (len(buffers), len(set(buffers)))

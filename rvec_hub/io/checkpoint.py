@@ -71,6 +71,10 @@ class Checkpoint:
         """Rows of one tensor, read from disk without touching the rest of the shard."""
         return self.file_of(name).read_rows(name, start, stop)
 
+    def map_rows(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """`read_rows` as a view of the file's cached pages instead of a copy (`SafetensorsFile.map_rows`)."""
+        return self.file_of(name).map_rows(name, start, stop)
+
     def close(self) -> None:
         """Close every shard."""
         for f in self._files.values():

@@ -1,7 +1,7 @@
-"""Streaming safetensors: read row ranges without mmap, write shards without holding them in memory.
+"""Streaming safetensors: read row ranges a chunk at a time, write shards without holding them in memory.
 
-Reads go through `pread` into fresh buffers rather than mmap, so a pass over a 3 GB checkpoint keeps
-only the rows in hand resident. Writes reserve room for the header, stream tensor bytes in order, and
+Reads go through `pread` into fresh buffers, or map just the rows asked for (`map_rows`), so a pass over a
+3 GB checkpoint keeps only the rows in hand resident. Writes reserve room for the header, stream tensor bytes in order, and
 write the header last (safetensors allows trailing spaces in the header JSON). The bytes reach the file
 from a background thread, a few chunks behind, so the copy into the page cache overlaps the arithmetic.
 """
@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import struct
 import weakref
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,6 +109,32 @@ class SafetensorsFile:
         raw = self._pread(info.start + start * info.row_bytes, (stop - start) * info.row_bytes)
         return raw.view(info.dtype).reshape((stop - start, *info.shape[1:]))
 
+    def map_rows(self, name: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """`read_rows` without its copy: the rows as a view of the file's cached pages, through a private
+        mapping of those rows alone, unmapped when the tensor is freed.
+
+        For a pass that reads each row once (`rvec apply`): the copy is half the CPU time of reading a
+        dense delta and its base rows and adding them. Writes to the tensor stay private to this process.
+        Scalars, rows at an offset their dtype's size does not divide (the kernels read weights through
+        pointers of their type) and files that cannot be mapped are read as `read_rows` reads.
+        """
+        info = self.tensors[name]
+        stop = (info.shape[0] if info.shape else 1) if stop is None else stop
+        offset = info.start + start * info.row_bytes
+        size = (stop - start) * info.row_bytes
+        first = offset - offset % mmap.ALLOCATIONGRANULARITY
+        if not info.shape or not size or (offset - first) % info.dtype.itemsize:
+            return self.read_rows(name, start, stop if info.shape else None)
+        try:
+            pages = mmap.mmap(self._fd, offset + size - first, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=first)
+        except ValueError as exc:  # the file is shorter than its header says
+            raise CheckpointError(f"{self.path} ended early: it is truncated; re-download or re-create it") from exc
+        except OSError:  # a file system that cannot map files
+            return self.read_rows(name, start, stop)
+        # The tensor holds the mapping alive; the mapping holds a duplicate of the descriptor.
+        raw = torch.frombuffer(pages, dtype=torch.uint8, count=size, offset=offset - first)
+        return raw.view(info.dtype).reshape((stop - start, *info.shape[1:]))
+
     def _pread(self, offset: int, size: int) -> torch.Tensor:
         # An uninitialised tensor: the read fills every byte, so zeroing it first would be a wasted pass.
         out = torch.empty(size, dtype=torch.uint8)
@@ -187,12 +215,14 @@ class ShardWriter:
         self._pending = _Pending(name, dtype, tuple(shape), nbytes)
         self._remaining.pop(name, None)
 
-    def write(self, chunk: torch.Tensor, *, owned: bool = False) -> None:
+    def write(self, chunk: torch.Tensor, *, owned: bool = False, written: Callable[[], None] | None = None) -> None:
         """Append rows of the current tensor (any leading row count).
 
         Args:
             chunk: the rows. Copied before this returns, because callers reuse their buffers, unless
-                `owned`: the caller hands the tensor over and never touches it again.
+                `owned`: the caller hands the tensor over and leaves it alone until `written` is called.
+            written: with `owned`, called on the writer's thread once the rows are in the file (or the
+                write failed): their memory may be reused from then on.
         """
         pending = self._pending
         if chunk.dtype != pending.dtype:
@@ -200,7 +230,10 @@ class ShardWriter:
         data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
         if not owned:
             data = data.tobytes()
-        self._in_flight.append(self._io.submit(self._file.write, data))
+        future = self._io.submit(self._file.write, data)
+        if owned and written is not None:
+            future.add_done_callback(lambda _: written())
+        self._in_flight.append(future)
         while len(self._in_flight) > _WRITES_IN_FLIGHT:
             self._in_flight.popleft().result()
         pending.written += len(data)
