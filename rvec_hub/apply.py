@@ -174,9 +174,10 @@ def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], d
 class _Sums:
     """Rows for the fused sums, each buffer used again once the writer has written it (`ShardWriter.write`).
 
-    Fresh rows would be fresh pages, a fault and a zeroed page every 4 KB: on a dense 1.5B vector that was
-    half of `rvec apply`'s minor faults. The reader thread takes, the writer's thread gives back; the
-    read-ahead and the writes in flight bound how many buffers there are.
+    Fresh rows would be fresh pages, a fault and a zeroed page every 4 KB: applying a dense 1.5B vector in
+    process took 1.6–1.9 s with reused buffers against 2.0–3.7 s with fresh ones (60–64 thousand minor faults
+    against 114–204 thousand). The reader thread takes, the writer's thread gives back; the read-ahead and
+    the writes in flight bound how many buffers there are.
     """
 
     def __init__(self) -> None:
