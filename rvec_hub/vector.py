@@ -205,7 +205,7 @@ class Vector:
         return ENCODINGS[self.entries[name].encoding].add_into is not None
 
     def adds_block_by_block(self, name: str) -> bool:
-        """Whether `add_into` for `name` holds one stored block at a time whatever the row range (`Codec.adds_block_by_block`)."""
+        """Whether `add_into` for `name` holds a bounded piece at a time whatever the row range (`Codec.adds_block_by_block`)."""
         return ENCODINGS[self.entries[name].encoding].adds_block_by_block
 
     def add_into(

@@ -69,6 +69,31 @@ def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding
     assert math.isclose(fused_kept.retained, general_kept.retained, rel_tol=1e-4)
 
 
+@pytest.mark.parametrize("encoding", ["lowrank", "lowrank-bf16"])  # float32 factors; bf16 ones, on AMX where the CPU has it
+@pytest.mark.parametrize("walk", ["scalar", "gathered"])  # "scalar": no AMX, the product added a chunk at a time
+def test_a_low_rank_add_over_many_chunks_in_one_call_equals_the_float32_path(family, encoded, encoding, walk, monkeypatch):
+    from rvec_hub import arith
+
+    monkeypatch.setattr(arith, "CHUNK_ELEMENTS", 1024)  # a few rows a chunk: every range below spans several
+    vector, base = encoded[encoding], open_checkpoint(family["instruct"])
+    spanned = 0
+    for name, entry in vector.entries.items():
+        if entry.encoding != "lowrank":
+            continue
+        assert vector.adds_block_by_block(name)
+        start, stop = 3, entry.shape[0] - 2
+        pristine = base.read_rows(name, start, stop)
+        kept, general_kept = Survival(), Survival()
+        expected = add_rows(pristine, [(vector.decode_rows(name, start, stop), 0.7)], torch.bfloat16, [general_kept])
+        rows = torch.full_like(pristine, float("nan"))
+        with walking(walk):
+            fused.add_in_place(rows, vector, name, start, stop, 0.7, kept, name=name, pristine=lambda: pristine, base=pristine)
+        assert torch.equal(rows.view(torch.int16), expected.view(torch.int16)), name
+        assert math.isclose(kept.retained, general_kept.retained, rel_tol=1e-4)
+        spanned += len(arith.row_chunks(tuple(pristine.shape))) > 1
+    assert spanned > 0
+
+
 @pytest.mark.parametrize("size", [1, 15, 16, 47, 4099])  # shorter than a vector step, a step, steps and a tail
 @pytest.mark.parametrize("offset", [0, 1])  # rows aligned for streaming stores, and rows that are not
 @pytest.mark.parametrize("separate", [False, True])  # added in place, or from separate base rows

@@ -60,8 +60,10 @@ class Codec:
             rows `[start, stop)`, so a reader thread can fetch them ahead (`Vector.staged`).
         adds_from_base: whether `add_into` takes `base=`, bf16 base rows it adds to while writing every
             weight into `rows` (one pass instead of a copy and an add); `Vector.add_into` copies for the others.
-        adds_block_by_block: whether `add_into` reads and adds a row range one stored block at a time, so
-            a caller may hand it many streaming chunks' rows in one call without holding more in memory.
+        adds_block_by_block: whether `add_into` reads and adds a row range a bounded piece at a time (a
+            stored block; a chunk of a low-rank product, or none where AMX adds the product as it is
+            computed), so a caller may hand it many streaming chunks' rows in one call without holding
+            more in memory than the range's share of the payload.
     """
 
     name: str

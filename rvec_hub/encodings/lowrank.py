@@ -21,7 +21,7 @@ from contextlib import contextmanager
 import torch
 
 from .. import fused
-from ..arith import CHUNK_ELEMENTS
+from ..arith import CHUNK_ELEMENTS, row_chunks
 from ..errors import UsageError
 from ..manifest import TensorEntry
 from .base import FLOAT_DTYPES, Codec, Encoded, Payload, expect_keys, expect_stored
@@ -189,18 +189,31 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
 
 
 def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
-    b = payload.read(entry.keys["B"], start, stop)
+    key = entry.keys["B"]
     a, pairs = _whole_a(entry, payload)
-    if pairs is not None and b.dtype == torch.bfloat16:  # on AMX: the product's sums added as they come, never stored
+    b = None
+    if pairs is not None and payload.dtype(key) == torch.bfloat16:  # on AMX: the product's sums added as they come, never stored
+        b = payload.read(key, start, stop)
         added = fused.add_lowrank(rows, b.contiguous(), pairs, alpha, base)
         if added is not None:
             return added
-    # The product goes into this thread's buffer, reused from chunk to chunk: a fresh one per chunk is
-    # mapped and faulted in again.
+    # Elsewhere a chunk at a time: its product into this thread's buffer, reused from chunk to chunk (a
+    # fresh one per chunk is mapped and faulted in again), then added as a dense delta.
     scratch = getattr(_local, "scratch", None)
-    if scratch is None or scratch.numel() < rows.numel():
-        scratch = _local.scratch = torch.empty(max(rows.numel(), CHUNK_ELEMENTS), dtype=torch.bfloat16)
-    return fused.add_dense(rows, _multiply(b, a, scratch[: rows.numel()]).reshape(rows.shape), alpha, base)
+    if scratch is None or scratch.numel() < CHUNK_ELEMENTS:
+        scratch = _local.scratch = torch.empty(CHUNK_ELEMENTS, dtype=torch.bfloat16)
+    err_sq = norm_sq = 0.0
+    for lo, hi in row_chunks(tuple(rows.shape)):
+        part = b[lo:hi] if b is not None else payload.read(key, start + lo, start + hi)
+        target = rows[lo:hi]
+        if scratch.numel() < target.numel():  # one row wider than a chunk
+            scratch = _local.scratch = torch.empty(target.numel(), dtype=torch.bfloat16)
+        product = _multiply(part, a, scratch[: target.numel()]).reshape(target.shape)
+        status, err, norm = fused.add_dense(target, product, alpha, None if base is None else base[lo:hi])
+        if status:
+            return status, err, norm
+        err_sq, norm_sq = err_sq + err, norm_sq + norm
+    return 0, err_sq, norm_sq
 
 
 def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
@@ -217,4 +230,4 @@ def _validate(entry: TensorEntry, payload: Payload) -> list[str]:
     return expect_stored(entry, payload, "B", (out, rank), FLOAT_DTYPES) + expect_stored(entry, payload, "A", (rank, inp), FLOAT_DTYPES)
 
 
-CODEC = Codec("lowrank", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True)
+CODEC = Codec("lowrank", _decode_rows, _encode, validate=_validate, add_into=_add_into, adds_from_base=True, adds_block_by_block=True)
