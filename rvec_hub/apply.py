@@ -136,12 +136,13 @@ def _corruption_first(vectors: list[tuple[Vector, float]]) -> Iterator[None]:
 
 
 def _fuses(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], device: torch.device) -> bool:
-    """Whether some tensor takes the fused add (`_chunks`, `fused.applies`), decided from the plan's dtypes."""
-    for name, _, dtype in plan:
-        active = _active(vectors, name)
-        if len(active) == 1 and fused.applies_to(active[0][1], active[0][3], base.tensors[name].dtype, dtype, device):
-            return True
-    return False
+    """Whether some tensor takes the fused add (`_chunks`), decided from the plan's dtypes."""
+    return any(_fused_one(_active(vectors, name), base.tensors[name].dtype, dtype, device) for name, _, dtype in plan)
+
+
+def _fused_one(active: list[tuple[int, Vector, float, str]], base_dtype: torch.dtype, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether a tensor with these active vectors takes the fused add: one vector, `fused.applies_to`."""
+    return len(active) == 1 and fused.applies_to(active[0][1], active[0][3], base_dtype, dtype, device)
 
 
 def _active(vectors: list[tuple[Vector, float]], name: str) -> list[tuple[int, Vector, float, str]]:
@@ -159,11 +160,11 @@ def _chunks(plan: list, base: Checkpoint, vectors: list[tuple[Vector, float]], d
     sums = _Sums()
     for name, shape, dtype in plan:
         active = _active(vectors, name)
-        fuses = len(active) == 1 and fused.applies_to(active[0][1], active[0][3], base.tensors[name].dtype, dtype, device)
+        fuses = _fused_one(active, base.tensors[name].dtype, dtype, device)
         for start, stop in row_chunks(shape):
             if fuses:
                 i, v, a, src = active[0]
-                mapped = base.map_rows(name, start, stop) if shape else base.read_rows(name)
+                mapped = base.map_rows(name, start, stop)  # a scalar is read, not mapped
                 rows, written = sums.take(mapped)
                 yield name, shape, dtype, start, stop, rows, [], (i, v, src, v.staged(src, start, stop), a, mapped, written)
                 continue

@@ -200,14 +200,12 @@ def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows:
     # Elsewhere a chunk at a time: its product into this thread's buffer, reused from chunk to chunk (a
     # fresh one per chunk is mapped and faulted in again), then added as a dense delta.
     scratch = getattr(_local, "scratch", None)
-    if scratch is None or scratch.numel() < CHUNK_ELEMENTS:
-        scratch = _local.scratch = torch.empty(CHUNK_ELEMENTS, dtype=torch.bfloat16)
     err_sq = norm_sq = 0.0
     for lo, hi in row_chunks(tuple(rows.shape)):
         part = b[lo:hi] if b is not None else payload.read(key, start + lo, start + hi)
         target = rows[lo:hi]
-        if scratch.numel() < target.numel():  # one row wider than a chunk
-            scratch = _local.scratch = torch.empty(target.numel(), dtype=torch.bfloat16)
+        if scratch is None or scratch.numel() < target.numel():
+            scratch = _local.scratch = torch.empty(max(target.numel(), CHUNK_ELEMENTS), dtype=torch.bfloat16)
         product = _multiply(part, a, scratch[: target.numel()]).reshape(target.shape)
         status, err, norm = fused.add_dense(target, product, alpha, None if base is None else base[lo:hi])
         if status:
