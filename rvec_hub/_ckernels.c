@@ -1227,6 +1227,257 @@ int rvec_unnibble_codes(const uint8_t *data, int64_t n_data, uint8_t *out, int64
     return o == n_longs ? 0 : 4;
 }
 
+/* ---- A run of coded blocks in one call -------------------------------------------------------------
+
+   rvec_coded_blocks adds a run of a tensor's whole blocks: it takes each block's frames out of the tensor's
+   stored bytes, widens its codes, reads its escaped values and walks it (`coded`), all without returning to
+   Python, whose per-block work otherwise holds the interpreter lock while other threads add. It takes only
+   what it can read exactly as the Python reader (rvec_hub/encodings/blocks.py) does, and stops before
+   writing a block it leaves to that reader (FRAMES): a frame of another kind than rvec writes, one whose
+   declared size is not the index's, a compressed block where libzstd is not here to decompress it.
+   Raw and RLE blocks (the streams rvec stores uncompressed) are read here, by RFC 8878's framing; a
+   compressed block goes to libzstd itself, loaded at run time: the `zstandard` package takes the
+   interpreter lock for each frame it decompresses. */
+
+#define FRAMES 10 /* a status of rvec_coded_blocks: the block is left to the Python reader, nothing of it written */
+#define ZSTD_BLOCK ((int64_t)1 << 17)
+
+#ifdef __linux__
+#include <dlfcn.h>
+#include <pthread.h>
+
+/* libzstd, found at run time (only a compressed block needs it): the package links nothing beyond libc. */
+static struct {
+    void *(*create)(void);
+    size_t (*decompress)(void *, void *, size_t, const void *, size_t);
+    unsigned (*is_error)(size_t);
+    size_t (*frame_size)(const void *, size_t);
+} zstd;
+static pthread_once_t zstd_once = PTHREAD_ONCE_INIT;
+static int zstd_enabled = 1;
+static __thread void *zstd_dctx;
+
+static void zstd_load(void) {
+    void *lib = dlopen("libzstd.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (!lib)
+        return;
+    zstd.create = (void *(*)(void))dlsym(lib, "ZSTD_createDCtx");
+    zstd.decompress = (size_t(*)(void *, void *, size_t, const void *, size_t))dlsym(lib, "ZSTD_decompressDCtx");
+    zstd.is_error = (unsigned (*)(size_t))dlsym(lib, "ZSTD_isError");
+    zstd.frame_size = (size_t(*)(const void *, size_t))dlsym(lib, "ZSTD_findFrameCompressedSize");
+    if (!zstd.create || !zstd.decompress || !zstd.is_error || !zstd.frame_size)
+        zstd.create = NULL;
+}
+
+/* Whether compressed blocks are decompressed here: 1 where libzstd loads; `enable` 0 leaves them to the
+   Python reader (tests), 1 restores it, -1 only asks. */
+int rvec_zstd_frames(int enable) {
+    pthread_once(&zstd_once, zstd_load);
+    if (enable >= 0)
+        zstd_enabled = enable;
+    return zstd_enabled && zstd.create != NULL;
+}
+
+/* The whole frame [f, f + n) decompressed by libzstd into exactly `size` bytes at `out`; 0, or FRAMES. */
+static int zstd_frame(const uint8_t *f, int64_t n, uint8_t *out, int64_t size) {
+    if (!rvec_zstd_frames(-1))
+        return FRAMES;
+    if (!zstd_dctx && !(zstd_dctx = zstd.create()))
+        return FRAMES;
+    const size_t used = zstd.frame_size(f, (size_t)n);
+    if (zstd.is_error(used) || used != (size_t)n) /* one frame, nothing after it */
+        return FRAMES;
+    const size_t got = zstd.decompress(zstd_dctx, out, (size_t)size, f, (size_t)n);
+    return zstd.is_error(got) || got != (size_t)size ? FRAMES : 0;
+}
+#else
+int rvec_zstd_frames(int enable) {
+    (void)enable;
+    return 0;
+}
+static int zstd_frame(const uint8_t *f, int64_t n, uint8_t *out, int64_t size) {
+    (void)f, (void)n, (void)out, (void)size;
+    return FRAMES;
+}
+#endif
+
+struct scratch {
+    uint8_t *p;
+    int64_t size;
+};
+
+/* A thread's buffer of at least `n` bytes, kept from call to call; NULL where it cannot grow. */
+static uint8_t *room(struct scratch *s, int64_t n) {
+    if (n > s->size) {
+        uint8_t *grown = realloc(s->p, (size_t)(n > 0 ? n : 1));
+        if (!grown)
+            return NULL;
+        s->p = grown;
+        s->size = n;
+    }
+    return s->p;
+}
+
+static __thread struct scratch frame_room[3], widened_room, escaped_room;
+
+/* One stream's zstd frame [f, f + n) (RFC 8878), holding `want` bytes, or with `at_most` up to `want`:
+   *out points at them (into the frame where it is one raw block, else into `s`) and *got is their count.
+   0; FRAMES where the frame is not one this reader takes (a dictionary, no declared size, more than it
+   may hold, anything after its last block, a compressed block without libzstd); NO_MEMORY. */
+static int unframe(const uint8_t *f, int64_t n, int64_t want, int at_most, struct scratch *s, const uint8_t **out, int64_t *got) {
+    *out = f, *got = 0;
+    if (n == 0)
+        return want == 0 ? 0 : FRAMES;
+    if (n < 6 || f[0] != 0x28 || f[1] != 0xB5 || f[2] != 0x2F || f[3] != 0xFD)
+        return FRAMES;
+    const uint8_t fhd = f[4];
+    const int single = fhd >> 5 & 1, checksum = fhd >> 2 & 1, flag = fhd >> 6;
+    if (fhd & 0x0B) /* reserved bit, dictionary */
+        return FRAMES;
+    static const int fcs_bytes[2][4] = {{0, 2, 4, 8}, {1, 2, 4, 8}};
+    int64_t at = 5 + !single;
+    const int nb = fcs_bytes[single][flag];
+    if (nb == 0 || at + nb > n)
+        return FRAMES;
+    uint64_t declared = 0;
+    for (int i = 0; i < nb; i++)
+        declared |= (uint64_t)f[at + i] << (8 * i);
+    if (nb == 2)
+        declared += 256;
+    at += nb;
+    if (declared > (uint64_t)want || (!at_most && declared != (uint64_t)want))
+        return FRAMES;
+    const int64_t size = (int64_t)declared;
+    *got = size;
+    /* The blocks: raw ones are read here, one raw block in place; any compressed block, the whole frame by libzstd. */
+    int64_t filled = 0, first_raw = -1, blocks = 0;
+    for (;;) {
+        if (at + 3 > n)
+            return FRAMES;
+        const uint32_t h = (uint32_t)f[at] | (uint32_t)f[at + 1] << 8 | (uint32_t)f[at + 2] << 16;
+        const int last = h & 1, type = h >> 1 & 3;
+        const int64_t length = h >> 3;
+        at += 3;
+        if (type == 2 || type == 3 || checksum) {
+            uint8_t *buf = room(s, size);
+            if (!buf)
+                return NO_MEMORY;
+            *out = buf;
+            return type == 3 ? FRAMES : zstd_frame(f, n, buf, size);
+        }
+        if (length > ZSTD_BLOCK || filled + length > size || (type == 0 && at + length > n) || (type == 1 && at + 1 > n))
+            return FRAMES;
+        if (type == 0 && blocks == 0)
+            first_raw = at;
+        blocks++;
+        filled += length;
+        at += type == 0 ? length : 1;
+        if (last)
+            break;
+    }
+    if (at != n || filled != size)
+        return FRAMES;
+    if (blocks == 1 && first_raw >= 0) {
+        *out = f + first_raw;
+        return 0;
+    }
+    uint8_t *buf = room(s, size);
+    if (!buf)
+        return NO_MEMORY;
+    *out = buf;
+    at = 5 + !single + nb;
+    for (int64_t o = 0; o < size;) { /* the blocks again, checked above */
+        const uint32_t h = (uint32_t)f[at] | (uint32_t)f[at + 1] << 8 | (uint32_t)f[at + 2] << 16;
+        const int64_t length = h >> 3;
+        if ((h >> 1 & 3) == 0)
+            memcpy(buf + o, f + at + 3, (size_t)length);
+        else
+            memset(buf + o, f[at + 3], (size_t)length);
+        o += length;
+        at += 3 + ((h >> 1 & 3) == 0 ? length : 1);
+    }
+    return 0;
+}
+
+/* Add the run of whole coded blocks index[0 .. n_blocks) (seven int64 each, as blocks.py lays them out) of one
+   tensor with `cols` columns whose first block starts at row `first_row`: `data` holds the tensor's stored
+   bytes from its byte `data_at` on, up to the run's last frame. A code is `bits` wide: 8 a byte each, 1, 2
+   or 4 packed into bytes (`quantized`), 4 with `nibbles` `packed`'s nibbles (a long code whole after them);
+   `escape_bytes` 2 (bf16 byte planes) or 4 (float32), 0 for an encoding without escapes
+   (`scales` then one float32 per row of the tensor, or NULL). `out` (and `source`, or NULL) hold the run's
+   rows. Returns the status of `coded` (the first block that is corrupt, NO_MEMORY, or BAD_VALUE after the
+   whole run) or FRAMES, with *done the blocks added before it; sums as `coded`'s, over the blocks done. */
+CLONES int rvec_coded_blocks(const uint8_t *data, int64_t n_data, int64_t data_at, const int64_t *index, int64_t n_blocks,
+                             int64_t first_row, int64_t cols, int bitmask, int bits, int nibbles, int escape_bytes, const float *table,
+                             int64_t n_table, const float *scales, uint16_t *out, const uint16_t *source, float alpha,
+                             float *sums, int64_t *done) {
+    float err = 0.0f, norm = 0.0f;
+    int bad = 0;
+    int64_t first = first_row, begin = data_at;
+    *done = 0;
+    sums[0] = sums[1] = 0.0f;
+    if ((escape_bytes != 0 && escape_bytes != 2 && escape_bytes != 4) || (bits != 8 && bits != 4 && bits != 2 && bits != 1) || (nibbles && bits != 4))
+        return FRAMES;
+    for (int64_t b = 0; b < n_blocks; b++) {
+        const int64_t *row = index + 7 * b;
+        const int64_t last = row[0], count = row[1], escapes = row[2], position_bytes = row[3];
+        const int64_t end_positions = row[4], end_codes = row[5], end_escapes = row[6];
+        if (!(begin <= end_positions && end_positions <= end_codes && end_codes <= end_escapes && end_escapes - data_at <= n_data) ||
+            last <= first || (escape_bytes == 0 && (escapes || end_escapes != end_codes)))
+            return FRAMES; /* the index was checked before; the Python reader names anything else */
+        const uint8_t *positions, *codes, *planes;
+        int64_t n_positions, n_codes, n_planes;
+        int status = unframe(data + (begin - data_at), end_positions - begin, position_bytes, 0, &frame_room[0], &positions, &n_positions);
+        if (status)
+            return status;
+        const int64_t code_bytes = nibbles ? count + (count + 1) / 2 : (count * bits + 7) / 8; /* nibbles: at most */
+        status = unframe(data + (end_positions - data_at), end_codes - end_positions, code_bytes, nibbles, &frame_room[1], &codes, &n_codes);
+        if (status)
+            return status;
+        if (bits != 8) {
+            uint8_t *wide = room(&widened_room, count);
+            if (!wide)
+                return NO_MEMORY;
+            status = nibbles ? rvec_unnibble_codes(codes, n_codes, wide, count) : rvec_unpack_codes(codes, n_codes, bits, wide, count);
+            if (status)
+                return FRAMES;
+            codes = wide;
+            n_codes = count;
+        }
+        status = unframe(data + (end_codes - data_at), end_escapes - end_codes, escapes * escape_bytes, 0, &frame_room[2], &planes, &n_planes);
+        if (status)
+            return status;
+        float *escaped = NULL;
+        if (escape_bytes) {
+            escaped = (float *)room(&escaped_room, escapes * (int64_t)sizeof(float));
+            if (!escaped)
+                return NO_MEMORY;
+            for (int64_t i = 0; i < escapes; i++) { /* byte planes, least significant first */
+                uint32_t bits = escape_bytes == 2 ? (uint32_t)planes[i] << 16 | (uint32_t)planes[escapes + i] << 24
+                                                  : (uint32_t)planes[i] | (uint32_t)planes[escapes + i] << 8 |
+                                                        (uint32_t)planes[2 * escapes + i] << 16 | (uint32_t)planes[3 * escapes + i] << 24;
+                memcpy(escaped + i, &bits, sizeof bits);
+            }
+        }
+        const int64_t at = (first - first_row) * cols, n = (last - first) * cols;
+        float block_sums[2];
+        status = coded(positions, n_positions, bitmask, codes, n_codes, table, n_table, escaped, escapes, escape_bytes != 0,
+                       scales ? scales + first : NULL, scales ? last - first : 0, cols, out + at, source ? source + at : out + at, n,
+                       alpha, block_sums, 1);
+        if (status && status != BAD_VALUE)
+            return status;
+        bad |= status == BAD_VALUE;
+        err += block_sums[0];
+        norm += block_sums[1];
+        sums[0] = err;
+        sums[1] = norm;
+        *done = b + 1;
+        first = last;
+        begin = end_escapes;
+    }
+    return bad ? BAD_VALUE : 0;
+}
+
 #ifdef __linux__
 #include <errno.h>
 #include <sys/mman.h>

@@ -34,6 +34,8 @@ for _name, _args in {
     "rvec_unpack_codes": [_P, _N, _I, _P, _N],
     "rvec_unnibble_codes": [_P, _N, _P, _N],
     "rvec_populate": [_P, _N],
+    "rvec_coded_blocks": [_P, _N, _N, _P, _N, _N, _N, _I, _I, _I, _I, _P, _N, _P, _P, _P, _F, _P, _P],
+    "rvec_zstd_frames": [_I],
 }.items():
     getattr(_lib, _name).argtypes = _args
     getattr(_lib, _name).restype = _I
@@ -43,6 +45,7 @@ _lib.rvec_last_walk.argtypes = []
 _lib.rvec_last_walk.restype = _I
 _NONE = np.zeros(0, dtype=np.float32)
 _NO_MEMORY = 9  # a status of `coded`: its buffer could not be allocated (as in _ckernels.c)
+FRAMES = 10  # a status of `coded_blocks`: a block left to the Python reader, nothing of it written
 
 
 _TORCH = {np.uint8: torch.uint8, np.uint16: torch.bfloat16, np.float32: torch.float32, np.int64: torch.int64}
@@ -144,6 +147,43 @@ def coded(
     if status == _NO_MEMORY:
         raise MemoryError(f"no memory for the {n_codes} values of a coded block")
     return _result(status, sums)
+
+
+def coded_blocks(
+    data: Any, data_at: int, index: np.ndarray, first_row: int, cols: int, bitmask: bool, bits: int, nibbles: bool,
+    escape_bytes: int, table: Any, scales: Any | None, out: Any, source: Any | None, alpha: float,
+) -> tuple[int, float, float, int]:
+    """A run of one tensor's whole coded blocks added in one call, frames, codes and escaped values read in C
+    (`rvec_coded_blocks`): `data` (uint8) holds the tensor's stored bytes from its byte `data_at` to the
+    end of the run's last frame, `index` (int64, blocks × 7) the run's rows of the block index, the first
+    block starting at row `first_row`; `out` and `source` (bf16, or None to add in place) hold the run's rows.
+    Codes are `bits` wide (8 a byte, 1, 2 or 4 bit-packed; 4 with `nibbles`, `packed`'s nibbles); escaped
+    values `escape_bytes` wide (2 bf16, 4 float32; 0 none, `scales` then one float32 per row of the tensor).
+
+    Returns (status, error², ‖α·Δ‖², blocks done): status 0, `fused.BAD_VALUE`, a `coded` status naming
+    the first block not done as corrupt, or FRAMES where that block is left to the Python reader.
+    """
+    if index.dtype != np.int64 or not index.flags.c_contiguous or index.ndim != 2 or index.shape[1] != 7:
+        raise ValueError(f"a block index of {index.dtype} {tuple(index.shape)}, expected contiguous int64 rows of 7")
+    last = int(index[-1, 0]) if index.size else first_row
+    n = (last - first_row) * cols
+    if _size(out) != n or (source is not None and _size(source) != n) or (scales is not None and _size(scales) < last):
+        raise ValueError(f"{_size(out)} weights for rows {first_row}-{last} of {cols}")
+    sums, done = _SUMS(), ctypes.c_int64()
+    status = _lib.rvec_coded_blocks(
+        _at(data, np.uint8), _size(data), data_at, _at(index, np.int64), index.shape[0], first_row, cols, bitmask, bits, nibbles,
+        escape_bytes, _at(table, np.float32), _size(table), None if scales is None else _at(scales, np.float32), _at(out, np.uint16),
+        None if source is None else _at(source, np.uint16), alpha, sums, ctypes.byref(done),
+    )
+    if status == _NO_MEMORY:
+        raise MemoryError("no memory for the streams of a coded block")
+    return (*_result(status, sums), done.value)
+
+
+def zstd_frames(enable: bool | None = None) -> bool:
+    """Whether `coded_blocks` decompresses zstd-compressed blocks itself (libzstd found at run time); `enable`
+    False leaves them to the Python reader (tests), True restores it."""
+    return bool(_lib.rvec_zstd_frames(-1 if enable is None else int(enable)))
 
 
 WALKS = ("scalar", "vector", "gathered")  # the bitmask walks, each allowing the ones before it

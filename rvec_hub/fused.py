@@ -169,6 +169,23 @@ def add_coded(
     return _kernels()["coded"](positions, codes, table, escaped, scales, cols, rows, alpha, bitmask, base)
 
 
+def add_coded_run(
+    data: torch.Tensor, data_at: int, index: np.ndarray, first_row: int, cols: int, bitmask: bool, layout: Any,
+    table: torch.Tensor, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None,
+) -> tuple[int, float, float, int]:
+    """rows ← bf16(rows + α·Δ) (with `base`, bf16(base + α·Δ)) for a run of whole packed or quantized blocks,
+    in one call that reads their frames itself (`_kernels.coded_blocks`; `layout` a `blocks.Layout`).
+
+    Returns:
+        (status, rounding error², ‖α·Δ‖², blocks done): the sums cover the blocks done; a status other than
+        0 and BAD_VALUE means the block after them is left to the block-by-block walk, which names what is
+        wrong with it or reads the frames this call does not.
+    """
+    return _kernels()["blocks"](
+        data, data_at, index, first_row, cols, bitmask, layout.bits, layout.nibbles, layout.escape_bytes, table, layout.scales, rows, base, alpha,
+    )
+
+
 def populate(out: torch.Tensor) -> None:
     """Fault in the pages of `out` (contiguous, on the CPU) in one call before the kernels write it: in a fresh
     process, where a server's parameters are new memory, the kernels' first write to each page otherwise
@@ -191,4 +208,5 @@ def _kernels() -> dict[str, Any] | None:
         from . import _kernels as compiled
     except ImportError:  # installed without the compiled part
         return None
-    return {"dense": compiled.dense, "coded": compiled.coded, "indexed": compiled.indexed, "lowrank": compiled.lowrank, "populate": compiled.populate}
+    return {"dense": compiled.dense, "coded": compiled.coded, "indexed": compiled.indexed, "lowrank": compiled.lowrank, "populate": compiled.populate,
+            "blocks": compiled.coded_blocks}

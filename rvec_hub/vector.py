@@ -180,6 +180,11 @@ class Vector:
         """Rows of one stored payload tensor."""
         return self._files[self._owner[key]].read_rows(key, start, stop)
 
+    def map(self, key: str, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """`read` as a private mapping of the file's pages instead of a copy, for rows read once
+        (`SafetensorsFile.map_rows`)."""
+        return self._files[self._owner[key]].map_rows(key, start, stop)
+
     def shape(self, key: str) -> tuple[int, ...]:
         """Shape of one stored payload tensor."""
         return self._files[self._owner[key]].tensors[key].shape
@@ -235,7 +240,7 @@ class Vector:
         if reads is None:
             return self
         # Mapped, not copied: these rows are read once, by the add (`SafetensorsFile.map_rows`).
-        return _Staged(self, {(key, lo, hi): self._files[self._owner[key]].map_rows(key, lo, hi) for key, lo, hi in reads(entry, start, stop)})
+        return _Staged(self, {(key, lo, hi): self.map(key, lo, hi) for key, lo, hi in reads(entry, start, stop)})
 
     def decode(self, name: str) -> torch.Tensor:
         """The whole delta for `name`, in float32."""

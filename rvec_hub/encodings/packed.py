@@ -26,6 +26,7 @@ from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored, storage_dtype
 from .blocks import (
     ESCAPE,
+    Layout,
     Streams,
     _unzstd,
     add_blocks,
@@ -215,7 +216,16 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
 
 
 def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
-    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams, base)
+    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams, base, _layout)
+
+
+def _layout(entry: TensorEntry, payload: Payload) -> Layout | None:
+    """The compiled run's view of the tensor's blocks; None for values neither bf16 nor float32."""
+    escape_bytes = {torch.bfloat16: 2, torch.float32: 4}.get(storage_dtype(entry))
+    if escape_bytes is None:
+        return None
+    nibbles = entry.params.get("codes") == "nibbles"
+    return Layout(bits=4 if nibbles else 8, nibbles=nibbles, escape_bytes=escape_bytes)
 
 
 def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:

@@ -33,7 +33,7 @@ from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .blocks import Streams, _memo, _unzstd, add_blocks, as_rows, decode_blocks, frames_of, is_bitmask, position_coding, position_problems, split_entries
+from .blocks import Layout, Streams, _memo, _unzstd, add_blocks, as_rows, decode_blocks, frames_of, is_bitmask, position_coding, position_problems, split_entries
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
@@ -198,7 +198,12 @@ def _decode_rows(entry: TensorEntry, payload: Payload, start: int, stop: int) ->
 
 
 def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float]:
-    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams, base)
+    return add_blocks(entry, payload, start, stop, rows, alpha, _table, _streams, base, _layout)
+
+
+def _layout(entry: TensorEntry, payload: Payload) -> Layout:
+    """The compiled run's view of the tensor's blocks: its code width and checked row scales."""
+    return Layout(bits=_slot(entry), scales=_memo(payload, ("scales", entry.name), lambda: _row_scales(entry, payload)))
 
 
 def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
