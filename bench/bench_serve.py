@@ -233,7 +233,9 @@ def _weights(files: list[str], opened: list, kept: list, seconds: list[float]):
 
 def _merge_split(files: list[str], opened: list, params: dict) -> dict[str, float]:
     """One more single-threaded load under cProfile: the merge's time by what the core does. In the
-    fused path decoding, adding and casting are one pass; the profile separates what can be separated."""
+    fused path decoding, adding and casting are one pass; the profile separates what can be separated. A
+    packed or quantized run of blocks reads its frames inside the kernel call, from a mapping of the
+    vector's pages (zstd's compressed blocks too, through libzstd), so those reads count as the kernels'."""
     import cProfile
     import pstats
 
