@@ -1,3 +1,3 @@
 """The rvec version, written into every manifest."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0.dev0"

@@ -161,6 +161,23 @@ def test_parse_size_rejects_nonsense() -> None:
         parse_size("two hundred")
 
 
+def test_a_vector_names_a_later_rvec_than_0_1_0_which_cannot_read_its_encodings(vector_dir, tmp_path) -> None:
+    """rvec 0.1.0 refuses `packed`, which it lacks, naming the writer's recorded version as the one to upgrade
+    to: that must be a later version, and the installed package's own."""
+    from importlib.metadata import version
+
+    from packaging.version import Version
+
+    from rvec_hub import __version__
+    from rvec_hub.compress import compress
+
+    compress(Vector.open(vector_dir), tmp_path / "packed", method="sparse", device="cpu", quiet=True)
+    manifest = json.loads((tmp_path / "packed" / "rvec.json").read_text())
+    assert any(t["encoding"] == "packed" for t in manifest["tensors"])
+    assert manifest["rvec_version"] == __version__ == version("rvec")
+    assert Version(manifest["rvec_version"]) > Version("0.1.0")
+
+
 def test_reader_names_the_rvec_version_an_unknown_encoding_needs(vector_dir, tmp_path) -> None:
     import shutil
 
