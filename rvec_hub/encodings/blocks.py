@@ -267,7 +267,7 @@ def _add_run(
     cols: int, flat: torch.Tensor, source: torch.Tensor | None, start: int, alpha: float,
 ) -> tuple[int, float, float, int]:
     """Whole blocks `spans` (consecutive) added by one compiled call, their frames read from a mapping of
-    their bytes; (status, error², ‖α·Δ‖², blocks done), nothing done where the kernels are not built."""
+    their bytes (a copy for a payload that does not map); (status, error², ‖α·Δ‖², blocks done)."""
     first, begin, last, end = spans[0][1], spans[0][2], spans[-1][0][0], spans[-1][0][6]
     reader = getattr(payload, "map", payload.read)  # a vector maps its file's pages; other payloads copy
     data = reader(entry.keys["data"], begin, end)
