@@ -141,3 +141,45 @@ def test_signal_during_pull_leaves_nothing(medium, url, tmp_path, signum, code):
     result = _interrupt(["pull", "alice/medium@1.0.0", "-o", str(out), "-q"], blobs, "*.incomplete", signum, env)
     _clean_exit(result, code)
     _no_leftovers(tmp_path, "pulled")
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_an_interrupt_python_drops_still_keeps_the_output_out_of_place(family, vector_dir, tmp_path, monkeypatch, capsys):
+    """Python drops an exception a signal handler raises inside a callback it ignores errors of (here a weak
+    reference's; in the wild the import system's module-lock clean-up): the run goes on, but its output is
+    not put in place, and it exits as interrupted."""
+    import weakref
+    from contextlib import contextmanager
+
+    from rvec_hub import apply as apply_module
+    from rvec_hub.cli._errors import run_cli
+    from rvec_hub.cli.main import cli
+
+    threads = apply_module.streaming_threads
+    dropped, went_on = [], []
+
+    @contextmanager
+    def interrupted_in_a_callback():
+        class Held:
+            pass
+
+        def callback(_):
+            os.kill(os.getpid(), signal.SIGINT)  # the handler runs inside this callback, at the sleep
+            time.sleep(0.05)
+            dropped.append(True)  # not reached: the interrupt ends the callback
+
+        held = Held()
+        ref = weakref.ref(held, callback)
+        del held
+        went_on.append(True)  # reached: the interrupt did not leave the callback
+        with threads():
+            yield
+        del ref
+
+    monkeypatch.setattr(apply_module, "streaming_threads", interrupted_in_a_callback)
+    out = tmp_path / "out"
+    assert run_cli(cli, ["apply", str(vector_dir), "--base", str(family["instruct"]), "-o", str(out), "-q"]) == 130
+    assert not out.exists() and not list(tmp_path.glob(".out.rvec-tmp-*"))
+    assert dropped == [] and went_on == [True]  # Python dropped the KeyboardInterrupt, and the run went on
+    assert "error: interrupted" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the CLI's handler is gone again

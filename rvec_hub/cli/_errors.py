@@ -9,6 +9,7 @@ import threading
 import click
 
 from ..errors import RvecError
+from ..io.atomic import forget_signals, record_signal
 from ..redact import redact
 
 
@@ -17,21 +18,43 @@ class Terminated(KeyboardInterrupt):
 
 
 def _terminate(signum: int, frame: object) -> None:
+    record_signal(signum)
     raise Terminated
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    record_signal(signum)
+    raise KeyboardInterrupt
 
 
 def run_cli(group: click.Group, args: list[str] | None = None) -> int:
     """Run the CLI group; user mistakes print one line, RVEC_DEBUG=1 shows tracebacks.
 
-    SIGINT exits 130 and SIGTERM 143, after outputs in progress are removed.
+    SIGINT exits 130 and SIGTERM 143, after outputs in progress are removed. Each signal is also recorded
+    (`io.atomic.record_signal`): where Python drops the exception it raised, the output is still not put in
+    place, and the command exits as interrupted when it comes to rename it.
     """
     on_main = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if on_main else None
+    previous: dict[int, object] = {}
+    if on_main:
+        previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, _terminate)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where the shell had it ignored
+            previous[signal.SIGINT] = signal.signal(signal.SIGINT, _interrupt)
+    forget_signals()
     try:
         return _run(group, args)
     finally:
-        if on_main:
-            signal.signal(signal.SIGTERM, previous)
+        forget_signals()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _interrupted(cause: BaseException | None) -> int:
+    if isinstance(cause, Terminated):
+        click.echo("error: terminated; no partial output was left behind", err=True)
+        return 143
+    click.echo("error: interrupted; no partial output was left behind" if cause is not None else "error: aborted", err=True)
+    return 130
 
 
 def _run(group: click.Group, args: list[str] | None) -> int:
@@ -47,12 +70,7 @@ def _run(group: click.Group, args: list[str] | None) -> int:
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         # click turns an interrupt inside a command into Abort, keeping the interrupt as its cause.
-        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc
-        if isinstance(cause, Terminated):
-            click.echo("error: terminated; no partial output was left behind", err=True)
-            return 143
-        click.echo("error: interrupted; no partial output was left behind" if cause is not None else "error: aborted", err=True)
-        return 130
+        return _interrupted(exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc)
     except RvecError as exc:
         if debug:
             raise

@@ -20,6 +20,35 @@ from pathlib import Path
 from ..errors import OutputExistsError, UsageError
 
 _HELD = (signal.SIGINT, signal.SIGTERM)
+_ARRIVED: list[int] = []  # signals the CLI's handlers saw (`record_signal`)
+
+
+def record_signal(signum: int) -> None:
+    """Note that `signum` arrived, from a handler that then raises. Python drops an exception raised where it
+    ignores errors (a weak reference's callback, the import system's clean-up of a module lock) and the run
+    would go on as if never interrupted: an output is not put in place after a recorded signal
+    (`replace_directory`), and the CLI exits as interrupted."""
+    _ARRIVED.append(signum)
+
+
+def recorded_signal() -> int | None:
+    """The first signal recorded since `forget_signals`, or None."""
+    return _ARRIVED[0] if _ARRIVED else None
+
+
+def forget_signals() -> None:
+    """Clear the record (the CLI does at the start and end of each command)."""
+    _ARRIVED.clear()
+
+
+def _act_on_recorded_signal() -> None:
+    """Raise what the recorded signal's handler raises, as if it had arrived now."""
+    signum = recorded_signal()
+    if signum is not None:
+        handler = signal.getsignal(signum)
+        if callable(handler):
+            handler(signum, None)
+        raise KeyboardInterrupt
 
 
 def refuse_overlap(target: str | Path, inputs: Iterable[str | Path | None]) -> None:
@@ -99,8 +128,10 @@ def atomic_directory(target: Path, *, force: bool = False, inputs: Iterable[str 
 def replace_directory(source: Path, target: Path) -> None:
     """Rename a finished `source` to `target`; an existing `target` is removed only after the swap.
 
-    If the swap fails, the old `target` is put back; no `.NAME.rvec-old-*` survives either way.
+    If the swap fails, the old `target` is put back; no `.NAME.rvec-old-*` survives either way. After a
+    recorded signal (`record_signal`) nothing is renamed: the signal's exception is raised instead.
     """
+    _act_on_recorded_signal()
     with signals_held():
         if not (target.exists() or target.is_symlink()):
             os.replace(source, target)
