@@ -1349,9 +1349,10 @@ static int unframe(const uint8_t *f, int64_t n, int64_t want, int at_most, struc
         return FRAMES;
     const int64_t size = (int64_t)declared;
     *got = size;
-    /* The blocks: raw ones are read here, one raw block in place; any compressed block, the whole frame by libzstd. */
-    int64_t filled = 0, first_raw = -1, blocks = 0;
-    for (;;) {
+    /* The blocks: raw and RLE ones are read here, a frame of one raw block in place; a compressed block (or a
+       checksum), the whole frame by libzstd. */
+    uint8_t *buf = NULL;
+    for (int64_t filled = 0, blocks = 0;; blocks++) {
         if (at + 3 > n)
             return FRAMES;
         const uint32_t h = (uint32_t)f[at] | (uint32_t)f[at + 1] << 8 | (uint32_t)f[at + 2] << 16;
@@ -1359,44 +1360,34 @@ static int unframe(const uint8_t *f, int64_t n, int64_t want, int at_most, struc
         const int64_t length = h >> 3;
         at += 3;
         if (type == 2 || type == 3 || checksum) {
-            uint8_t *buf = room(s, size);
-            if (!buf)
+            if (!buf && !(buf = room(s, size)))
                 return NO_MEMORY;
             *out = buf;
             return type == 3 ? FRAMES : zstd_frame(f, n, buf, size);
         }
         if (length > ZSTD_BLOCK || filled + length > size || (type == 0 && at + length > n) || (type == 1 && at + 1 > n))
             return FRAMES;
-        if (type == 0 && blocks == 0)
-            first_raw = at;
-        blocks++;
+        if (type == 0 && last && blocks == 0) {
+            if (at + length != n || length != size)
+                return FRAMES;
+            *out = f + at;
+            return 0;
+        }
+        if (!buf && !(buf = room(s, size)))
+            return NO_MEMORY;
+        if (type == 0)
+            memcpy(buf + filled, f + at, (size_t)length);
+        else
+            memset(buf + filled, f[at], (size_t)length);
         filled += length;
         at += type == 0 ? length : 1;
-        if (last)
-            break;
+        if (last) {
+            if (at != n || filled != size)
+                return FRAMES;
+            *out = buf;
+            return 0;
+        }
     }
-    if (at != n || filled != size)
-        return FRAMES;
-    if (blocks == 1 && first_raw >= 0) {
-        *out = f + first_raw;
-        return 0;
-    }
-    uint8_t *buf = room(s, size);
-    if (!buf)
-        return NO_MEMORY;
-    *out = buf;
-    at = 5 + !single + nb;
-    for (int64_t o = 0; o < size;) { /* the blocks again, checked above */
-        const uint32_t h = (uint32_t)f[at] | (uint32_t)f[at + 1] << 8 | (uint32_t)f[at + 2] << 16;
-        const int64_t length = h >> 3;
-        if ((h >> 1 & 3) == 0)
-            memcpy(buf + o, f + at + 3, (size_t)length);
-        else
-            memset(buf + o, f[at + 3], (size_t)length);
-        o += length;
-        at += 3 + ((h >> 1 & 3) == 0 ? length : 1);
-    }
-    return 0;
 }
 
 /* Add the run of whole coded blocks index[0 .. n_blocks) (seven int64 each, as blocks.py lays them out) of one

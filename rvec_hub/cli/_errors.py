@@ -49,14 +49,6 @@ def run_cli(group: click.Group, args: list[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
-def _interrupted(cause: BaseException | None) -> int:
-    if isinstance(cause, Terminated):
-        click.echo("error: terminated; no partial output was left behind", err=True)
-        return 143
-    click.echo("error: interrupted; no partial output was left behind" if cause is not None else "error: aborted", err=True)
-    return 130
-
-
 def _run(group: click.Group, args: list[str] | None) -> int:
     debug = os.environ.get("RVEC_DEBUG") == "1"
     try:
@@ -70,7 +62,12 @@ def _run(group: click.Group, args: list[str] | None) -> int:
         return exc.exit_code
     except (click.exceptions.Abort, KeyboardInterrupt) as exc:
         # click turns an interrupt inside a command into Abort, keeping the interrupt as its cause.
-        return _interrupted(exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc)
+        cause = exc.__cause__ if isinstance(exc, click.exceptions.Abort) else exc
+        if isinstance(cause, Terminated):
+            click.echo("error: terminated; no partial output was left behind", err=True)
+            return 143
+        click.echo("error: interrupted; no partial output was left behind" if cause is not None else "error: aborted", err=True)
+        return 130
     except RvecError as exc:
         if debug:
             raise

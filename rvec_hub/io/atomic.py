@@ -31,20 +31,15 @@ def record_signal(signum: int) -> None:
     _ARRIVED.append(signum)
 
 
-def recorded_signal() -> int | None:
-    """The first signal recorded since `forget_signals`, or None."""
-    return _ARRIVED[0] if _ARRIVED else None
-
-
 def forget_signals() -> None:
     """Clear the record (the CLI does at the start and end of each command)."""
     _ARRIVED.clear()
 
 
 def _act_on_recorded_signal() -> None:
-    """Raise what the recorded signal's handler raises, as if it had arrived now."""
-    signum = recorded_signal()
-    if signum is not None:
+    """Raise what the first signal recorded since `forget_signals` has its handler raise, as if it had arrived now."""
+    if _ARRIVED:
+        signum = _ARRIVED[0]
         handler = signal.getsignal(signum)
         if callable(handler):
             handler(signum, None)
