@@ -103,6 +103,19 @@ def evict_cache(*paths: Path) -> None:
                 os.close(fd)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo): this project's machines are of more than one make."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def log_line(text: str) -> None:
     """A progress line on stderr, flushed at once."""
     print(text, file=sys.stderr, flush=True)

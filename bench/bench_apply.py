@@ -34,7 +34,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import Measurement, donor_family, log_line, measure, warm_cache  # noqa: E402
+from _measure import Measurement, cpu_model, donor_family, log_line, measure, warm_cache  # noqa: E402
 from _reference import compare_to_reference  # noqa: E402
 
 from rvec_hub.synthetic import QWEN25_05B, QWEN25_15B, TINY, Shapes  # noqa: E402
@@ -167,6 +167,7 @@ def _environment(mergekit_bin: Path) -> dict:
     return {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.machine(),
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "loadavg_at_start": os.getloadavg(),

@@ -43,7 +43,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _measure import donor_family, log_line, measure, warm_cache  # noqa: E402
+from _measure import cpu_model, donor_family, log_line, measure, warm_cache  # noqa: E402
 
 from rvec_hub import Vector  # noqa: E402
 from rvec_hub.arith import row_chunks  # noqa: E402
@@ -301,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     results["environment"] = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "torch_threads": 1,
         "loadavg_at_start": load_start,
         "loadavg_at_end": os.getloadavg(),
@@ -328,16 +328,6 @@ def _version(package: str) -> str | None:
         return version(package)
     except PackageNotFoundError:
         return None
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
 import torch  # noqa: E402
-from _measure import CommandFailed, log_line, measure, save_size_error_plot, size_error_axes, warm_cache  # noqa: E402
+from _measure import CommandFailed, cpu_model, log_line, measure, save_size_error_plot, size_error_axes, warm_cache  # noqa: E402
 
 from rvec_hub import Vector  # noqa: E402
 from rvec_hub.compress import Survey, Target, _packed_size, make_plans  # noqa: E402
@@ -296,13 +296,6 @@ def _busy() -> list[str]:
     return [" ".join(line.split())[:160] for line in out[1:9]]
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", default="0.5b", choices=list(SIZES), help="synthetic donors (without --reference/--tuned)")
@@ -363,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         except CommandFailed as exc:
             results["mergekit_failed"] = str(exc).splitlines()[0]
     env.update({
-        "loadavg_at_end": os.getloadavg(), "busy_at_end": _busy(), "cpus": os.cpu_count(), "cpu": _cpu_model(), "torch_threads": torch.get_num_threads(),
+        "loadavg_at_end": os.getloadavg(), "busy_at_end": _busy(), "cpus": os.cpu_count(), "cpu": cpu_model(), "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(), "torch": torch.__version__, "total_s": time.perf_counter() - start,
     })
     save()

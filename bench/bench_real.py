@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import shutil
 import sys
 import time
@@ -38,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import Measurement, log_line, measure, warm_cache  # noqa: E402
+from _measure import cpu_model, Measurement, log_line, measure, warm_cache  # noqa: E402
 from _reference import compare_to_reference  # noqa: E402
 from bench_apply import MERGEKIT_YAML, _dir_bytes, _environment, _summarise  # noqa: E402
 from bench_compress import lossless_check, matrix_errors, moved_fraction  # noqa: E402
@@ -196,13 +195,6 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []:
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _code_state() -> dict:
     """The commit measured, and the files of rvec_hub changed on top of it (the tree may be shared)."""
     import subprocess
@@ -235,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         pair = real_pair(args.recipe)
     except PairMissing as e:
         parser.error(str(e))
-    environment = {**_environment(mergekit / "mergekit-yaml"), "cpu": _cpu_model(), "code": _code_state(), "loadavg_at_start": os.getloadavg(), "recipe": args.recipe}
+    environment = {**_environment(mergekit / "mergekit-yaml"), "cpu": cpu_model(), "code": _code_state(), "loadavg_at_start": os.getloadavg(), "recipe": args.recipe}
     results = run(pair, args.work, args.repeat, mergekit)
     results["environment"] = {**environment, "loadavg_at_end": os.getloadavg(), "seconds": round(time.perf_counter() - start, 1)}
     out.parent.mkdir(parents=True, exist_ok=True)

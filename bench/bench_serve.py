@@ -38,7 +38,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import evict_cache, log_line, warm_cache  # noqa: E402
+from _measure import cpu_model, evict_cache, log_line, warm_cache  # noqa: E402
 
 from rvec_hub.synthetic import QWEN25_05B, write_family  # noqa: E402
 
@@ -368,7 +368,7 @@ def main() -> int:
     payload = {k: _du(p) for k, p in paths.items() if k != "base"}
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "machine": {"cpu_count": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform()},
         "model": "Qwen2.5-0.5B shapes (synthetic, bf16)", "engine": ENGINE, "throughput": throughput, "repeat": args.repeat,
         "target_load_overhead": TARGET_LOAD_OVERHEAD,
         "loading_repeat": args.loading_repeat,
