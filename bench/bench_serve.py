@@ -44,7 +44,7 @@ from rvec_hub.synthetic import QWEN25_05B, write_family  # noqa: E402
 
 TARGET_LOAD_OVERHEAD = 0.20
 TARGET_LOAD_S = 1.0  # weight loading of the 0.5B bench vector, every encoding
-ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 16, "gpu_memory_utilization": 0.15,
+ENGINE = {"enforce_eager": True, "max_model_len": 512, "max_num_seqs": 16, "gpu_memory_utilization": 0.3,
           "distributed_executor_backend": "uni"}
 _LOAD_RE = re.compile(r"Loading weights took ([0-9.]+) seconds")
 _CHECK_RE = re.compile(r"rvec: .* \(checked, kernels loaded, in ([0-9.]+) s\)")
