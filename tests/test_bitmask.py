@@ -18,7 +18,7 @@ try:
 except ImportError:  # installed without the compiled part: the tests that need it skip
     _kernels = None
 from rvec_hub.arith import add_rows
-from rvec_hub.encodings import ENCODINGS, blocks
+from rvec_hub.encodings import ENCODINGS, blocks, quantized
 from rvec_hub.manifest import TensorEntry
 
 from codec_common import StoredPayload, block_codes, encode_one, rl_delta, walking
@@ -230,6 +230,35 @@ def test_a_corruption_deep_in_a_long_block_is_named_whichever_walk_adds_it(walk:
         assert blocks._STATUS[fused.add_coded(base.clone(), positions, bad, table, escaped, 1.0, bitmask=True)[0]] == "uses a code outside its codebook"
     assert fused.add_coded(base.clone(), positions, codes, table, escaped[:-1], 1.0, bitmask=True)[0] == 4  # an escape code with no value left
     assert fused.add_coded(base.clone(), positions, codes[:-1], table, escaped, 1.0, bitmask=True)[0] == 2  # more entries than codes
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])  # codebooks of 4 and 16 values in one register, and one of 256
+@pytest.mark.parametrize("cols", [320, 300])  # rows of whole steps of thirty-two elements, and rows that are not
+def test_a_quantized_block_adds_as_the_general_path_and_names_its_corruptions_whichever_walk(walk: str, bits: int, cols: int) -> None:
+    delta = rl_delta(40, cols, seed=5) * torch.linspace(0.5, 4.0, 40).reshape(40, 1)  # each row its own scale
+    delta[7] = 0.0  # a row the vector leaves alone
+    entry, stored = encode_one("quantized", delta, bits=bits, rows_per_block=40)
+    assert entry.params["positions"] == "bitmask"
+    positions, packed, _ = _streams(entry, stored)
+    slot = quantized.code_slot(bits)  # the codes bit-packed, widened to a byte each
+    codes = (np.unpackbits(packed, bitorder="little").reshape(-1, slot) << np.arange(slot, dtype=np.uint8)).sum(axis=1).astype(np.uint8)
+    codes = codes[: int(stored.tensors["index"][0, 1])]
+    table = stored.tensors["table"].float().numpy()
+    scales = stored.tensors["scales"].float().numpy()
+    base = (torch.randn(40, cols, generator=torch.Generator().manual_seed(6)) * 0.02).to(torch.bfloat16)
+    base.view(-1)[::13] = -0.0  # kept where the vector has no entry
+    expected = add_rows(base.clone(), [(ENCODINGS["quantized"].decode_rows(entry, stored, 0, 40), -0.75)], torch.bfloat16)
+    for separate in (False, True):
+        rows = torch.full_like(base, 3.0) if separate else base.clone()
+        status, err_sq, norm_sq = fused.add_coded(rows, positions, codes, table, None, -0.75, scales, True, base if separate else None)
+        assert status == 0 and norm_sq > 0
+        assert _same_bits(rows, expected)
+    for at in (0, codes.size // 2, codes.size - 1) if table.size <= 200 else ():  # the first step, a middle one, the last
+        bad = codes.copy()
+        bad[at] = 200
+        assert blocks._STATUS[fused.add_coded(base.clone(), positions, bad, table, None, 1.0, scales, True)[0]] == "uses a code outside its codebook"
+    assert fused.add_coded(base.clone(), positions, codes[:-1], table, None, 1.0, scales, True)[0] == 2  # more entries than codes
+    assert fused.add_coded(base.clone(), positions, np.r_[codes, codes[:1]], table, None, 1.0, scales, True)[0] == 5  # codes left over
 
 
 def test_a_bitmask_index_of_the_wrong_size_and_an_unknown_position_coding_are_refused() -> None:
