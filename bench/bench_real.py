@@ -37,7 +37,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(BENCH))
 
-from _measure import cpu_model, Measurement, log_line, measure, warm_cache  # noqa: E402
+from _measure import Measurement, cpu_model, log_line, measure, warm_cache  # noqa: E402
 from _reference import compare_to_reference  # noqa: E402
 from bench_apply import MERGEKIT_YAML, _dir_bytes, _environment, _summarise  # noqa: E402
 from bench_compress import lossless_check, matrix_errors, moved_fraction  # noqa: E402

@@ -54,8 +54,14 @@ def encode_one(encoding: str, delta: torch.Tensor, dtype: torch.dtype = torch.bf
 
 
 def block_codes(entry: TensorEntry, frame: np.ndarray, count: int) -> np.ndarray:
-    """A `packed` block's `count` codes, a byte each, from its decompressed code frame: as stored, or widened
-    from the "nibbles" layout."""
+    """A `packed` or `quantized` block's `count` codes, a byte each, from its decompressed code frame: as
+    stored, or widened from the "nibbles" layout (`packed`) or the "bitpacked" one (`quantized`)."""
+    if entry.params.get("codes") == "bitpacked":
+        from rvec_hub.encodings.quantized import code_slot
+
+        slot = code_slot(entry.params["bits"])
+        fields = np.unpackbits(frame, bitorder="little").reshape(-1, slot)
+        return (fields << np.arange(slot, dtype=np.uint8)).sum(axis=1).astype(np.uint8)[:count]
     if entry.params.get("codes") != "nibbles":
         return frame
     from rvec_hub.encodings.packed import _unnibbled_numpy

@@ -16,7 +16,7 @@ from rvec_hub.cli.main import cli
 from rvec_hub.encodings import ENCODINGS, blocks, quantized
 from rvec_hub.manifest import load_manifest
 
-from codec_common import StoredPayload, encode_one, rl_delta, walking, without_kernels
+from codec_common import StoredPayload, block_codes, encode_one, rl_delta, walking, without_kernels
 
 CODEC = ENCODINGS["quantized"]
 _encoded = partial(encode_one, "quantized")  # (entry, payload) of one quantized tensor "w"
@@ -87,11 +87,7 @@ def _frames(entry, stored: StoredPayload) -> tuple[list[int], np.ndarray, np.nda
     data = stored.tensors["data"].numpy().tobytes()
     gaps = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[: index[4]]), dtype=np.uint8).copy()
     codes = np.frombuffer(zstandard.ZstdDecompressor().decompress(data[index[4] : index[5]]), dtype=np.uint8).copy()
-    if entry.params.get("codes") == "bitpacked":
-        slot = quantized.code_slot(entry.params["bits"])
-        codes = np.unpackbits(codes, bitorder="little").reshape(-1, slot)
-        codes = (codes << np.arange(slot, dtype=np.uint8)).sum(axis=1).astype(np.uint8)[: index[1]]
-    return index, gaps, codes
+    return index, gaps, block_codes(entry, codes, index[1])
 
 
 def _rebuilt(entry, stored: StoredPayload, gaps: np.ndarray, codes: np.ndarray, packed: np.ndarray | None = None) -> StoredPayload:
