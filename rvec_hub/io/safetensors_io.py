@@ -3,7 +3,8 @@
 Reads go through `pread` into fresh buffers, or map just the rows asked for (`map_rows`), so a pass over a
 3 GB checkpoint keeps only the rows in hand resident. Writes reserve room for the header, stream tensor bytes in order, and
 write the header last (safetensors allows trailing spaces in the header JSON). The bytes reach the file
-from a background thread, a few chunks behind, so the copy into the page cache overlaps the arithmetic.
+from a background thread, a few chunks behind, past the page cache where the file system allows
+(`rvec_hub.io.direct`), so writing overlaps the arithmetic.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ..errors import CheckpointError
+from . import direct
 
 DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -196,6 +198,8 @@ class ShardWriter:
         self._remaining = {name: (tuple(shape), dtype) for name, shape, dtype in expected}
         self._shards: list[tuple[Path, dict[str, tuple]]] = []
         self._file = None
+        self._stream: direct.Stream | None = None
+        self._stage = None
         self._entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]] = []
         self._offset = 0
         self._reserve = 0
@@ -209,7 +213,7 @@ class ShardWriter:
         if self._pending is not None:
             self._end_tensor()
         nbytes = tensor_bytes(shape, dtype)
-        if self._file is None or (self._offset and self._offset + nbytes > self.max_shard_bytes):
+        if self._stream is None or (self._offset and self._offset + nbytes > self.max_shard_bytes):
             self._close_shard()
             self._open_shard()
         self._pending = _Pending(name, dtype, tuple(shape), nbytes)
@@ -221,8 +225,8 @@ class ShardWriter:
         Args:
             chunk: the rows. Copied before this returns, because callers reuse their buffers, unless
                 `owned`: the caller hands the tensor over and leaves it alone until `written` is called.
-            written: with `owned`, called on the writer's thread once the rows are in the file (or the
-                write failed): their memory may be reused from then on.
+            written: with `owned`, called on the writer's thread once the writer holds the rows' bytes
+                (staged or in the file) or the write failed: their memory may be reused from then on.
         """
         pending = self._pending
         if chunk.dtype != pending.dtype:
@@ -230,7 +234,7 @@ class ShardWriter:
         data = chunk.contiguous().reshape(-1).view(torch.uint8).numpy()
         if not owned:
             data = data.tobytes()
-        future = self._io.submit(self._file.write, data)
+        future = self._io.submit(self._stream.write, data)
         if owned and written is not None:
             future.add_done_callback(lambda _: written())
         self._in_flight.append(future)
@@ -280,12 +284,15 @@ class ShardWriter:
 
     def _open_shard(self) -> None:
         meta = json.dumps({"__metadata__": self.metadata})[1:-1]
-        # Room for the header of every tensor that could still land in this shard, offsets at 20 digits.
+        # Room for the header of every tensor that could still land in this shard, offsets at 20 digits;
+        # the tensor bytes start at a page boundary, as writes past the page cache need.
         worst = sum(len(_header_entry(n, d, s, 10**19, 10**19)) + 1 for n, (s, d) in self._remaining.items())
-        self._reserve = (len(meta) + worst + 2 + 7) // 8 * 8 + 8
+        self._reserve = -(-(8 + len(meta) + worst + 2) // direct.ALIGN) * direct.ALIGN - 8
         path = self.directory / f".{self.prefix}-shard-{len(self._shards):05d}.partial"
-        self._file = open(path, "wb")
-        self._file.seek(8 + self._reserve)
+        self._file = open(path, "wb")  # written through its descriptor alone, by offset
+        if self._stage is None:
+            self._stage = direct.stage()
+        self._stream = direct.Stream(path, self._file.fileno(), 8 + self._reserve, self._stage)
         self._entries = []
         self._offset = 0
         self._shards.append((path, []))
@@ -295,17 +302,16 @@ class ShardWriter:
             self._in_flight.popleft().result()
 
     def _close_shard(self) -> None:
-        if self._file is None:
+        if self._stream is None:
             return
         self._drain()
+        self._stream.close()
         meta = json.dumps({"__metadata__": self.metadata})[1:-1]
         parts = [meta] + [_header_entry(*e) for e in self._entries]
         header = ("{" + ",".join(parts) + "}").encode()
         if len(header) > self._reserve or self._reserve > _MAX_HEADER:
             raise ValueError("safetensors header outgrew its reserved space")
-        self._file.seek(0)
-        self._file.write(struct.pack("<Q", self._reserve))
-        self._file.write(header + b" " * (self._reserve - len(header)))
+        direct.pwrite_all(self._file.fileno(), struct.pack("<Q", self._reserve) + header + b" " * (self._reserve - len(header)), 0)
         self._file.close()
-        self._file = None
+        self._file = self._stream = None
         self._shards[-1][1].extend(e[0] for e in self._entries)
