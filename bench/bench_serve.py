@@ -17,7 +17,9 @@ and the extra disk that route needs.
 Figures go to bench/results/serve.json and markdown tables on stdout. Work files: .bench-work/serve/.
 Each configuration reports the best of its engine starts (and their median): on a shared host slow outliers
 are other load. The configurations start in an order that turns each round, so none always follows another.
-The engines run first, before this process loads any weights itself (see `main`).
+The engines run first, before this process loads any weights itself (see `main`). Then the weight loading
+alone: in this process, round after round into the same parameters (`loading_only`), and once in each of a
+few new processes into parameters not yet touched, as an engine start loads (`fresh_loads`).
 """
 
 from __future__ import annotations
@@ -231,6 +233,66 @@ def _weights(files: list[str], opened: list, kept: list, seconds: list[float]):
     return lazily_merged_weights(weights, opened, torch.bfloat16, kept, seconds) if opened else weights
 
 
+_FRESH = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from bench_serve import load_in_new_process
+print(json.dumps(load_in_new_process(sys.argv[2], sys.argv[3] or None)))
+"""
+
+
+def fresh_loads(base: Path, vectors: dict[str, Path | None], rounds: int) -> dict[str, dict]:
+    """Weight loading as an engine start does it: in a new process, into parameters allocated and not yet
+    touched (as vLLM allocates them), so every page of them is written for the first time during the load.
+    Per configuration, over `rounds` rounds (each a new process per configuration, in an order that turns):
+    the wall time of that first load and of a second one into the same parameters right after, the merge's
+    part of each, and the minor page faults of the first (the parameters' pages and whatever else the load
+    allocates): what an engine's weight loading pays beyond the loads in process."""
+    names = list(vectors)
+    runs: dict[str, list[dict]] = {name: [] for name in names}
+    for turn in range(rounds):
+        for name in names[turn % len(names):] + names[: turn % len(names)]:
+            warm_cache(base, *([vectors[name]] if vectors[name] else []))
+            done = subprocess.run([sys.executable, "-c", _FRESH, str(BENCH), str(base), str(vectors[name] or "")],
+                                  capture_output=True, text=True, check=True)
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            log_line(f"new process, {name}: first load {runs[name][-1]['first_s']:.2f} s, again {runs[name][-1]['again_s']:.2f} s, "
+                     f"{runs[name][-1]['minor_faults']} faults")
+    out = {}
+    for name, done in runs.items():
+        out[name] = {key: {"min": min(r[key] for r in done), "median": statistics.median(r[key] for r in done)}
+                     for key in ("first_s", "first_merge_s", "again_s", "again_merge_s", "minor_faults")}
+        out[name]["runs"] = done
+    return out
+
+
+def load_in_new_process(base: str, vec: str | None) -> dict:
+    """`fresh_loads`' measurement, run in the new process: one thread, as the engine's worker loads."""
+    import resource
+
+    import torch
+
+    from rvec_hub.arith import Survival
+    from rvec_hub.io.checkpoint import open_checkpoint
+    from rvec_serving.spec import VectorSpec, open_specs
+
+    torch.set_num_threads(1)
+    files = sorted(str(p) for p in Path(base).glob("*.safetensors"))
+    params = {n: torch.empty(i.shape, dtype=torch.bfloat16) for n, i in open_checkpoint(Path(base)).tensors.items()}
+    out = {}
+    for label in ("first", "again"):
+        opened = open_specs([VectorSpec(vec, 1.0)], verify="background") if vec else []
+        faults, started, seconds = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.perf_counter(), [0.0]
+        for key, tensor in _weights(files, opened, [Survival() for _ in opened], seconds):
+            params[key].copy_(tensor)
+        out[f"{label}_s"], out[f"{label}_merge_s"] = time.perf_counter() - started, seconds[0]
+        if label == "first":
+            out["minor_faults"] = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+        for item in opened:
+            item.vector.wait_verified()
+    return out
+
+
 def _merge_split(files: list[str], opened: list, params: dict) -> dict[str, float]:
     """One more single-threaded load under cProfile: the merge's time by what the core does. In the
     fused path decoding, adding and casting are one pass; the profile separates what can be separated. A
@@ -303,6 +365,13 @@ def print_report(report: dict) -> None:
         print("|---|" + "---|" * len(parts))
         for name, split in splits.items():
             print(f"| {name} | " + " | ".join(f"{split[p]:.2f}" for p in parts) + " |")
+    fresh = report.get("fresh_process_loads")
+    if fresh:
+        print("\n| load in a new process, one thread (best / median) | first load s | its merge s | again s | its merge s | minor faults |")
+        print("|---|---|---|---|---|---|")
+        for name, r in fresh.items():
+            print(f"| {name} | " + " | ".join(f"{r[k]['min']:.2f} / {r[k]['median']:.2f}" for k in ("first_s", "first_merge_s", "again_s", "again_merge_s"))
+                  + f" | {r['minor_faults']['median']:,.0f} |")
     if not report["configs"]:
         return
     print("\n| engine (best of %d) | start-up s | weight loading s | (median) | + rvec prepare s | load vs base | tokens/s | vs base | tokens/CPU-s | vs base |" % report["repeat"])
@@ -325,6 +394,7 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64, help="Throughput: tokens generated per prompt.")
     parser.add_argument("--loading-repeat", type=int, default=5, help="Repetitions of the in-process loading measurement (0: skip it).")
     parser.add_argument("--threads", default="1,2", help="Torch thread counts for the in-process loading measurement.")
+    parser.add_argument("--fresh-rounds", type=int, default=3, help="Rounds of loads in new processes, into untouched parameters (0: skip).")
     parser.add_argument("--no-engine", action="store_true", help="Measure in-process loading only, start no engine.")
     parser.add_argument("--out", type=Path, default=BENCH / "results" / "serve.json")
     parser.add_argument("--summarize", action="store_true", help="Recompute the summary of an existing --out from its runs.")
@@ -365,6 +435,9 @@ def main() -> int:
     loading = loading_only(paths["base"], {"safetensors (base)": None, "rvec dense": paths["dense"], "rvec packed": paths["sparse"],
                                            f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized (2 bits)": paths["quantized"]},
                            args.loading_repeat, [int(t) for t in args.threads.split(",")]) if args.loading_repeat else {}
+    fresh = fresh_loads(paths["base"], {"safetensors (base)": None, "rvec dense": paths["dense"], "rvec packed": paths["sparse"],
+                                        f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized (2 bits)": paths["quantized"]},
+                        args.fresh_rounds) if args.fresh_rounds else {}
     payload = {k: _du(p) for k, p in paths.items() if k != "base"}
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -373,6 +446,7 @@ def main() -> int:
         "target_load_overhead": TARGET_LOAD_OVERHEAD,
         "loading_repeat": args.loading_repeat,
         "loading_only": loading,
+        "fresh_process_loads": fresh,
         "configs": rows,
         "offline_apply": {"apply_s": timings["apply_s"], "extra_disk_bytes": payload["applied"],
                           "base_disk_bytes": _du(paths["base"])},
