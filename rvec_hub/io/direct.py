@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import weakref
 from pathlib import Path
 
 # A page: a multiple of every logical block size in use (512 and 4096 bytes).
@@ -55,6 +56,8 @@ class Stream:
             self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT | os.O_CLOEXEC)
         except OSError:  # no O_DIRECT here: everything goes through `fd`
             self._direct = -1
+        else:  # closed once, by `close` or when a failed write abandons the stream
+            self._closer = weakref.finalize(self, os.close, self._direct)
 
     @property
     def direct(self) -> bool:
@@ -102,7 +105,7 @@ class Stream:
 
     def _stop_direct(self) -> None:
         if self._direct >= 0:
-            os.close(self._direct)
+            self._closer()
             self._direct = -1
 
 
