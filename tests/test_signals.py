@@ -143,8 +143,17 @@ def test_signal_during_pull_leaves_nothing(medium, url, tmp_path, signum, code):
     _no_leftovers(tmp_path, "pulled")
 
 
+@pytest.fixture
+def interactive_sigint():
+    """SIGINT as an interactive shell's foreground job has it (Python's default handler), also where the suite
+    itself runs as a background job, whose SIGINT the shell ignores and the CLI then leaves ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
-def test_an_interrupt_python_drops_still_keeps_the_output_out_of_place(family, vector_dir, tmp_path, monkeypatch, capsys):
+def test_an_interrupt_python_drops_still_keeps_the_output_out_of_place(family, vector_dir, tmp_path, monkeypatch, capsys, interactive_sigint):
     """Python drops an exception a signal handler raises inside a callback it ignores errors of (here a weak
     reference's; in the wild the import system's module-lock clean-up): the run goes on, but its output is
     not put in place, and it exits as interrupted."""
