@@ -2,7 +2,7 @@
 
 An output of rvec (a merged model, a vector) is gigabytes written once and read later, if at all, by
 another process. Through the page cache every 4 KB of it is a page the kernel allocates, fills and writes
-back; on a virtual machine that hands free memory back to its host, each of those pages is a fault in the
+back; on a virtual machine that hands free memory back to its host, each of those pages may be a fault in the
 host as well. Writing 3 GiB from one reused 8 MiB buffer on a 2-core AMD EPYC virtual machine took 3.7–9.1 s
 (3.6–6.1 s of it system time) through the page cache and 1.1–1.2 s (0.14–0.17 s system) with O_DIRECT.
 The cost: the file is not left in the page cache, so the first read after it comes from the disk.
