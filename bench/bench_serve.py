@@ -271,10 +271,9 @@ def load_in_new_process(base: str, vec: str | None) -> dict:
     import resource
 
     import torch
+    import vllm.model_executor.model_loader.weight_utils  # noqa: F401  imported before the timed load, not inside it
 
-    import vllm.model_executor.model_loader.weight_utils  # noqa: F401  imported here, not inside the timed load
-
-    import rvec_serving.sharded  # noqa: F401
+    import rvec_serving.sharded  # noqa: F401  likewise
     from rvec_hub.arith import Survival
     from rvec_hub.io.checkpoint import open_checkpoint
     from rvec_serving.spec import VectorSpec, open_specs
@@ -435,12 +434,10 @@ def main() -> int:
     rows = summarize(runs) if not args.no_engine else {}
     # The loads in process come after the engines: an engine started by a process that has run them loaded its
     # weights about three times slower (by hand: the base 0.34 s before, 1.06 s after; cause not located).
-    loading = loading_only(paths["base"], {"safetensors (base)": None, "rvec dense": paths["dense"], "rvec packed": paths["sparse"],
-                                           f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized (2 bits)": paths["quantized"]},
-                           args.loading_repeat, [int(t) for t in args.threads.split(",")]) if args.loading_repeat else {}
-    fresh = fresh_loads(paths["base"], {"safetensors (base)": None, "rvec dense": paths["dense"], "rvec packed": paths["sparse"],
-                                        f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized (2 bits)": paths["quantized"]},
-                        args.fresh_rounds) if args.fresh_rounds else {}
+    vectors = {"safetensors (base)": None, "rvec dense": paths["dense"], "rvec packed": paths["sparse"],
+               f"rvec lowrank r{args.rank}": paths["lowrank"], "rvec quantized (2 bits)": paths["quantized"]}
+    loading = loading_only(paths["base"], vectors, args.loading_repeat, [int(t) for t in args.threads.split(",")]) if args.loading_repeat else {}
+    fresh = fresh_loads(paths["base"], vectors, args.fresh_rounds) if args.fresh_rounds else {}
     payload = {k: _du(p) for k, p in paths.items() if k != "base"}
     report = {
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
