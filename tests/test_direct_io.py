@@ -17,8 +17,13 @@ from rvec_hub.io.safetensors_io import ShardWriter
 PIECES = [1, 4095, 4096, 3 * 4096 + 17, 10_000, 1, 2 * 8192 - 3, 123_457]
 
 
+def fcntl_flags(fd: int) -> int:
+    return fcntl.fcntl(fd, fcntl.F_GETFL)
+
+
 def _stream_out(path: Path, offset: int, stage_bytes: int = 8192) -> tuple[bytes, bool]:
-    """Write random pieces from `offset` through a two-page stage; the bytes wanted and whether O_DIRECT held."""
+    """Create `path` and write random pieces from `offset` through a two-page stage; the bytes wanted and
+    whether O_DIRECT held."""
     data = os.urandom(sum(PIECES))
     with open(path, "wb") as f:
         stream = direct.Stream(path, f.fileno(), offset, direct.stage(stage_bytes))
@@ -33,7 +38,6 @@ def _stream_out(path: Path, offset: int, stage_bytes: int = 8192) -> tuple[bytes
 
 def test_bytes_arrive_in_order_across_stage_boundaries_past_the_page_cache(tmp_path: Path) -> None:
     path = tmp_path / "out.bin"
-    path.write_bytes(b"")
     data, held = _stream_out(path, 4096)
     if not held:
         pytest.skip(f"{tmp_path} refuses O_DIRECT")
@@ -53,7 +57,6 @@ def test_a_file_system_that_refuses_o_direct_at_open_gets_every_byte_through_the
 
     monkeypatch.setattr(os, "open", refusing)
     path = tmp_path / "out.bin"
-    path.write_bytes(b"")
     data, held = _stream_out(path, 8192)
     assert not held and path.read_bytes()[8192:] == data
 
@@ -71,7 +74,6 @@ def test_a_file_system_that_refuses_the_first_direct_write_gets_it_and_the_rest_
 
     monkeypatch.setattr(os, "pwrite", refusing)
     path = tmp_path / "out.bin"
-    path.write_bytes(b"")
     data, held = _stream_out(path, 4096)
     assert calls == [4096] and not held and path.read_bytes()[4096:] == data
 
@@ -86,7 +88,6 @@ def test_a_failing_direct_write_is_raised_not_hidden(tmp_path: Path, monkeypatch
 
     monkeypatch.setattr(os, "pwrite", full)
     path = tmp_path / "out.bin"
-    path.write_bytes(b"")
     with pytest.raises(OSError) as caught:
         _stream_out(path, 0)
     if caught.value.errno != errno.ENOSPC:
@@ -117,13 +118,8 @@ def test_shards_start_their_tensor_bytes_at_a_page_and_read_back_whole(tmp_path:
     assert got.keys() == tensors.keys() and all(torch.equal(got[k], t) for k, t in tensors.items())
 
 
-def fcntl_flags(fd: int) -> int:
-    return fcntl.fcntl(fd, fcntl.F_GETFL)
-
-
 def test_an_abandoned_stream_releases_its_direct_descriptor(tmp_path: Path) -> None:
     path = tmp_path / "out.bin"
-    path.write_bytes(b"")
     before = len(os.listdir("/proc/self/fd"))
     with open(path, "wb") as f:
         stream = direct.Stream(path, f.fileno(), 0, direct.stage(8192))

@@ -199,7 +199,7 @@ class ShardWriter:
         self._shards: list[tuple[Path, dict[str, tuple]]] = []
         self._file = None
         self._stream: direct.Stream | None = None
-        self._stage = None
+        self._stage = direct.stage()  # reused by every shard; pages only where touched
         self._entries: list[tuple[str, torch.dtype, tuple[int, ...], int, int]] = []
         self._offset = 0
         self._reserve = 0
@@ -290,8 +290,6 @@ class ShardWriter:
         self._reserve = -(-(8 + len(meta) + worst + 2) // direct.ALIGN) * direct.ALIGN - 8
         path = self.directory / f".{self.prefix}-shard-{len(self._shards):05d}.partial"
         self._file = open(path, "wb")  # written through its descriptor alone, by offset
-        if self._stage is None:
-            self._stage = direct.stage()
         self._stream = direct.Stream(path, self._file.fileno(), 8 + self._reserve, self._stage)
         self._entries = []
         self._offset = 0
