@@ -77,6 +77,8 @@ static int dense_avx512(uint16_t *out, const uint16_t *source, const uint16_t *d
 static int dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta, int64_t n, float alpha, float *sums);
 static int has_avx512(void);
 static int has_bf16(void);
+static int lowrank_bf16(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
+                        float alpha, float *sums);
 #if !defined(__clang__) && __GNUC__ >= 11 /* AMX intrinsics */
 #define AMX_KERNELS
 static int lowrank_amx(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
@@ -97,14 +99,18 @@ int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta
     return dense(out, source ? source : out, delta, 1, n, alpha, sums);
 }
 
-/* The low-rank add of a bf16 factor pair on AMX (lowrank_amx); -1 where it cannot run here (no AMX, a
-   rank that is not a multiple of 32 up to 256, columns not a multiple of 16): the caller multiplies and
-   adds the general way. */
+/* The low-rank add of a bf16 factor pair in one pass: on AMX (lowrank_amx) for ranks in thirty-twos up to
+   256, else with AVX512-BF16 (lowrank_bf16) for even ranks; -1 where neither can run here (columns not a
+   multiple of 16, neither unit, the walk setting): the caller multiplies and adds the general way. */
 int rvec_lowrank_bf16(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
                       float alpha, float *sums) {
 #ifdef AMX_KERNELS
     if (rank > 0 && rank % 32 == 0 && rank <= 256 && cols > 0 && cols % 16 == 0 && has_amx())
         return lowrank_amx(out, source ? source : out, b, a, rows, cols, rank, alpha, sums);
+#endif
+#ifdef VECTOR_KERNELS
+    if (rank > 0 && rank % 2 == 0 && cols > 0 && cols % 16 == 0 && has_bf16())
+        return lowrank_bf16(out, source ? source : out, b, a, rows, cols, rank, alpha, sums);
 #endif
     return -1;
 }
@@ -975,6 +981,98 @@ AVX512_BYTES static int64_t unpack_avx512(const uint8_t *packed, int slot, uint8
         _mm512_storeu_si512(out + i, _mm512_and_si512(_mm512_multishift_epi64_epi8(at, source), field));
     }
     return i;
+}
+
+/* The low-rank add with AVX512-BF16 where there is no AMX: out = bf16(source + alpha * bf16(B·A)) as
+   lowrank_amx computes it, B rows × rank bf16 and A in the same pair layout (rank even, cols a multiple of
+   16). A tile of `R` rows by 16·`N` columns (six by sixty-four) keeps its float32 sums in R·N registers:
+   each pair of ranks is one VDPBF16PS per register (B's pair broadcast, A's sixteen column pairs loaded
+   once for the tile's rows), the ranks in order as torch's bf16 matmul sums them (oneDNN's avx512_core_bf16
+   kernel, the same instruction), so the bits are the same; the sums are rounded once to bf16 and added as
+   `dense` adds a bf16 delta, in two chains of error sums, so the product is never stored. Rows go in blocks
+   of LOWRANK_BLOCK, column panel by panel, so a panel of A and the block's rows of B stay in the first-level
+   cache; each tile fetches the base rows of the next tile while it multiplies. */
+#define LOWRANK_AHEAD 6
+#define LOWRANK_BLOCK 96
+AVX512_BF16 static inline __attribute__((always_inline)) void lowrank_tile(const int R, const int N, uint16_t *out, const uint16_t *source,
+                                                                          const uint16_t *b, const uint16_t *a, int64_t cols, int64_t rank,
+                                                                          __m512 alpha16, __m512 *err, __m512 *norm, __mmask16 *bad,
+                                                                          __mmask32 *bad32) {
+    __m512 acc[6][4];
+    for (int r = 0; r < R; r++)
+        for (int n = 0; n < N; n++)
+            acc[r][n] = _mm512_setzero_ps();
+    const int64_t pair_stride = cols * 2;
+    for (int r = 0; r < R; r++) /* the rows of the tile after next, from memory while this one multiplies */
+        for (int n = 0; n < N; n += 2)
+            _mm_prefetch((const char *)(source + (LOWRANK_AHEAD + r) * cols + n * 16), _MM_HINT_T0);
+    for (int64_t p = 0; p < rank / 2; p++) {
+        __m512bh av[4];
+        for (int n = 0; n < N; n++)
+            av[n] = (__m512bh)_mm512_loadu_si512(a + p * pair_stride + n * 32);
+        for (int r = 0; r < R; r++) {
+            int32_t pair;
+            memcpy(&pair, b + r * rank + 2 * p, sizeof pair);
+            const __m512bh bv = (__m512bh)_mm512_set1_epi32(pair);
+            for (int n = 0; n < N; n++)
+                acc[r][n] = _mm512_dpbf16_ps(acc[r][n], bv, av[n]);
+        }
+    }
+    __m512 errs[2] = {*err, _mm512_setzero_ps()}, norms[2] = {*norm, _mm512_setzero_ps()}; /* two chains of sums */
+    for (int r = 0; r < R; r++) {
+        uint16_t *to = out + r * cols;
+        const uint16_t *from = source + r * cols;
+        int n = 0;
+        for (; n + 2 <= N; n += 2) {
+            const __m512i d = (__m512i)_mm512_cvtne2ps_pbh(acc[r][n + 1], acc[r][n]);
+            store32(to + n * 16, sum32(alpha16, d, _mm512_loadu_si512(from + n * 16), &errs[(n / 2) & 1], &norms[(n / 2) & 1], bad32));
+        }
+        if (n < N) {
+            const __m512 rounded = _mm512_castsi512_ps(_mm512_slli_epi32(round16(_mm512_castps_si512(acc[r][n])), 16));
+            store16(to + n * 16, sum16(alpha16, rounded, _mm256_loadu_si256((const __m256i *)(from + n * 16)), 0xFFFF, &errs[1], &norms[1], bad));
+        }
+    }
+    *err = _mm512_add_ps(errs[0], errs[1]);
+    *norm = _mm512_add_ps(norms[0], norms[1]);
+}
+
+/* One panel of 16·N columns over rows [r0, r1), six rows a tile and the last rows a tile of their own. */
+#define LOWRANK_PANEL(N)                                                                                                                  \
+    do {                                                                                                                                  \
+        int64_t r = r0;                                                                                                                   \
+        for (; r + 6 <= r1; r += 6)                                                                                                       \
+            lowrank_tile(6, N, out + r * cols + c0, source + r * cols + c0, b + r * rank, a + c0 * 2, cols, rank, alpha16, &err, &norm,  \
+                         &bad, &bad32);                                                                                                   \
+        switch (r1 - r) {                                                                                                                 \
+        case 5: lowrank_tile(5, N, out + r * cols + c0, source + r * cols + c0, b + r * rank, a + c0 * 2, cols, rank, alpha16, &err, &norm, &bad, &bad32); break; \
+        case 4: lowrank_tile(4, N, out + r * cols + c0, source + r * cols + c0, b + r * rank, a + c0 * 2, cols, rank, alpha16, &err, &norm, &bad, &bad32); break; \
+        case 3: lowrank_tile(3, N, out + r * cols + c0, source + r * cols + c0, b + r * rank, a + c0 * 2, cols, rank, alpha16, &err, &norm, &bad, &bad32); break; \
+        case 2: lowrank_tile(2, N, out + r * cols + c0, source + r * cols + c0, b + r * rank, a + c0 * 2, cols, rank, alpha16, &err, &norm, &bad, &bad32); break; \
+        case 1: lowrank_tile(1, N, out + r * cols + c0, source + r * cols + c0, b + r * rank, a + c0 * 2, cols, rank, alpha16, &err, &norm, &bad, &bad32); break; \
+        }                                                                                                                                 \
+    } while (0)
+
+AVX512_BF16 static int lowrank_bf16(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols,
+                                    int64_t rank, float alpha, float *sums) {
+    const __m512 alpha16 = _mm512_set1_ps(alpha);
+    __m512 err = _mm512_setzero_ps(), norm = _mm512_setzero_ps();
+    __mmask16 bad = 0;
+    __mmask32 bad32 = 0;
+    for (int64_t r0 = 0; r0 < rows; r0 += LOWRANK_BLOCK) {
+        const int64_t r1 = rows - r0 < LOWRANK_BLOCK ? rows : r0 + LOWRANK_BLOCK;
+        int64_t c0 = 0;
+        for (; c0 + 64 <= cols; c0 += 64)
+            LOWRANK_PANEL(4);
+        switch ((cols - c0) / 16) {
+        case 3: LOWRANK_PANEL(3); break;
+        case 2: LOWRANK_PANEL(2); break;
+        case 1: LOWRANK_PANEL(1); break;
+        }
+    }
+    _mm_sfence();
+    sums[0] = _mm512_reduce_add_ps(err);
+    sums[1] = _mm512_reduce_add_ps(norm) * alpha * alpha;
+    return bad || bad32 ? BAD_VALUE : 0;
 }
 
 #ifdef AMX_KERNELS

@@ -89,10 +89,10 @@ def dense(out: np.ndarray, delta: np.ndarray, alpha: float, source: np.ndarray |
 
 
 def lowrank(out: Any, b: Any, pairs: Any, alpha: float, source: Any | None = None) -> tuple[int, float, float] | None:
-    """out ← bf16(out + α·bf16(b·A)) on AMX for bf16 tensors: `out` rows × cols, `b` rows × rank, `pairs`
-    A (rank × cols) laid out as AMX takes it, rank / 2 × cols × 2 (A[2k][n], A[2k + 1][n]); with `source`
-    (bf16 like `out`), out ← bf16(source + α·bf16(b·A)). None where it cannot run here (no AMX, a rank
-    that is not a multiple of 32 up to 256, columns not a multiple of 16); else as `dense`."""
+    """out ← bf16(out + α·bf16(b·A)) in one pass (AMX, or AVX512-BF16) for bf16 tensors: `out` rows × cols,
+    `b` rows × rank, `pairs` A (rank × cols) in pairs of ranks, rank / 2 × cols × 2 (A[2k][n], A[2k + 1][n]);
+    with `source` (bf16 like `out`), out ← bf16(source + α·bf16(b·A)). None where it cannot run here (neither
+    unit, an odd rank, columns not a multiple of 16); else as `dense`."""
     rows, rank = b.shape
     cols = pairs.shape[1]
     if _size(out) != rows * cols or (source is not None and _size(source) != rows * cols) or tuple(pairs.shape) != (rank // 2, cols, 2):

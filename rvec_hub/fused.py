@@ -118,11 +118,11 @@ def add_dense(rows: torch.Tensor, delta: torch.Tensor, alpha: float, base: torch
 
 
 def add_lowrank(rows: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor, alpha: float, base: torch.Tensor | None = None) -> tuple[int, float, float] | None:
-    """rows ← bf16(rows + α·bf16(b·A)) in one pass on AMX, the product never stored; with `base`,
-    rows ← bf16(base + α·bf16(b·A)). `b` (rows × rank) and `pairs` (A, rank × cols, as rank / 2 × cols × 2
-    pairs A[2k][n], A[2k + 1][n]) are contiguous bf16. None where the kernel cannot run here (no compiled
-    kernels, no AMX, a rank that is not a multiple of 32 up to 256, columns not a multiple of 16): the caller
-    multiplies and calls `add_dense`. Otherwise as `add_dense`."""
+    """rows ← bf16(rows + α·bf16(b·A)) in one pass (AMX's bf16 tiles, or AVX512-BF16), the product never
+    stored; with `base`, rows ← bf16(base + α·bf16(b·A)). `b` (rows × rank) and `pairs` (A, rank × cols, as
+    rank / 2 × cols × 2 pairs A[2k][n], A[2k + 1][n]) are contiguous bf16. None where the kernel cannot run
+    here (no compiled kernels; neither unit, or the walk setting forbids it; an odd rank; columns not a
+    multiple of 16): the caller multiplies and calls `add_dense`. Otherwise as `add_dense`."""
     kernels = _kernels()
     if kernels is None:
         return None

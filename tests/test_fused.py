@@ -18,6 +18,7 @@ from codec_common import walking
 from vector_edit import rewrite_vector
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernels are not built")
+NO_LOWRANK_KERNEL = "no AMX bf16 tiles, or AVX512-BF16 with the gathered walks allowed, on this CPU"
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def encoded(vector_dir, vector_fp32, tmp_path_factory) -> dict[str, Vector]:
     root = tmp_path_factory.mktemp("fused")
     compress(Vector.open(vector_dir), root / "packed", method="sparse", device="cpu", quiet=True)
     compress(Vector.open(vector_dir), root / "lowrank", method="lowrank", rank=4, factor_dtype=torch.float32, device="cpu", quiet=True)
-    # bf16 factors of rank 32 over columns in sixteens: added on AMX where the CPU has it
+    # bf16 factors of rank 32 over columns in sixteens: added in one pass on AMX or AVX512-BF16 where the CPU has it
     compress(Vector.open(vector_dir), root / "lowrank-bf16", method="lowrank", rank=32, factor_dtype=torch.bfloat16, device="cpu", quiet=True)
     compress(Vector.open(vector_dir), root / "quantized", method="quantized", bits=3, keep=0.5, device="cpu", quiet=True)
     sparse = {}
@@ -69,8 +70,8 @@ def test_fused_add_equals_the_float32_path_bit_for_bit(family, encoded, encoding
     assert math.isclose(fused_kept.retained, general_kept.retained, rel_tol=1e-4)
 
 
-@pytest.mark.parametrize("encoding", ["lowrank", "lowrank-bf16"])  # float32 factors; bf16 ones, on AMX where the CPU has it
-@pytest.mark.parametrize("walk", ["scalar", "gathered"])  # "scalar": no AMX, the product added a chunk at a time
+@pytest.mark.parametrize("encoding", ["lowrank", "lowrank-bf16"])  # float32 factors; bf16 ones, in one pass where the CPU can
+@pytest.mark.parametrize("walk", ["scalar", "gathered"])  # "scalar": no fused low-rank add, the product added a chunk at a time
 def test_a_low_rank_add_over_many_chunks_in_one_call_equals_the_float32_path(family, encoded, encoding, walk, monkeypatch):
     from rvec_hub import arith
 
@@ -146,7 +147,7 @@ def test_the_dense_add_keeps_sums_below_the_normal_range_and_sums_that_cancel(wa
 
 
 @pytest.mark.parametrize("walk", ["vector", "gathered"])
-def test_the_amx_low_rank_add_keeps_sums_below_the_normal_range_and_sums_that_cancel(walk):
+def test_the_fused_low_rank_add_keeps_sums_below_the_normal_range_and_sums_that_cancel(walk):
     """Rows of zero products over bf16 subnormal base weights, rows whose base cancels the product, ordinary
     rows: every weight as torch's bf16 matmul added by torch."""
     rows, cols, rank = 48, 112, 32
@@ -162,27 +163,28 @@ def test_the_amx_low_rank_add_keeps_sums_below_the_normal_range_and_sums_that_ca
         out = base.clone()
         added = fused.add_lowrank(out, b, pairs, 1.0)
     if added is None:
-        pytest.skip("no AMX bf16 tiles on this CPU")
+        pytest.skip(NO_LOWRANK_KERNEL)
     assert added[0] == 0
     assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
 
 
 def _factors(rows: int, cols: int, rank: int, scale: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """B (rows × rank), A (rank × cols) in bf16, and A in AMX's pair layout."""
+    """B (rows × rank), A (rank × cols) in bf16, and A in the pair layout the fused low-rank add takes."""
     g = torch.Generator().manual_seed(rows * 7 + cols * 3 + rank)
     b = (torch.randn(rows, rank, generator=g) * scale).bfloat16()
     a = (torch.randn(rank, cols, generator=g) * scale).bfloat16()
     return b, a, a.view(rank // 2, 2, cols).transpose(1, 2).contiguous()
 
 
-@pytest.mark.parametrize(("rows", "cols", "rank"), [(16, 64, 32), (37, 80, 64), (5, 16, 96), (130, 896, 64), (20, 48, 256)])
+@pytest.mark.parametrize(("rows", "cols", "rank"), [(16, 64, 32), (37, 80, 64), (5, 16, 96), (130, 896, 64), (20, 48, 256), (13, 112, 6), (7, 16, 2)])
 @pytest.mark.parametrize("separate", [False, True])  # added in place, or from separate base rows
 @pytest.mark.parametrize("offset", [0, 1])  # rows aligned for streaming stores, and rows that are not
 @pytest.mark.parametrize("alpha", [1.0, -0.7])
-@pytest.mark.parametrize("walk", ["vector", "gathered"])  # the sums rounded by shifts, or converted (AVX512-BF16)
-def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separate, offset, alpha, walk):
-    """Sixteen rows and sixty-four columns a step, with row and column tails: every weight as torch's bf16
-    matmul (float32 sums rounded once) added by the dense kernel, and the same sums."""
+@pytest.mark.parametrize("walk", ["vector", "gathered"])  # AMX's sums rounded by shifts, or converted (AVX512-BF16)
+def test_the_fused_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separate, offset, alpha, walk):
+    """Tiles of rows and columns (AMX: sixteen by sixty-four; AVX512-BF16: six by sixty-four, in blocks of
+    rows), with row and column tails and ranks AMX declines: every weight as torch's bf16 matmul (float32 sums
+    rounded once) added by the dense kernel, and the same sums."""
     b, a, pairs = _factors(rows, cols, rank)
     base = (torch.randn(rows, cols, generator=torch.Generator().manual_seed(1)) * 0.02).bfloat16()
     held = torch.empty(rows * cols + offset, dtype=torch.bfloat16)
@@ -191,7 +193,7 @@ def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separa
     with walking(walk):
         fused_sums = fused.add_lowrank(out, b, pairs, alpha, base.clone() if separate else None)
     if fused_sums is None:
-        pytest.skip("no AMX bf16 tiles on this CPU")
+        pytest.skip(NO_LOWRANK_KERNEL)
     expected = base.clone()
     dense_sums = fused.add_dense(expected, b @ a, alpha)
     assert torch.equal(out.view(torch.int16), expected.view(torch.int16))
@@ -199,12 +201,12 @@ def test_the_amx_low_rank_add_is_the_bf16_product_added(rows, cols, rank, separa
     assert fused_sums[1:] == pytest.approx(dense_sums[1:], rel=1e-5)
 
 
-def test_the_amx_low_rank_add_declines_what_it_cannot_add_and_refuses_an_overflow():
+def test_the_fused_low_rank_add_declines_what_it_cannot_add_and_refuses_an_overflow():
     base = torch.zeros(16, 40, dtype=torch.bfloat16)
     _, _, pairs = _factors(16, 40, 32)
     assert fused.add_lowrank(base, torch.zeros(16, 32, dtype=torch.bfloat16), pairs, 1.0) is None  # 40 columns: not in sixteens
-    b, _, pairs = _factors(16, 64, 6)
-    assert fused.add_lowrank(torch.zeros(16, 64, dtype=torch.bfloat16), b, pairs, 1.0) is None  # rank 6: not in thirty-twos
+    odd = torch.zeros(16, 5, dtype=torch.bfloat16)  # rank 5: no whole pairs of ranks
+    assert fused.add_lowrank(torch.zeros(16, 64, dtype=torch.bfloat16), odd, torch.zeros(2, 64, 2, dtype=torch.bfloat16), 1.0) is None
     b, _, pairs = _factors(16, 64, 32)
     with walking("scalar"):
         assert fused.add_lowrank(torch.zeros(16, 64, dtype=torch.bfloat16), b, pairs, 1.0) is None  # the scalar setting

@@ -5,9 +5,9 @@ power iterations re-orthonormalised by QR), or from an exact SVD when the sketch
 matrix anyway. √σ goes into each factor so both stay in the same range when stored in bf16. Rows decode
 as B[rows]·A, so apply and the serving loader stream them like dense rows. Bf16 factors multiply in bf16
 with float32 sums, rounded once to bf16: 2⁻⁹ of the delta, far below what truncating the rank costs.
-Where the CPU has AMX's bf16 tiles, adding bf16 factors of a rank in thirty-twos is one pass
-(`fused.add_lowrank`): the tiles' float32 sums, rounded and added as they come, the same bits as the
-product added by the dense kernel, without storing the product.
+Where the CPU has AMX's bf16 tiles (ranks in thirty-twos) or AVX512-BF16 (even ranks), adding bf16 factors
+is one pass (`fused.add_lowrank`): the product's float32 sums, rounded and added as they come, the same bits
+as the product added by the dense kernel, without storing the product.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ _local = threading.local()
 
 
 def _whole_a(entry: TensorEntry, payload: Payload) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The tensor's A and, for bf16, A in AMX's pair layout (rank / 2 × cols × 2), read once for the row
+    """The tensor's A and, for bf16, A in pairs of ranks (rank / 2 × cols × 2), read once for the row
     chunks of a tensor one thread adds in turn: this thread keeps the last it read, with its payload (a weak
     reference) and key."""
     kept = getattr(_local, "a", None)
@@ -192,13 +192,14 @@ def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows:
     key = entry.keys["B"]
     a, pairs = _whole_a(entry, payload)
     b = None
-    if pairs is not None and payload.dtype(key) == torch.bfloat16:  # on AMX: the product's sums added as they come, never stored
+    if pairs is not None and payload.dtype(key) == torch.bfloat16:  # in one pass: the product's sums added as they come, never stored
         b = payload.read(key, start, stop)
         added = fused.add_lowrank(rows, b.contiguous(), pairs, alpha, base)
         if added is not None:
             return added
-    # Elsewhere a chunk at a time: its product into this thread's buffer, reused from chunk to chunk (a
-    # fresh one per chunk is mapped and faulted in again), then added as a dense delta.
+    # Elsewhere (neither AMX nor AVX512-BF16, an odd rank, columns not in sixteens) a chunk at a time: its
+    # product into this thread's buffer, reused from chunk to chunk (a fresh one per chunk is mapped and
+    # faulted in again), then added as a dense delta.
     scratch = getattr(_local, "scratch", None)
     err_sq = norm_sq = 0.0
     for lo, hi in row_chunks(tuple(rows.shape)):
