@@ -1576,6 +1576,19 @@ CLONES int rvec_coded_blocks(const uint8_t *data, int64_t n_data, int64_t data_a
 #endif
 #endif
 
+/* A (rank × cols bf16 bits) in pairs of ranks, rank / 2 × cols pairs (A[2k][n] low, A[2k + 1][n] high), the
+   layout the fused low-rank adds take; rank even. A loop the compiler vectorizes: a tenth of the time of
+   torch's copy of the transposed view. */
+CLONES int rvec_pair_ranks(const uint16_t *a, uint32_t *out, int64_t rank, int64_t cols) {
+    for (int64_t k = 0; k + 1 < rank; k += 2) {
+        const uint16_t *lo = a + k * cols, *hi = lo + cols;
+        uint32_t *to = out + (k / 2) * cols;
+        for (int64_t n = 0; n < cols; n++)
+            to[n] = (uint32_t)lo[n] | (uint32_t)hi[n] << 16;
+    }
+    return 0;
+}
+
 /* Fault in the pages of [p, p + n) for writing, in one call: the first write to each page of fresh memory (a
    server's new parameters) otherwise traps once per page. Skipped where the page in the middle is in memory
    already (memory written before: walking its pages would only cost time). Nothing written is changed. 0;

@@ -34,6 +34,7 @@ for _name, _args in {
     "rvec_unpack_codes": [_P, _N, _I, _P, _N],
     "rvec_unnibble_codes": [_P, _N, _P, _N],
     "rvec_populate": [_P, _N],
+    "rvec_pair_ranks": [_P, _P, _N, _N],
     "rvec_coded_blocks": [_P, _N, _N, _P, _N, _N, _N, _I, _I, _I, _I, _P, _N, _P, _P, _P, _F, _P, _P],
     "rvec_zstd_frames": [_I],
 }.items():
@@ -101,6 +102,17 @@ def lowrank(out: Any, b: Any, pairs: Any, alpha: float, source: Any | None = Non
     from_ = None if source is None else _at(source, np.uint16)
     status = _lib.rvec_lowrank_bf16(_at(out, np.uint16), from_, _at(b, np.uint16), _at(pairs, np.uint16), rows, cols, rank, alpha, sums)
     return None if status < 0 else _result(status, sums)
+
+
+def pair_ranks(a: torch.Tensor) -> torch.Tensor:
+    """bf16 A (rank × cols, rank even, contiguous) in pairs of ranks, rank / 2 × cols × 2 (A[2k][n], A[2k + 1][n]),
+    the layout `lowrank` takes."""
+    rank, cols = a.shape
+    if rank % 2:
+        raise ValueError(f"an odd rank ({rank}) has no pairs of ranks")
+    out = torch.empty(rank // 2, cols, 2, dtype=torch.bfloat16)
+    _lib.rvec_pair_ranks(_at(a, np.uint16), _at(out, np.uint16), rank, cols)
+    return out
 
 
 def indexed(out: np.ndarray, where: np.ndarray, values: np.ndarray, alpha: float) -> tuple[int, float, float]:

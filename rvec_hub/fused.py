@@ -129,6 +129,15 @@ def add_lowrank(rows: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor, alpha:
     return kernels["lowrank"](rows, b, pairs, alpha, base)
 
 
+def pair_ranks(a: torch.Tensor) -> torch.Tensor:
+    """bf16 A (rank × cols, rank even) in the pair layout `add_lowrank` takes, rank / 2 × cols × 2."""
+    kernels = _kernels()
+    if kernels is None or not a.is_contiguous():
+        rank, cols = a.shape
+        return a.view(rank // 2, 2, cols).transpose(1, 2).contiguous()
+    return kernels["pairs"](a)
+
+
 def add_at(rows: torch.Tensor, where: torch.Tensor, values: torch.Tensor, alpha: float) -> tuple[int, float, float]:
     """rows ← bf16(rows + α·values) at the flat positions `where` (int64, each inside `rows`), in place.
 
@@ -209,4 +218,4 @@ def _kernels() -> dict[str, Any] | None:
     except ImportError:  # installed without the compiled part
         return None
     return {"dense": compiled.dense, "coded": compiled.coded, "indexed": compiled.indexed, "lowrank": compiled.lowrank, "populate": compiled.populate,
-            "blocks": compiled.coded_blocks}
+            "blocks": compiled.coded_blocks, "pairs": compiled.pair_ranks}

@@ -201,6 +201,16 @@ def test_the_fused_low_rank_add_is_the_bf16_product_added(rows, cols, rank, sepa
     assert fused_sums[1:] == pytest.approx(dense_sums[1:], rel=1e-5)
 
 
+@pytest.mark.parametrize(("rank", "cols"), [(2, 1), (6, 112), (64, 896), (32, 17)])
+def test_ranks_are_paired_as_the_transposed_view_lays_them_out(rank, cols):
+    a = torch.randn(rank, cols, generator=torch.Generator().manual_seed(rank + cols)).bfloat16()
+    expected = a.view(rank // 2, 2, cols).transpose(1, 2).contiguous()
+    assert torch.equal(fused.pair_ranks(a).view(torch.int16), expected.view(torch.int16))
+    assert torch.equal(_kernels.pair_ranks(a).view(torch.int16), expected.view(torch.int16))
+    with pytest.raises(ValueError, match="odd rank"):
+        _kernels.pair_ranks(torch.zeros(rank + 1, cols, dtype=torch.bfloat16))
+
+
 def test_the_fused_low_rank_add_declines_what_it_cannot_add_and_refuses_an_overflow():
     base = torch.zeros(16, 40, dtype=torch.bfloat16)
     _, _, pairs = _factors(16, 40, 32)

@@ -175,8 +175,8 @@ def _whole_a(entry: TensorEntry, payload: Payload) -> tuple[torch.Tensor, torch.
     if kept is not None and kept[0]() is payload and kept[1] == entry.keys["A"]:
         return kept[2], kept[3]
     a = payload.read(entry.keys["A"])
-    rank, cols = a.shape
-    pairs = a.view(rank // 2, 2, cols).transpose(1, 2).contiguous() if a.dtype == torch.bfloat16 and rank % 2 == 0 else None
+    rank = a.shape[0]
+    pairs = fused.pair_ranks(a) if a.dtype == torch.bfloat16 and rank % 2 == 0 else None
     try:
         _local.a = (weakref.ref(payload), entry.keys["A"], a, pairs)
     except TypeError:  # a payload that takes no weak references reads A every time
