@@ -100,18 +100,23 @@ int rvec_dense_bf16(uint16_t *out, const uint16_t *source, const uint16_t *delta
 }
 
 /* The low-rank add of a bf16 factor pair in one pass: on AMX (lowrank_amx) for ranks in thirty-twos up to
-   256, else with AVX512-BF16 (lowrank_bf16) for even ranks; -1 where neither can run here (columns not a
-   multiple of 16, neither unit, the walk setting): the caller multiplies and adds the general way. */
+   256; where AMX cannot run, with AVX512-BF16 (lowrank_bf16) for even ranks. Not the second where AMX runs:
+   torch's bf16 matmul, whose bits the adds keep, then sums on AMX tiles, in an order this kernel is not
+   checked against. -1 where neither runs here (columns not a multiple of 16, neither unit, the walk setting,
+   a rank AMX declines on an AMX machine): the caller multiplies and adds the general way. */
 int rvec_lowrank_bf16(uint16_t *out, const uint16_t *source, const uint16_t *b, const uint16_t *a, int64_t rows, int64_t cols, int64_t rank,
                       float alpha, float *sums) {
+    int amx = 0;
 #ifdef AMX_KERNELS
-    if (rank > 0 && rank % 32 == 0 && rank <= 256 && cols > 0 && cols % 16 == 0 && has_amx())
+    amx = has_amx();
+    if (rank > 0 && rank % 32 == 0 && rank <= 256 && cols > 0 && cols % 16 == 0 && amx)
         return lowrank_amx(out, source ? source : out, b, a, rows, cols, rank, alpha, sums);
 #endif
 #ifdef VECTOR_KERNELS
-    if (rank > 0 && rank % 2 == 0 && cols > 0 && cols % 16 == 0 && has_bf16())
+    if (rank > 0 && rank % 2 == 0 && cols > 0 && cols % 16 == 0 && !amx && has_bf16())
         return lowrank_bf16(out, source ? source : out, b, a, rows, cols, rank, alpha, sums);
 #endif
+    (void)amx;
     return -1;
 }
 

@@ -93,7 +93,8 @@ def lowrank(out: Any, b: Any, pairs: Any, alpha: float, source: Any | None = Non
     """out ← bf16(out + α·bf16(b·A)) in one pass (AMX, or AVX512-BF16) for bf16 tensors: `out` rows × cols,
     `b` rows × rank, `pairs` A (rank × cols) in pairs of ranks, rank / 2 × cols × 2 (A[2k][n], A[2k + 1][n]);
     with `source` (bf16 like `out`), out ← bf16(source + α·bf16(b·A)). None where it cannot run here (neither
-    unit, an odd rank, columns not a multiple of 16); else as `dense`."""
+    unit, an odd rank, a rank not in thirty-twos up to 256 where AMX runs, columns not a multiple of 16); else
+    as `dense`."""
     rows, rank = b.shape
     cols = pairs.shape[1]
     if _size(out) != rows * cols or (source is not None and _size(source) != rows * cols) or tuple(pairs.shape) != (rank // 2, cols, 2):

@@ -121,8 +121,9 @@ def add_lowrank(rows: torch.Tensor, b: torch.Tensor, pairs: torch.Tensor, alpha:
     """rows ← bf16(rows + α·bf16(b·A)) in one pass (AMX's bf16 tiles, or AVX512-BF16), the product never
     stored; with `base`, rows ← bf16(base + α·bf16(b·A)). `b` (rows × rank) and `pairs` (A, rank × cols, as
     rank / 2 × cols × 2 pairs A[2k][n], A[2k + 1][n]) are contiguous bf16. None where the kernel cannot run
-    here (no compiled kernels; neither unit, or the walk setting forbids it; an odd rank; columns not a
-    multiple of 16): the caller multiplies and calls `add_dense`. Otherwise as `add_dense`."""
+    here (no compiled kernels; neither unit, or the walk setting forbids it; an odd rank; a rank not in
+    thirty-twos up to 256 where AMX runs; columns not a multiple of 16): the caller multiplies and calls
+    `add_dense`. Otherwise as `add_dense`."""
     kernels = _kernels()
     if kernels is None:
         return None

@@ -18,7 +18,7 @@ from codec_common import walking
 from vector_edit import rewrite_vector
 
 pytestmark = pytest.mark.skipif(not fused.available(), reason="the fused kernels are not built")
-NO_LOWRANK_KERNEL = "no AMX bf16 tiles, or AVX512-BF16 with the gathered walks allowed, on this CPU"
+NO_LOWRANK_KERNEL = "no fused low-rank add here for this rank and walk (AMX: ranks in thirty-twos; without AMX, AVX512-BF16: the gathered walks)"
 
 
 @pytest.fixture(scope="module")

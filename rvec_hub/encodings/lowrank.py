@@ -5,9 +5,9 @@ power iterations re-orthonormalised by QR), or from an exact SVD when the sketch
 matrix anyway. √σ goes into each factor so both stay in the same range when stored in bf16. Rows decode
 as B[rows]·A, so apply and the serving loader stream them like dense rows. Bf16 factors multiply in bf16
 with float32 sums, rounded once to bf16: 2⁻⁹ of the delta, far below what truncating the rank costs.
-Where the CPU has AMX's bf16 tiles (ranks in thirty-twos) or AVX512-BF16 (even ranks), adding bf16 factors
-is one pass (`fused.add_lowrank`): the product's float32 sums, rounded and added as they come, the same bits
-as the product added by the dense kernel, without storing the product.
+Where the CPU has AMX's bf16 tiles (ranks in thirty-twos) or, without AMX, AVX512-BF16 (even ranks),
+adding bf16 factors is one pass (`fused.add_lowrank`): the product's float32 sums, rounded and added as they
+come, the same bits as the product added by the dense kernel, without storing the product.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows:
         added = fused.add_lowrank(rows, b.contiguous(), pairs, alpha, base)
         if added is not None:
             return added
-    # Elsewhere (neither AMX nor AVX512-BF16, an odd rank, columns not in sixteens) a chunk at a time: its
+    # Elsewhere (neither unit, a rank neither takes, columns not in sixteens) a chunk at a time: its
     # product into this thread's buffer, reused from chunk to chunk (a fresh one per chunk is mapped and
     # faulted in again), then added as a dense delta.
     scratch = getattr(_local, "scratch", None)
