@@ -1008,7 +1008,7 @@ AVX512_BF16 static inline __attribute__((always_inline)) void lowrank_tile(const
         for (int n = 0; n < N; n++)
             acc[r][n] = _mm512_setzero_ps();
     const int64_t pair_stride = cols * 2;
-    for (int r = 0; r < R; r++) /* the rows of the tile after next, from memory while this one multiplies */
+    for (int r = 0; r < R; r++) /* the next tile's base rows, from memory while this one multiplies */
         for (int n = 0; n < N; n += 2)
             _mm_prefetch((const char *)(source + (LOWRANK_AHEAD + r) * cols + n * 16), _MM_HINT_T0);
     for (int64_t p = 0; p < rank / 2; p++) {
