@@ -225,7 +225,7 @@ def add_blocks(
     source = None if base is None else base.reshape(stop - start, cols)
     status, err_sq, norm_sq = 0, 0.0, 0.0
     spans = list(blocks_in(blocks, start, stop))
-    shape = None if layout is None or not fused.available() else _memo(payload, ("layout", entry.name), lambda: layout(entry, payload))
+    shape = None if layout is None or not fused.available() else memo(payload, ("layout", entry.name), lambda: layout(entry, payload))
     at = 0
     while at < len(spans):
         run = 0
@@ -280,7 +280,7 @@ def _add_run(
 def _index_and_codebook(entry: TensorEntry, payload: Payload, table: TableReader) -> tuple[list[list[int]], torch.Tensor, int]:
     """The tensor's checked block index, its codebook and its columns (each read once per payload)."""
     rows, cols = as_rows(tuple(entry.shape))
-    return _checked_index(entry, payload, rows, cols), _memo(payload, ("table", entry.name), lambda: table(entry, payload)), cols
+    return _checked_index(entry, payload, rows, cols), memo(payload, ("table", entry.name), lambda: table(entry, payload)), cols
 
 
 def blocks_in(blocks: list[list[int]], start: int, stop: int) -> Iterator[tuple[list[int], int, int, int, int]]:
@@ -299,7 +299,7 @@ def blocks_in(blocks: list[list[int]], start: int, stop: int) -> Iterator[tuple[
 _MEMO: weakref.WeakKeyDictionary[Any, dict[tuple[str, str], Any]] = weakref.WeakKeyDictionary()
 
 
-def _memo(payload: Payload, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
+def memo(payload: Payload, key: tuple[str, str], compute: Callable[[], Any]) -> Any:
     """`compute()`, once per payload and key: a server adds a tensor block by block, and each call needs the
     tensor's checked index and codebook. A payload that takes no weak references computes every time."""
     try:
@@ -314,7 +314,7 @@ def _memo(payload: Payload, key: tuple[str, str], compute: Callable[[], Any]) ->
 def _checked_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -> list[list[int]]:
     """The block index, refused unless its rows and frame offsets rise to the tensor's and the data's ends
     (checked once per payload)."""
-    return _memo(payload, ("index", entry.name), lambda: _check_index(entry, payload, rows, cols))
+    return memo(payload, ("index", entry.name), lambda: _check_index(entry, payload, rows, cols))
 
 
 def _check_index(entry: TensorEntry, payload: Payload, rows: int, cols: int) -> list[list[int]]:
@@ -360,7 +360,7 @@ def _corrupt_block(entry: TensorEntry, first_row: int, problem: str) -> FormatEr
     return FormatError(f"tensor {entry.name}: the {entry.encoding} block from row {first_row} {problem}; the vector is corrupt")
 
 
-def _unzstd(entry: TensorEntry, frame: np.ndarray, size: int, first_row: int, *, at_most: bool = False) -> np.ndarray:
+def unzstd(entry: TensorEntry, frame: np.ndarray, size: int, first_row: int, *, at_most: bool = False) -> np.ndarray:
     """One stored frame (uint8) decompressed, checked to hold `size` bytes (with `at_most`, up to `size`).
 
     The size a frame's header declares is checked before anything is allocated: zstd allocates it whole."""

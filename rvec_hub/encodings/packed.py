@@ -28,7 +28,6 @@ from .blocks import (
     ESCAPE,
     Layout,
     Streams,
-    _unzstd,
     add_blocks,
     as_rows,
     decode_blocks,
@@ -38,6 +37,7 @@ from .blocks import (
     position_coding,
     position_problems,
     split_entries,
+    unzstd,
 )
 
 ROLES = ("index", "table", "data")
@@ -237,13 +237,13 @@ def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int,
     _, count, escapes, position_bytes, end_positions, end_codes, end_escapes = block
     dtype = storage_dtype(entry)
     raw = payload.read(entry.keys["data"], begin, end_escapes).numpy()
-    positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first_row)
+    positions = unzstd(entry, raw[: end_positions - begin], position_bytes, first_row)
     if entry.params.get("codes") == "nibbles":  # at most a byte and a half per code
-        coded = _unzstd(entry, raw[end_positions - begin : end_codes - begin], count + (count + 1) // 2, first_row, at_most=True)
+        coded = unzstd(entry, raw[end_positions - begin : end_codes - begin], count + (count + 1) // 2, first_row, at_most=True)
         codes = _unnibbled(entry, coded, count, first_row)
     else:
-        codes = _unzstd(entry, raw[end_positions - begin : end_codes - begin], count, first_row)
-    planes = _unzstd(entry, raw[end_codes - begin :], escapes * dtype.itemsize, first_row)
+        codes = unzstd(entry, raw[end_positions - begin : end_codes - begin], count, first_row)
+    planes = unzstd(entry, raw[end_codes - begin :], escapes * dtype.itemsize, first_row)
     return Streams(positions, codes, _escaped(planes, escapes, dtype), bitmask=is_bitmask(entry))
 
 

@@ -33,7 +33,7 @@ from ..arith import row_chunks, streaming_threads
 from ..errors import FormatError, UsageError
 from ..manifest import TensorEntry
 from .base import Codec, Encoded, Payload, expect_keys, expect_stored
-from .blocks import Layout, Streams, _memo, _unzstd, add_blocks, as_rows, decode_blocks, frames_of, is_bitmask, position_coding, position_problems, split_entries
+from .blocks import Layout, Streams, add_blocks, as_rows, decode_blocks, frames_of, is_bitmask, memo, position_coding, position_problems, split_entries, unzstd
 
 ROLES = ("index", "table", "scales", "data")
 MAX_BITS = 8
@@ -203,7 +203,7 @@ def _add_into(entry: TensorEntry, payload: Payload, start: int, stop: int, rows:
 
 def _layout(entry: TensorEntry, payload: Payload) -> Layout:
     """The compiled run's view of the tensor's blocks: its code width and checked row scales."""
-    return Layout(bits=_slot(entry), scales=_memo(payload, ("scales", entry.name), lambda: _row_scales(entry, payload)))
+    return Layout(bits=_slot(entry), scales=memo(payload, ("scales", entry.name), lambda: _row_scales(entry, payload)))
 
 
 def _table(entry: TensorEntry, payload: Payload) -> torch.Tensor:
@@ -227,11 +227,11 @@ def _streams(entry: TensorEntry, payload: Payload, block: list[int], begin: int,
     last, count, escapes, position_bytes, end_positions, end_codes, end_escapes = block
     if escapes or end_escapes != end_codes:
         raise FormatError(f"tensor {entry.name}: the quantized block from row {first} lists escaped values, which this encoding never stores; the vector is corrupt")
-    scales = _memo(payload, ("scales", entry.name), lambda: _row_scales(entry, payload))[first:last]
+    scales = memo(payload, ("scales", entry.name), lambda: _row_scales(entry, payload))[first:last]
     raw = payload.read(entry.keys["data"], begin, end_codes).numpy()
-    positions = _unzstd(entry, raw[: end_positions - begin], position_bytes, first)
+    positions = unzstd(entry, raw[: end_positions - begin], position_bytes, first)
     slot = _slot(entry)
-    codes = _unzstd(entry, raw[end_positions - begin :], -(-count * slot // 8), first)
+    codes = unzstd(entry, raw[end_positions - begin :], -(-count * slot // 8), first)
     if slot < 8:
         codes = _unpacked(entry, codes, count, slot, first)
     return Streams(positions, codes, None, scales, is_bitmask(entry))
