@@ -28,7 +28,7 @@ from rvec_hub import collector, fused
 from rvec_hub.arith import Survival, add_rows, row_chunks
 from rvec_hub.tied import delta_source
 
-from .merge import _active, _fused, fused_into, merge_tensor
+from .merge import _active, _fused, fused_into, merge_threads, merge_tensor
 from .spec import OpenedVector
 
 # Reading these never needs the merged values.
@@ -186,7 +186,7 @@ def lazily_merged_weights(
     Args:
         seconds: a one-element accumulator of the time spent merging, for the loader's report.
     """
-    with collector.paused():  # as in `merged_weights`
+    with collector.paused(), merge_threads():  # as in `merged_weights`
         for name, tensor in weights:
             if not _active(vectors, name) or not tensor.dtype.is_floating_point:
                 yield name, tensor

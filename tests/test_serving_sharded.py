@@ -135,3 +135,35 @@ def test_a_row_parallel_rank_slice_of_one_vector_is_merged_by_the_fused_kernels(
         assert torch.equal(param, whole.narrow(1, size, size)), name
         checked += 1
     assert checked >= 8
+
+
+@pytest.mark.parametrize("iterator", ["lazily_merged_weights", "merged_weights"])
+def test_the_threads_of_a_load_serve_all_its_tensors_and_are_joined_when_it_ends(family, vector_dir, tmp_path, monkeypatch, iterator) -> None:
+    import threading
+
+    from rvec_hub import arith, fused
+    from rvec_serving.merge import merged_weights
+
+    monkeypatch.setattr(arith, "CHUNK_ELEMENTS", 1024)  # a few rows a chunk: every matrix spreads over the threads
+    one, _ = _one_vector_counting_kernel_calls(vector_dir, tmp_path, monkeypatch, "quantized")
+    adders: set[threading.Thread] = set()
+    add_in_place = fused.add_in_place
+    monkeypatch.setattr(fused, "add_in_place", lambda *a, **k: (adders.add(threading.current_thread()), add_in_place(*a, **k))[1])
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if iterator == "merged_weights":
+            merged = dict(merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()]))
+        else:
+            merged = {}
+            for name, lazy in lazily_merged_weights(_base_weights(family), one, torch.bfloat16, [Survival()], [0.0]):
+                merged[name] = torch.empty(lazy.shape, dtype=lazy.dtype)
+                merged[name].copy_(lazy)  # a weight loader's copy into its parameter, while the load is under way
+                assert all(t.is_alive() for t in adders if t.name.startswith("rvec-merge"))
+    finally:
+        torch.set_num_threads(threads)
+    pooled = {t for t in adders if t.name.startswith("rvec-merge")}
+    assert len(pooled) == 2, adders  # the same two threads for every tensor of the load
+    assert not any(t.is_alive() for t in pooled), "a merge thread outlived its load"
+    whole = dict((name, merge_tensor(name, tensor, one, torch.bfloat16, [Survival()])) for name, tensor in _base_weights(family))
+    assert all(torch.equal(merged[name], whole[name]) for name in whole)
