@@ -13,8 +13,9 @@ bench shapes (every matrix, the embedding included: 494 million weights), one an
 - rvec's dense add: the fused dense kernel (`add_dense`) over base, delta and output of the same size.
 
 Every tensor's memory is written before the first round, so no round pays a first touch; two threads take
-a tensor's rows as the loader spreads them (its chunks in one run a thread, a tensor of one chunk on one). A load also reads the base (and a dense vector's
-payload) from the page cache: bench/bench_serve.py measures whole loads.
+a tensor's rows as the loader spreads them (its chunks in one run a thread, a tensor of one chunk on one).
+A load also reads the base (and a dense vector's payload) from the page cache: bench/bench_serve.py
+measures whole loads.
 
     flock /tmp/rvec-bench.lock .venv/bin/python bench/bench_lowrank_floor.py --rank 64 --rounds 6
 
@@ -46,19 +47,18 @@ from _measure import cpu_model, log_line  # noqa: E402
 from rvec_hub import fused  # noqa: E402
 from rvec_hub.arith import CHUNK_ELEMENTS, row_chunks  # noqa: E402
 from rvec_hub.synthetic import QWEN25_05B, tensor_shapes  # noqa: E402
+from rvec_serving.merge import _runs  # noqa: E402
 
 
 def _bf16(*shape: int, generator: torch.Generator) -> torch.Tensor:
     return (torch.randn(*shape, generator=generator) * 0.01).to(torch.bfloat16)
 
 
-def _runs(shape: tuple[int, int], threads: int) -> list[tuple[int, int]]:
-    """A tensor's rows as the loader spreads them over threads (rvec_serving.merge): its chunks joined into
-    one run per thread, a tensor of one chunk on one thread."""
+def _spread(shape: tuple[int, int], threads: int) -> list[tuple[int, int]]:
+    """A tensor's rows as the loader spreads them over threads (`rvec_serving.merge.fused_into`): its chunks
+    joined into one run per thread, a tensor of one chunk on one thread."""
     chunks = row_chunks(shape)
-    count = min(len(chunks), threads)
-    bounds = [len(chunks) * i // count for i in range(count + 1)]
-    return [(chunks[a][0], chunks[b - 1][1]) for a, b in zip(bounds, bounds[1:])]
+    return _runs(chunks, min(len(chunks), threads))
 
 
 def _rounds(label: str, one: Callable[[], None], rounds: int) -> dict[str, float]:
@@ -127,7 +127,7 @@ def main() -> int:
         def split(work: Callable[[int, int, object], None], key: Callable[[int], object]) -> Callable[[], None]:
             def one() -> None:
                 for i, s in enumerate(shapes):
-                    runs = _runs(s, threads)
+                    runs = _spread(s, threads)
                     if len(runs) == 1:
                         work(0, s[0], key(i))
                     else:
